@@ -1,0 +1,7 @@
+// mapwright/mapwright.h — the whole public API.
+#pragma once
+
+#include "mapwright/error.h"
+#include "mapwright/fault.h"
+#include "mapwright/region.h"
+#include "mapwright/sealed_image.h"

@@ -1,0 +1,128 @@
+// mapwright/region.h — memory-mapped files that grow when you store past their end.
+//
+// A Region reserves `capacity` bytes of address space over a memfd or a file and maps the
+// file there MAP_SHARED. Two numbers describe it, and they are kept apart on purpose:
+//
+//     data()                      data() + size()               data() + capacity()
+//     ├── backed by the file ─────┼── reserved, not backed ───────┤
+//
+//   * capacity(): the reservation. Fixed at creation; the most the region can ever hold.
+//   * size(): the bytes the file has now. It grows by itself when a plain store lands past
+//     it (the SIGBUS handler extends the file geometrically: x2, between min_step and
+//     max_step), grows on ensure(), and shrinks only on finish().
+//
+// data() NEVER MOVES for the region's lifetime: growth extends the file under a mapping that
+// is already there. A Region is move-only; moving it keeps data() the same.
+//
+// Hazards, plainly:
+//   * Loads and stores past size() raise SIGBUS, which mapwright's handler turns into growth.
+//     System calls do not fault: read(2), recv(2) or pread(2) INTO unbacked region memory
+//     fail with EFAULT (and write(2) from it likewise). Call ensure() before handing region
+//     memory to the kernel.
+//   * If growth is impossible (disk full, RLIMIT_FSIZE, capacity, a seal) a store past size()
+//     ends the process by SIGBUS after one line on stderr — unless it runs inside
+//     guarded(), which turns it into a thrown Error (see fault.h).
+//   * Do not shrink the file behind the region's back (ftruncate on fd()). A store into the
+//     lost part is reported as a failed fault, never retried forever.
+//   * After a fork(), the child shares the mappings (MAP_SHARED); growing a region from both
+//     processes at once is not supported.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "mapwright/sealed_image.h"
+
+namespace mapwright {
+
+struct RegionOptions {
+  // The virtual reservation: the most the region can hold. Costs address space only
+  // (MAP_NORESERVE); 64 GiB by default.
+  std::uint64_t capacity = 64ull << 30;
+  // The smallest growth step. Rounded up to the page size.
+  std::uint64_t min_step = 1ull << 20;
+  // Growth doubles the size each step, but never by more than this.
+  std::uint64_t max_step = 1ull << 30;
+  // false: only ensure() grows the region, and a store past size() is a failed fault (a
+  // crash outside guarded()), for callers who want every growth to be explicit.
+  bool grow_on_fault = true;
+};
+
+struct RegionStats {
+  std::uint64_t faults = 0;     // SIGBUS faults resolved for this region
+  std::uint64_t growths = 0;    // growth steps (by faults and by ensure())
+  std::uint64_t failures = 0;   // growths that could not happen
+  std::uint64_t committed = 0;  // == size()
+};
+
+namespace detail {
+struct RegionState;
+}
+
+class Region {
+ public:
+  // A region over a new memfd named `name` (MFD_CLOEXEC | MFD_ALLOW_SEALING, and
+  // MFD_NOEXEC_SEAL on Linux 6.3+). Starts empty. The only kind that can be seal()ed.
+  static Region memfd(std::string_view name, RegionOptions options = {});
+  // Creates `path`, or truncates it to zero if it exists (O_CREAT | O_TRUNC, mode 0666 less
+  // the umask). Starts empty.
+  static Region file(const std::filesystem::path& path, RegionOptions options = {});
+  // Opens an existing `path` and keeps its contents: size() starts at the file's size, which
+  // must not exceed options.capacity.
+  static Region open(const std::filesystem::path& path, RegionOptions options = {});
+  // Builds a new version of `target` invisibly: an unnamed O_TMPFILE file in target's
+  // directory, linked into place by publish(). Until then, and if the process dies at any
+  // point, `target` is untouched (the old file or none). Filesystems without O_TMPFILE get a
+  // hidden named file ".<name>.mapwright-XXXXXX" in the same directory instead, removed by
+  // the destructor — but left behind if the process is killed; the target is safe either way.
+  static Region staged(const std::filesystem::path& target, RegionOptions options = {});
+
+  Region(Region&&) noexcept;
+  Region& operator=(Region&&) noexcept;
+  // Unmaps (after any handler still growing the region has finished), closes the file. An
+  // unpublished staged region leaves nothing behind.
+  ~Region();
+
+  std::byte* data() const noexcept;
+  std::uint64_t size() const noexcept;
+  std::uint64_t capacity() const noexcept;
+  int fd() const noexcept;
+  // The name given to memfd(), or the path.
+  const std::string& name() const noexcept;
+
+  // Grows the file so that at least `bytes` are backed, with no fault, in the same geometric
+  // steps a fault takes (so repeated small ensure() calls stay cheap). Required before
+  // handing region memory to a system call. Throws Error when growth is impossible (ENOMEM
+  // past capacity, EFBIG past RLIMIT_FSIZE, ENOSPC, EPERM for a sealed memfd).
+  void ensure(std::uint64_t bytes);
+  // Sets the file to exactly `used` bytes (ftruncate), dropping the growth slack; call it
+  // when the content is complete, before sync(), publish() or seal(). The region stays
+  // usable, and a later store past `used` grows it again. Throws Error if used > capacity().
+  void finish(std::uint64_t used);
+  // msync(MS_SYNC) of the backed bytes, then fsync. Throws Error (EIO, ENOSPC...).
+  void sync();
+  // Staged regions only: fsyncs the file, links it into the target's directory under a
+  // temporary name, renames it over the target (atomic), and fsyncs the directory. After
+  // publish() the region is an ordinary file region over `target`. Throws Error on failure;
+  // the target is then untouched.
+  void publish();
+  // memfd regions only: ends the region and returns its file as an immutable image. The
+  // writable mapping is replaced in place by a read-only one (F_SEAL_WRITE is refused while
+  // any shared writable mapping exists), then F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE |
+  // F_SEAL_SEAL are added. The image has the region's current size(): call finish() first.
+  // On failure (EBUSY: someone else holds a writable mapping) throws Error and the region is
+  // left as it was.
+  SealedImage seal() &&;
+
+  RegionStats stats() const noexcept;
+
+ private:
+  explicit Region(std::unique_ptr<detail::RegionState> state) noexcept;
+  std::unique_ptr<detail::RegionState> state_;
+};
+
+}  // namespace mapwright

@@ -1,0 +1,298 @@
+#include "range_table.h"
+
+#include <sched.h>
+#include <time.h>
+
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#include "block.h"
+
+namespace mapwright::detail {
+namespace {
+
+// Index of the last element <= key in the ascending array a[0, n), or -1. Branch-free
+// halving (the compiler emits cmov), so the cost does not depend on the branch predictor.
+inline std::ptrdiff_t last_at_or_below(const std::uintptr_t* a, std::uint32_t n,
+                                       std::uintptr_t key) noexcept {
+  if (n == 0) return -1;
+  const std::uintptr_t* base = a;
+  std::uint32_t length = n;
+  while (length > 1) {
+    const std::uint32_t half = length / 2;
+    base = base[half] <= key ? base + half : base;
+    length -= half;
+  }
+  return *base <= key ? base - a : -1;
+}
+
+// The block that holds, or should hold, an entry starting at `begin`.
+inline std::uint32_t block_for(const std::uintptr_t* mins, std::uint32_t count,
+                               std::uintptr_t begin) noexcept {
+  const std::ptrdiff_t i = last_at_or_below(mins, count, begin);
+  return i < 0 ? 0 : static_cast<std::uint32_t>(i);
+}
+
+}  // namespace
+
+RangeTable::~RangeTable() {
+  free_copy(copies_[0]);
+  free_copy(copies_[1]);
+}
+
+// ---- readers ---------------------------------------------------------------------------
+
+RangeTable::Pin::Pin(const RangeTable& table) noexcept : table_(&table) {
+  for (;;) {
+    const std::uint64_t v = table.version_.load(std::memory_order_seq_cst);
+    index_ = static_cast<unsigned>(v & 1);
+    table.readers_[index_].fetch_add(1, std::memory_order_seq_cst);
+    if (table.version_.load(std::memory_order_seq_cst) == v) return;
+    // A writer flipped between our two loads; it may be about to update this copy.
+    table.readers_[index_].fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+void RangeTable::Pin::release() noexcept {
+  if (!held_) return;
+  held_ = false;
+  table_->readers_[index_].fetch_sub(1, std::memory_order_seq_cst);
+}
+
+RangeTable::Found RangeTable::Pin::find(std::uintptr_t address) const noexcept {
+  if (!held_) return {};
+  return find_in(table_->copies_[index_], address);
+}
+
+RangeTable::Found RangeTable::find_in(const Copy& copy, std::uintptr_t address) noexcept {
+  const std::ptrdiff_t b = last_at_or_below(copy.mins, copy.count, address);
+  if (b < 0) return {};
+  const Block& block = *copy.blocks[b];
+  const std::ptrdiff_t i = last_at_or_below(block.begin, block.count, address);
+  if (i < 0 || address >= block.end[i]) return {};
+  return {block.owner[i], block.begin[i], block.end[i]};
+}
+
+// ---- writers ---------------------------------------------------------------------------
+
+void RangeTable::wait_for_readers(unsigned index) const noexcept {
+  // Readers are handlers resolving one fault: microseconds, or the length of one fallocate.
+  for (unsigned spins = 0; readers_[index].load(std::memory_order_seq_cst) != 0; ++spins) {
+    if (spins < 64) {
+      sched_yield();
+    } else {
+      const timespec pause{0, 50'000};
+      nanosleep(&pause, nullptr);
+    }
+  }
+}
+
+void RangeTable::reserve(Copy& copy) {
+  if (copy.spare == nullptr) copy.spare = new Block;
+  if (copy.count + 1 <= copy.capacity) return;
+  const std::uint32_t capacity = copy.capacity == 0 ? 16 : copy.capacity * 2;
+  auto* mins = new std::uintptr_t[capacity];
+  Block** blocks = nullptr;
+  try {
+    blocks = new Block*[capacity];
+  } catch (...) {
+    delete[] mins;
+    throw;
+  }
+  if (copy.count != 0) {
+    std::memcpy(mins, copy.mins, copy.count * sizeof *mins);
+    std::memcpy(blocks, copy.blocks, copy.count * sizeof *blocks);
+  }
+  delete[] copy.mins;
+  delete[] copy.blocks;
+  copy.mins = mins;
+  copy.blocks = blocks;
+  copy.capacity = capacity;
+}
+
+void RangeTable::check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) {
+  if (begin >= end) throw std::invalid_argument("range table: empty range");
+  // The entry starting at or below `begin` must end at or before it; the next one must
+  // start at or after `end`.
+  const Found below = find_in(copy, begin);
+  if (below.owner != nullptr) throw std::invalid_argument("range table: overlapping range");
+  const Found last = find_in(copy, end - 1);
+  if (last.owner != nullptr) throw std::invalid_argument("range table: overlapping range");
+  // A range strictly inside [begin, end) starts at some b with begin < b < end.
+  const std::ptrdiff_t blk = last_at_or_below(copy.mins, copy.count, end - 1);
+  if (blk >= 0) {
+    const Block& block = *copy.blocks[blk];
+    const std::ptrdiff_t i = last_at_or_below(block.begin, block.count, end - 1);
+    if (i >= 0 && block.begin[i] >= begin) {
+      throw std::invalid_argument("range table: overlapping range");
+    }
+  }
+}
+
+void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t end,
+                             FaultOwner* owner) noexcept {
+  if (copy.count == 0) {
+    Block* block = copy.spare;
+    copy.spare = nullptr;
+    block->count = 0;
+    copy.blocks[0] = block;
+    copy.mins[0] = begin;
+    copy.count = 1;
+  }
+  std::uint32_t b = block_for(copy.mins, copy.count, begin);
+  Block* block = copy.blocks[b];
+  if (block->count == kBlockEntries) {
+    // Split: the upper half moves to the spare block, inserted after this one.
+    Block* upper = copy.spare;
+    copy.spare = nullptr;
+    constexpr std::uint32_t kHalf = kBlockEntries / 2;
+    upper->count = kBlockEntries - kHalf;
+    std::memcpy(upper->begin, block->begin + kHalf, upper->count * sizeof(std::uintptr_t));
+    std::memcpy(upper->end, block->end + kHalf, upper->count * sizeof(std::uintptr_t));
+    std::memcpy(upper->owner, block->owner + kHalf, upper->count * sizeof(FaultOwner*));
+    block->count = kHalf;
+    std::memmove(copy.mins + b + 2, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
+    std::memmove(copy.blocks + b + 2, copy.blocks + b + 1,
+                 (copy.count - b - 1) * sizeof *copy.blocks);
+    copy.mins[b + 1] = upper->begin[0];
+    copy.blocks[b + 1] = upper;
+    ++copy.count;
+    if (begin >= upper->begin[0]) {
+      ++b;
+      block = upper;
+    }
+  }
+  const std::ptrdiff_t at = last_at_or_below(block->begin, block->count, begin) + 1;
+  const std::uint32_t tail = block->count - static_cast<std::uint32_t>(at);
+  std::memmove(block->begin + at + 1, block->begin + at, tail * sizeof(std::uintptr_t));
+  std::memmove(block->end + at + 1, block->end + at, tail * sizeof(std::uintptr_t));
+  std::memmove(block->owner + at + 1, block->owner + at, tail * sizeof(FaultOwner*));
+  block->begin[at] = begin;
+  block->end[at] = end;
+  block->owner[at] = owner;
+  ++block->count;
+  copy.mins[b] = block->begin[0];
+  ++copy.entries;
+}
+
+bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
+  if (copy.count == 0) return false;
+  const std::uint32_t b = block_for(copy.mins, copy.count, begin);
+  Block* block = copy.blocks[b];
+  const std::ptrdiff_t at = last_at_or_below(block->begin, block->count, begin);
+  if (at < 0 || block->begin[at] != begin) return false;
+  const std::uint32_t tail = block->count - static_cast<std::uint32_t>(at) - 1;
+  std::memmove(block->begin + at, block->begin + at + 1, tail * sizeof(std::uintptr_t));
+  std::memmove(block->end + at, block->end + at + 1, tail * sizeof(std::uintptr_t));
+  std::memmove(block->owner + at, block->owner + at + 1, tail * sizeof(FaultOwner*));
+  --block->count;
+  --copy.entries;
+  if (block->count == 0) {
+    // Keep one empty block as the spare; free any other.
+    if (copy.spare == nullptr) {
+      copy.spare = block;
+    } else {
+      delete block;
+    }
+    std::memmove(copy.mins + b, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
+    std::memmove(copy.blocks + b, copy.blocks + b + 1, (copy.count - b - 1) * sizeof *copy.blocks);
+    --copy.count;
+  } else {
+    copy.mins[b] = block->begin[0];
+  }
+  return true;
+}
+
+void RangeTable::free_copy(Copy& copy) noexcept {
+  for (std::uint32_t i = 0; i < copy.count; ++i) delete copy.blocks[i];
+  delete copy.spare;
+  delete[] copy.mins;
+  delete[] copy.blocks;
+  copy = Copy{};
+}
+
+void RangeTable::insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* owner) {
+  const SignalBlocker blocked;
+  const std::lock_guard lock(writer_);
+  const std::uint64_t v = version_.load(std::memory_order_relaxed);
+  const unsigned active = static_cast<unsigned>(v & 1);
+  const unsigned inactive = active ^ 1;
+
+  // Everything that can fail happens before either copy changes.
+  check_free(copies_[active], begin, end);
+  wait_for_readers(inactive);
+  reserve(copies_[inactive]);
+  // The active copy cannot be reserved yet (readers may use it); its arrays are replaced
+  // only after the flip below, when it is drained. Reserve a private replacement now.
+  Copy& old = copies_[active];
+  Block* spare = old.spare == nullptr ? new Block : nullptr;
+  std::uintptr_t* mins = nullptr;
+  Block** blocks = nullptr;
+  const bool grow = old.count + 1 > old.capacity;
+  if (grow) {
+    const std::uint32_t capacity = old.capacity == 0 ? 16 : old.capacity * 2;
+    try {
+      mins = new std::uintptr_t[capacity];
+      blocks = new Block*[capacity];
+    } catch (...) {
+      delete[] mins;
+      delete spare;
+      throw;
+    }
+  }
+
+  insert_into(copies_[inactive], begin, end, owner);
+  version_.store(v + 1, std::memory_order_seq_cst);
+
+  wait_for_readers(active);
+  if (spare != nullptr) old.spare = spare;
+  if (grow) {
+    const std::uint32_t capacity = old.capacity == 0 ? 16 : old.capacity * 2;
+    if (old.count != 0) {
+      std::memcpy(mins, old.mins, old.count * sizeof *mins);
+      std::memcpy(blocks, old.blocks, old.count * sizeof *blocks);
+    }
+    delete[] old.mins;
+    delete[] old.blocks;
+    old.mins = mins;
+    old.blocks = blocks;
+    old.capacity = capacity;
+  }
+  insert_into(old, begin, end, owner);
+}
+
+bool RangeTable::erase(std::uintptr_t begin) noexcept {
+  const SignalBlocker blocked;
+  const std::lock_guard lock(writer_);
+  const std::uint64_t v = version_.load(std::memory_order_relaxed);
+  const unsigned active = static_cast<unsigned>(v & 1);
+  const unsigned inactive = active ^ 1;
+
+  wait_for_readers(inactive);
+  if (!erase_from(copies_[inactive], begin)) return false;
+  version_.store(v + 1, std::memory_order_seq_cst);
+  // Handlers that found the owner through the old copy are counted in readers_[active].
+  wait_for_readers(active);
+  erase_from(copies_[active], begin);
+  return true;
+}
+
+std::size_t RangeTable::size() const {
+  const SignalBlocker blocked;
+  const std::lock_guard lock(writer_);
+  return copies_[version_.load(std::memory_order_relaxed) & 1].entries;
+}
+
+RangeTable& fault_table() noexcept {
+  // A union member is neither constructed at run time nor destroyed at exit.
+  union Storage {
+    RangeTable table;
+    constexpr Storage() : table() {}
+    ~Storage() {}
+  };
+  static constinit Storage storage;
+  return storage.table;
+}
+
+}  // namespace mapwright::detail

@@ -1,0 +1,138 @@
+// signal/range_table.h — address range → owner, read lock-free from the SIGBUS handler.
+//
+// The scheme is glibc's _dl_find_object (two copies and a version counter), with a reader
+// count per copy so that a writer knows when a copy is no longer read:
+//
+//     version_ ──► low bit selects the active copy
+//
+//       copies_[0]                      copies_[1]
+//       ┌ mins[] ┐  ┌ Block ─────────┐   (the same entries, laid out independently)
+//       │ m0 m1 …├─►│ begin[64]      │
+//       └────────┘  │ end[64]        │   Each copy: sorted blocks of up to 64 entries plus
+//                   │ owner[64]      │   a sorted array of each block's first begin, so a
+//                   └────────────────┘   lookup is two short binary searches.
+//       readers_[0]                     readers_[1]
+//
+// Reader (the handler): load version v, count itself in readers_[v & 1], check the version
+// did not move (else uncount and start over), search copies_[v & 1], use the owner, uncount.
+// A reader never waits for a writer: the copy it searches is not written while it is
+// counted. So a lookup is consistent even when the faulting thread itself was interrupted in
+// the middle of an update (and writers block signals anyway), unlike a seqlock, whose reader
+// would spin forever on a version its own thread left odd.
+//
+// Writer (serialized by a mutex held with every signal blocked):
+//   1. wait until readers_ of the inactive copy is zero (readers that entered before the
+//      last flip), then apply the change to it — no reader can see a half-done change;
+//   2. flip version_: new readers use the updated copy;
+//   3. wait until readers_ of the old copy is zero, then apply the same change to it, so
+//      both copies hold the same entries again.
+// After step 3 no handler can still hold an owner that erase() removed (invariant 4): the
+// caller may unmap the range and destroy the owner.
+//
+// Memory orders are sequentially consistent on the version and the counters: a reader's
+// "count, then re-check the version" and a writer's "flip, then check the count" must not
+// both miss each other.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "fault_owner.h"
+
+namespace mapwright::detail {
+
+class RangeTable {
+ public:
+  static constexpr std::uint32_t kBlockEntries = 64;
+
+  constexpr RangeTable() noexcept = default;
+  // Frees the copies. The process-wide table is never destroyed (see fault_table()).
+  ~RangeTable();
+  RangeTable(const RangeTable&) = delete;
+  RangeTable& operator=(const RangeTable&) = delete;
+
+  // Maps [begin, end) to `owner`. Throws std::invalid_argument if the range is empty or
+  // overlaps one already present, std::bad_alloc if memory runs out; the table is
+  // unchanged then. Blocks all signals while it holds the writer lock; may wait for handlers
+  // still reading the copy it updates. Not async-signal-safe.
+  void insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* owner);
+
+  // Removes the range that starts at `begin`; returns false if there is none. Returns only
+  // when no handler can still be using its owner. Never throws. Not async-signal-safe.
+  bool erase(std::uintptr_t begin) noexcept;
+
+  // Number of ranges. Not async-signal-safe (takes the writer lock).
+  std::size_t size() const;
+
+  struct Found {
+    FaultOwner* owner = nullptr;  // null: no range contains the address
+    std::uintptr_t begin = 0;
+    std::uintptr_t end = 0;
+  };
+
+  // Keeps one copy of the table readable, and every owner in it alive, for the Pin's
+  // lifetime. Lock-free; async-signal-safe. Hold a Pin only for as long as the owner is
+  // being used: erase() on another thread waits for it.
+  class Pin {
+   public:
+    // Async-signal-safe.
+    explicit Pin(const RangeTable& table) noexcept;
+    // Async-signal-safe.
+    ~Pin() { release(); }
+    Pin(const Pin&) = delete;
+    Pin& operator=(const Pin&) = delete;
+
+    // The range containing `address`, if any. Async-signal-safe, lock-free, O(log n).
+    Found find(std::uintptr_t address) const noexcept;
+    // Ends the pin early (before a siglongjmp or chaining to another handler, which may
+    // never return). Idempotent. Async-signal-safe.
+    void release() noexcept;
+
+   private:
+    const RangeTable* table_;
+    unsigned index_;
+    bool held_ = true;
+  };
+
+ private:
+  struct Block {
+    std::uint32_t count = 0;
+    std::uintptr_t begin[kBlockEntries];
+    std::uintptr_t end[kBlockEntries];
+    FaultOwner* owner[kBlockEntries];
+  };
+  struct Copy {
+    std::uintptr_t* mins = nullptr;  // mins[i] == blocks[i]->begin[0], ascending
+    Block** blocks = nullptr;
+    std::uint32_t count = 0;     // blocks in use
+    std::uint32_t capacity = 0;  // slots in mins and blocks
+    std::size_t entries = 0;
+    Block* spare = nullptr;      // preallocated so that a split cannot fail midway
+  };
+
+  static Found find_in(const Copy& copy, std::uintptr_t address) noexcept;
+  // Both may allocate; they leave `copy` unchanged when they throw.
+  static void reserve(Copy& copy);
+  static void check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end);
+  // Never fail once reserve() succeeded on the copy.
+  static void insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t end,
+                          FaultOwner* owner) noexcept;
+  static bool erase_from(Copy& copy, std::uintptr_t begin) noexcept;
+  static void free_copy(Copy& copy) noexcept;
+  void wait_for_readers(unsigned index) const noexcept;
+
+  // Written only under writer_ by a writer that saw readers_[i] == 0 (copies_[i]) or holds
+  // the lock (version_); read by Pins.
+  Copy copies_[2];
+  std::atomic<std::uint64_t> version_{0};
+  mutable std::atomic<std::uint64_t> readers_[2] = {};
+  mutable std::mutex writer_;
+};
+
+// The process-wide table the SIGBUS handler searches. Constant-initialized and never
+// destroyed, so a handler running during exit still finds valid memory. Async-signal-safe.
+RangeTable& fault_table() noexcept;
+
+}  // namespace mapwright::detail

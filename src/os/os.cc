@@ -1,0 +1,229 @@
+// src/os/os.cc — see os.h for the contract. Every call goes through `retry`, which retries
+// EINTR and turns the -1/errno convention into a returned errno, leaving errno untouched.
+#include "os/os.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+namespace mapwright::os {
+namespace {
+
+// Runs `call` until it does not fail with EINTR. Returns 0, or the errno it failed with.
+// The caller's errno is preserved, so the async-signal-safe wrappers stay transparent.
+template <class Call>
+int retry(Call call) noexcept {
+  const int saved = errno;
+  int result = 0;
+  for (;;) {
+    if (call() != -1) break;
+    if (errno == EINTR) continue;
+    result = errno;
+    break;
+  }
+  errno = saved;
+  return result;
+}
+
+}  // namespace
+
+int memfd_create(const char* name, int* fd, bool* noexec_sealed) noexcept {
+  int out = -1;
+  constexpr unsigned kBase = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+  int err = retry([&] { return out = ::memfd_create(name, kBase | MFD_NOEXEC_SEAL); });
+  bool noexec = err == 0;
+  if (err == EINVAL) {  // Linux < 6.3 does not know MFD_NOEXEC_SEAL.
+    err = retry([&] { return out = ::memfd_create(name, kBase); });
+  }
+  if (err != 0) return err;
+  *fd = out;
+  if (noexec_sealed != nullptr) *noexec_sealed = noexec;
+  return 0;
+}
+
+int open(const char* path, int flags, mode_t mode, int* fd) noexcept {
+  int out = -1;
+  const int err = retry([&] { return out = ::open(path, flags | O_CLOEXEC, mode); });
+  if (err == 0) *fd = out;
+  return err;
+}
+
+int open_tmpfile(const char* dir, mode_t mode, int* fd) noexcept {
+  return open(dir, O_TMPFILE | O_RDWR, mode, fd);
+}
+
+int link_fd(int fd, const char* path) noexcept {
+  char proc[64];
+  std::snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  int err = retry([&] { return ::linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW); });
+  if (err == ENOENT) {
+    // No /proc: AT_EMPTY_PATH works without it but needs CAP_DAC_READ_SEARCH.
+    err = retry([&] { return ::linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH); });
+  }
+  return err;
+}
+
+int rename(const char* from, const char* to) noexcept {
+  return retry([&] { return ::rename(from, to); });
+}
+
+int unlink(const char* path) noexcept {
+  return retry([&] { return ::unlink(path); });
+}
+
+int close(int fd) noexcept {
+  const int saved = errno;
+  const int err = ::close(fd) == 0 ? 0 : errno;
+  errno = saved;
+  return err == EINTR ? 0 : err;  // Linux always releases the fd, even on EINTR.
+}
+
+int ftruncate(int fd, std::uint64_t size) noexcept {
+  if (size > static_cast<std::uint64_t>(LLONG_MAX)) return EFBIG;
+  return retry([&] { return ::ftruncate(fd, static_cast<off_t>(size)); });
+}
+
+int fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length) noexcept {
+  if (offset > static_cast<std::uint64_t>(LLONG_MAX) ||
+      length > static_cast<std::uint64_t>(LLONG_MAX) - offset) {
+    return EFBIG;
+  }
+  return retry([&] {
+    return ::fallocate(fd, mode, static_cast<off_t>(offset), static_cast<off_t>(length));
+  });
+}
+
+int file_size(int fd, std::uint64_t* size) noexcept {
+  struct stat st;
+  const int err = retry([&] { return ::fstat(fd, &st); });
+  if (err == 0) *size = static_cast<std::uint64_t>(st.st_size);
+  return err;
+}
+
+int fsync(int fd) noexcept {
+  return retry([&] { return ::fsync(fd); });
+}
+
+int pread_full(int fd, void* buf, std::size_t length, std::uint64_t offset,
+               std::size_t* got) noexcept {
+  auto* p = static_cast<char*>(buf);
+  std::size_t done = 0;
+  while (done < length) {
+    ssize_t n = 0;
+    const int err = retry([&] {
+      return n = ::pread(fd, p + done, length - done, static_cast<off_t>(offset + done));
+    });
+    if (err != 0) return err;
+    if (n == 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  *got = done;
+  return 0;
+}
+
+int write_all(int fd, const void* buf, std::size_t length) noexcept {
+  const auto* p = static_cast<const char*>(buf);
+  while (length > 0) {
+    ssize_t n = 0;
+    const int err = retry([&] { return n = ::write(fd, p, length); });
+    if (err != 0) return err;
+    p += n;
+    length -= static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+int add_seals(int fd, int seals) noexcept {
+  return retry([&] { return ::fcntl(fd, F_ADD_SEALS, seals); });
+}
+
+int get_seals(int fd, int* seals) noexcept {
+  int out = 0;
+  const int err = retry([&] { return out = ::fcntl(fd, F_GET_SEALS); });
+  if (err == 0) *seals = out;
+  return err;
+}
+
+int map_shared(int fd, std::uint64_t length, void** address) noexcept {
+  void* p = MAP_FAILED;
+  const int err = retry([&] {
+    p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    return p == MAP_FAILED ? -1 : 0;
+  });
+  if (err == 0) *address = p;
+  return err;
+}
+
+int remap_private_readonly(void* address, std::uint64_t length, int fd) noexcept {
+  return retry([&] {
+    void* p = ::mmap(address, length, PROT_READ, MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED, fd, 0);
+    return p == MAP_FAILED ? -1 : 0;
+  });
+}
+
+int remap_shared_writable(void* address, std::uint64_t length, int fd) noexcept {
+  return retry([&] {
+    void* p = ::mmap(address, length, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0);
+    return p == MAP_FAILED ? -1 : 0;
+  });
+}
+
+int map_readonly(int fd, std::uint64_t length, const void** address) noexcept {
+  void* p = MAP_FAILED;
+  const int err = retry([&] {
+    p = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? -1 : 0;
+  });
+  if (err == 0) *address = p;
+  return err;
+}
+
+int munmap(const void* address, std::uint64_t length) noexcept {
+  return retry([&] { return ::munmap(const_cast<void*>(address), length); });
+}
+
+int msync(void* address, std::uint64_t length) noexcept {
+  return retry([&] { return ::msync(address, length, MS_SYNC); });
+}
+
+int madvise(void* address, std::uint64_t length, int advice) noexcept {
+  return retry([&] { return ::madvise(address, length, advice); });
+}
+
+int file_size_limit(std::uint64_t* bytes) noexcept {
+  struct rlimit64 limit;
+  // The raw system call: glibc's getrlimit is not on the async-signal-safe list.
+  const int err = retry([&] {
+    return static_cast<int>(::syscall(SYS_prlimit64, 0, RLIMIT_FSIZE, nullptr, &limit));
+  });
+  if (err == 0) {
+    *bytes = limit.rlim_cur == RLIM64_INFINITY ? UINT64_MAX
+                                               : static_cast<std::uint64_t>(limit.rlim_cur);
+  }
+  return err;
+}
+
+std::uint64_t page_size() noexcept {
+  static constinit std::atomic<std::uint64_t> cached{0};
+  std::uint64_t size = cached.load(std::memory_order_relaxed);
+  if (size == 0) {
+    size = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    cached.store(size, std::memory_order_relaxed);
+  }
+  return size;
+}
+
+}  // namespace mapwright::os

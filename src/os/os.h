@@ -1,0 +1,96 @@
+// src/os/os.h — the thin syscall layer shared by src/ and signal/.
+//
+// Contract, stated once for every function here:
+//   * Nothing throws and nothing allocates. Each function returns 0 on success or the errno
+//     value of the failing call; outputs go through pointer parameters and are written only
+//     on success.
+//   * EINTR is retried inside the wrapper, so callers never see it.
+//   * Each declaration says whether the function is async-signal-safe. Those that are may be
+//     called from the SIGBUS handler in signal/; they are thin wrappers over single system
+//     calls that POSIX or Linux documents as async-signal-safe, and they preserve the
+//     caller's errno (the handler saves and restores errno anyway).
+//
+// The layer knows nothing about regions, owners or error messages: turning an errno into a
+// message that names the operation and the path is the caller's job (see mapwright::Error).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mapwright::os {
+
+// ---- files -----------------------------------------------------------------------------
+
+// memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL). Kernels before 6.3
+// reject MFD_NOEXEC_SEAL with EINVAL; the call is then retried without it, and
+// `*noexec_sealed` (if given) says which happened. Not async-signal-safe (not needed there).
+int memfd_create(const char* name, int* fd, bool* noexec_sealed = nullptr) noexcept;
+
+// open(2) with O_CLOEXEC added. Not async-signal-safe by contract (it is in practice).
+int open(const char* path, int flags, mode_t mode, int* fd) noexcept;
+
+// open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, mode): an unnamed file in `dir`'s filesystem.
+// Fails with EOPNOTSUPP or EISDIR where the filesystem (or kernel) lacks O_TMPFILE.
+// Not async-signal-safe.
+int open_tmpfile(const char* dir, mode_t mode, int* fd) noexcept;
+
+// Gives the unnamed (O_TMPFILE) file `fd` the name `path`, which must not exist: linkat of
+// /proc/self/fd/N with AT_SYMLINK_FOLLOW, which needs no capability, falling back to
+// linkat(fd, "", AT_EMPTY_PATH) when /proc is not mounted. Not async-signal-safe.
+int link_fd(int fd, const char* path) noexcept;
+
+int rename(const char* from, const char* to) noexcept;  // Not async-signal-safe.
+int unlink(const char* path) noexcept;                  // Not async-signal-safe.
+int close(int fd) noexcept;  // Async-signal-safe. EINTR is NOT retried (the fd is gone).
+
+// ftruncate(2): sets the file size, up or down. Async-signal-safe.
+int ftruncate(int fd, std::uint64_t size) noexcept;
+// fallocate(2) with `mode` (0: allocate and extend the size if needed). Returns EOPNOTSUPP
+// where the filesystem cannot preallocate. Async-signal-safe.
+int fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length) noexcept;
+// fstat(2), reporting st_size only. Async-signal-safe.
+int file_size(int fd, std::uint64_t* size) noexcept;
+int fsync(int fd) noexcept;  // Async-signal-safe.
+// pread(2) until `length` bytes or end of file; `*got` is how many were read.
+// Not async-signal-safe by contract (it is in practice).
+int pread_full(int fd, void* buf, std::size_t length, std::uint64_t offset,
+               std::size_t* got) noexcept;
+// write(2) until every byte is written. Async-signal-safe: used for the handler's one line.
+int write_all(int fd, const void* buf, std::size_t length) noexcept;
+
+// ---- seals -----------------------------------------------------------------------------
+
+int add_seals(int fd, int seals) noexcept;   // fcntl(F_ADD_SEALS). Async-signal-safe.
+int get_seals(int fd, int* seals) noexcept;  // fcntl(F_GET_SEALS). Async-signal-safe.
+
+// ---- memory ----------------------------------------------------------------------------
+
+// Reserves `length` bytes of address space mapped MAP_SHARED | MAP_NORESERVE over `fd` from
+// offset 0, read-write. Pages past the end of the file raise SIGBUS (BUS_ADRERR) when
+// touched. Not async-signal-safe.
+int map_shared(int fd, std::uint64_t length, void** address) noexcept;
+// Replaces [address, address + length) in place (MAP_FIXED) by a read-only MAP_PRIVATE view
+// of `fd`: the address range stays reserved, but no shared writable mapping of `fd` remains
+// there. Not async-signal-safe.
+int remap_private_readonly(void* address, std::uint64_t length, int fd) noexcept;
+// The inverse: puts a MAP_SHARED read-write view of `fd` back at `address` (MAP_FIXED).
+int remap_shared_writable(void* address, std::uint64_t length, int fd) noexcept;
+// mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0). Not async-signal-safe.
+int map_readonly(int fd, std::uint64_t length, const void** address) noexcept;
+int munmap(const void* address, std::uint64_t length) noexcept;  // Async-signal-safe.
+int msync(void* address, std::uint64_t length) noexcept;         // MS_SYNC. Async-signal-safe.
+// madvise(2). MADV_POPULATE_WRITE returns EFAULT instead of raising SIGBUS when a page
+// cannot be faulted in, and EINVAL on kernels older than 5.14. Async-signal-safe.
+int madvise(void* address, std::uint64_t length, int advice) noexcept;
+
+// ---- process ---------------------------------------------------------------------------
+
+// The soft RLIMIT_FSIZE in bytes; UINT64_MAX when unlimited. Reads it afresh with the
+// prlimit64 system call each time. Async-signal-safe.
+int file_size_limit(std::uint64_t* bytes) noexcept;
+// The page size (sysconf(_SC_PAGESIZE)), cached after the first call from ordinary code.
+std::uint64_t page_size() noexcept;
+
+}  // namespace mapwright::os

@@ -1,0 +1,328 @@
+#include "mapwright/region.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <utility>
+
+#include "growth.h"
+#include "handler.h"
+#include "mapwright/error.h"
+#include "os/os.h"
+#include "range_table.h"
+#include "sealed_image_state.h"
+
+namespace mapwright {
+namespace detail {
+
+enum class RegionKind {
+  kMemfd,
+  kFile,
+  kStagedUnnamed,  // O_TMPFILE, not yet published
+  kStagedNamed,    // fallback: hidden named temporary file, not yet published
+};
+
+// Everything a Region owns. Lives on the heap so that the GrowthOwner registered in the
+// range table keeps its address when the Region is moved.
+struct RegionState {
+  RegionKind kind = RegionKind::kMemfd;
+  std::string name;                // memfd name or path, for messages
+  std::filesystem::path target;    // staged: where publish() puts the file
+  std::filesystem::path temp_path; // kStagedNamed: the hidden file's name
+  int fd = -1;
+  std::byte* base = nullptr;
+  std::uint64_t capacity = 0;
+  std::unique_ptr<GrowthOwner> owner;
+  bool registered = false;
+
+  RegionState() = default;
+  RegionState(const RegionState&) = delete;
+  RegionState& operator=(const RegionState&) = delete;
+  ~RegionState() { release(); }
+
+  void unregister() noexcept {
+    // Waits until no handler still uses `owner` (invariant 4), so unmapping is safe after.
+    if (registered) fault_table().erase(reinterpret_cast<std::uintptr_t>(base));
+    registered = false;
+  }
+  void release() noexcept {
+    unregister();
+    if (base != nullptr) os::munmap(base, capacity);
+    base = nullptr;
+    if (fd >= 0) os::close(fd);
+    fd = -1;
+    if (kind == RegionKind::kStagedNamed && !temp_path.empty()) os::unlink(temp_path.c_str());
+    temp_path.clear();
+  }
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::RegionKind;
+using detail::RegionState;
+
+std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+detail::GrowthPolicy checked_policy(const RegionOptions& options, const std::string& name) {
+  const std::uint64_t page = os::page_size();
+  if (options.capacity == 0 || options.min_step == 0 || options.max_step < options.min_step) {
+    throw Error(EINVAL, "creating region", name,
+                "(RegionOptions: capacity and min_step must be non-zero, max_step >= min_step)");
+  }
+  if (options.capacity > (1ull << 47)) {
+    throw Error(EINVAL, "creating region", name,
+                "(RegionOptions: capacity is larger than the address space)");
+  }
+  detail::GrowthPolicy policy;
+  policy.capacity = round_up(options.capacity, page);
+  policy.min_step = round_up(options.min_step, page);
+  policy.max_step = round_up(options.max_step, page);
+  policy.grow_on_fault = options.grow_on_fault;
+  return policy;
+}
+
+// Maps and registers `state`, whose kind, name and fd are set. `size` is the file's size.
+void map_and_register(RegionState& state, const RegionOptions& options, std::uint64_t size,
+                      detail::Backing backing) {
+  const detail::GrowthPolicy policy = checked_policy(options, state.name);
+  if (size > policy.capacity) {
+    throw Error(EFBIG, "opening region", state.name,
+                "(the file is " + std::to_string(size) + " bytes, more than the capacity of " +
+                    std::to_string(policy.capacity) + ")");
+  }
+  install_fault_handler();
+  void* base = nullptr;
+  if (const int err = os::map_shared(state.fd, policy.capacity, &base); err != 0) {
+    throw Error(err, "reserving address space for region", state.name,
+                "(" + std::to_string(policy.capacity) + " bytes)");
+  }
+  state.base = static_cast<std::byte*>(base);
+  state.capacity = policy.capacity;
+  state.owner = std::make_unique<detail::GrowthOwner>(state.name, state.fd, state.base, policy,
+                                                      backing, size);
+  const auto begin = reinterpret_cast<std::uintptr_t>(state.base);
+  detail::fault_table().insert(begin, begin + policy.capacity, state.owner.get());
+  state.registered = true;
+}
+
+int open_or_throw(const std::filesystem::path& path, int flags, const char* operation) {
+  int fd = -1;
+  if (const int err = os::open(path.c_str(), flags, 0666, &fd); err != 0) {
+    throw Error(err, operation, path.string());
+  }
+  return fd;
+}
+
+void fsync_directory(const std::filesystem::path& directory, const std::string& name) {
+  int dir = -1;
+  if (const int err = os::open(directory.c_str(), O_RDONLY | O_DIRECTORY, 0, &dir); err != 0) {
+    throw Error(err, "publishing region", name, "(opening its directory to fsync it)");
+  }
+  const int err = os::fsync(dir);
+  os::close(dir);
+  if (err != 0 && err != EINVAL) {  // some filesystems cannot fsync a directory
+    throw Error(err, "publishing region", name, "(fsync of its directory)");
+  }
+}
+
+std::filesystem::path directory_of(const std::filesystem::path& target) {
+  std::filesystem::path dir = target.parent_path();
+  return dir.empty() ? std::filesystem::path(".") : dir;
+}
+
+}  // namespace
+
+Region::Region(std::unique_ptr<RegionState> state) noexcept : state_(std::move(state)) {}
+Region::Region(Region&&) noexcept = default;
+Region& Region::operator=(Region&&) noexcept = default;
+Region::~Region() = default;
+
+Region Region::memfd(std::string_view name, RegionOptions options) {
+  auto state = std::make_unique<RegionState>();
+  state->kind = RegionKind::kMemfd;
+  state->name = std::string(name);
+  if (const int err = os::memfd_create(state->name.c_str(), &state->fd); err != 0) {
+    throw Error(err, "creating memfd for region", state->name);
+  }
+  map_and_register(*state, options, 0, detail::Backing::kMemory);
+  return Region(std::move(state));
+}
+
+Region Region::file(const std::filesystem::path& path, RegionOptions options) {
+  auto state = std::make_unique<RegionState>();
+  state->kind = RegionKind::kFile;
+  state->name = path.string();
+  state->fd = open_or_throw(path, O_RDWR | O_CREAT | O_TRUNC, "creating region file");
+  map_and_register(*state, options, 0, detail::Backing::kDisk);
+  return Region(std::move(state));
+}
+
+Region Region::open(const std::filesystem::path& path, RegionOptions options) {
+  auto state = std::make_unique<RegionState>();
+  state->kind = RegionKind::kFile;
+  state->name = path.string();
+  state->fd = open_or_throw(path, O_RDWR, "opening region file");
+  std::uint64_t size = 0;
+  if (const int err = os::file_size(state->fd, &size); err != 0) {
+    throw Error(err, "opening region file", state->name, "(fstat)");
+  }
+  map_and_register(*state, options, size, detail::Backing::kDisk);
+  return Region(std::move(state));
+}
+
+Region Region::staged(const std::filesystem::path& target, RegionOptions options) {
+  auto state = std::make_unique<RegionState>();
+  state->name = target.string();
+  state->target = target;
+  const std::filesystem::path dir = directory_of(target);
+  int err = os::open_tmpfile(dir.c_str(), 0666, &state->fd);
+  if (err == 0) {
+    state->kind = RegionKind::kStagedUnnamed;
+  } else if (err == EOPNOTSUPP || err == EISDIR) {
+    // No O_TMPFILE on this filesystem: a hidden named file beside the target.
+    std::string temp = (dir / ("." + target.filename().string() + ".mapwright-XXXXXX")).string();
+    const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
+    if (fd < 0) throw Error(errno, "creating staging file for region", state->name, "in " + dir.string());
+    state->kind = RegionKind::kStagedNamed;
+    state->fd = fd;
+    state->temp_path = temp;
+  } else {
+    throw Error(err, "creating staging file for region", state->name, "(O_TMPFILE in " + dir.string() + ")");
+  }
+  map_and_register(*state, options, 0, detail::Backing::kDisk);
+  return Region(std::move(state));
+}
+
+std::byte* Region::data() const noexcept { return state_ ? state_->base : nullptr; }
+std::uint64_t Region::size() const noexcept { return state_ ? state_->owner->committed() : 0; }
+std::uint64_t Region::capacity() const noexcept { return state_ ? state_->capacity : 0; }
+int Region::fd() const noexcept { return state_ ? state_->fd : -1; }
+
+const std::string& Region::name() const noexcept {
+  static const std::string kNone;
+  return state_ ? state_->name : kNone;
+}
+
+void Region::ensure(std::uint64_t bytes) {
+  if (!state_) throw Error(EINVAL, "growing region", "", "(the region was moved or sealed)");
+  detail::FaultFailure failure;
+  if (state_->owner->grow(bytes, &failure) != detail::FaultOutcome::kResolved) {
+    detail::throw_fault(failure);
+  }
+}
+
+void Region::finish(std::uint64_t used) {
+  if (!state_) throw Error(EINVAL, "finishing region", "", "(the region was moved or sealed)");
+  if (used > state_->capacity) {
+    throw Error(EINVAL, "finishing region", state_->name,
+                "at " + std::to_string(used) + " bytes (more than its capacity)");
+  }
+  if (const int err = state_->owner->truncate(used); err != 0) {
+    throw Error(err, "finishing region", state_->name, "at " + std::to_string(used) + " bytes");
+  }
+}
+
+void Region::sync() {
+  if (!state_) throw Error(EINVAL, "syncing region", "", "(the region was moved or sealed)");
+  const std::uint64_t size = state_->owner->committed();
+  if (size != 0) {
+    if (const int err = os::msync(state_->base, size); err != 0) {
+      throw Error(err, "syncing region", state_->name, "(msync)");
+    }
+  }
+  if (const int err = os::fsync(state_->fd); err != 0) {
+    throw Error(err, "syncing region", state_->name, "(fsync)");
+  }
+}
+
+void Region::publish() {
+  if (!state_ || (state_->kind != RegionKind::kStagedUnnamed &&
+                  state_->kind != RegionKind::kStagedNamed)) {
+    throw Error(EINVAL, "publishing region", state_ ? state_->name : "",
+                "(only a staged region that is not yet published can be published)");
+  }
+  sync();  // invariant 8: durable bytes before the name appears
+  RegionState& s = *state_;
+  const std::filesystem::path dir = directory_of(s.target);
+  if (s.kind == RegionKind::kStagedUnnamed) {
+    // linkat cannot replace an existing name: link under a fresh hidden name, then rename.
+    static std::atomic<unsigned> counter{0};
+    std::filesystem::path temp;
+    int err = EEXIST;
+    for (int attempt = 0; err == EEXIST && attempt < 100; ++attempt) {
+      temp = dir / ("." + s.target.filename().string() + ".mapwright-" +
+                    std::to_string(::getpid()) + "-" + std::to_string(counter++));
+      err = os::link_fd(s.fd, temp.c_str());
+    }
+    if (err != 0) throw Error(err, "publishing region", s.name, "(linking the staged file)");
+    if (const int rerr = os::rename(temp.c_str(), s.target.c_str()); rerr != 0) {
+      os::unlink(temp.c_str());
+      throw Error(rerr, "publishing region", s.name, "(renaming over the target)");
+    }
+  } else {
+    if (const int err = os::rename(s.temp_path.c_str(), s.target.c_str()); err != 0) {
+      throw Error(err, "publishing region", s.name, "(renaming over the target)");
+    }
+    s.temp_path.clear();
+  }
+  s.kind = RegionKind::kFile;
+  fsync_directory(dir, s.name);
+}
+
+SealedImage Region::seal() && {
+  if (!state_ || state_->kind != RegionKind::kMemfd) {
+    throw Error(EINVAL, "sealing region", state_ ? state_->name : "",
+                "(only memfd regions can be sealed)");
+  }
+  RegionState& s = *state_;
+  const std::uint64_t size = s.owner->committed();
+  // No handler may grow the file from here on; then no shared writable mapping may remain.
+  s.unregister();
+  if (const int err = os::remap_private_readonly(s.base, s.capacity, s.fd); err != 0) {
+    const auto begin = reinterpret_cast<std::uintptr_t>(s.base);
+    detail::fault_table().insert(begin, begin + s.capacity, s.owner.get());
+    s.registered = true;
+    throw Error(err, "sealing region", s.name, "(replacing the writable mapping)");
+  }
+  if (const int err = os::add_seals(s.fd, kImageSeals); err != 0) {
+    // Put the region back as it was.
+    const int back = os::remap_shared_writable(s.base, s.capacity, s.fd);
+    if (back == 0) {
+      const auto begin = reinterpret_cast<std::uintptr_t>(s.base);
+      detail::fault_table().insert(begin, begin + s.capacity, s.owner.get());
+      s.registered = true;
+    }
+    throw Error(err, "sealing region", s.name,
+                err == EBUSY ? "(another writable shared mapping of the memfd exists)"
+                             : "(F_ADD_SEALS)");
+  }
+  // The read-only view of [0, size) becomes the image's cached mapping; the rest goes.
+  auto image = std::make_shared<SealedImage::State>();
+  image->fd = s.fd;
+  image->size = size;
+  const std::uint64_t kept = round_up(size, os::page_size());
+  if (kept < s.capacity) os::munmap(s.base + kept, s.capacity - kept);
+  if (kept != 0) {
+    image->mapping = s.base;
+    image->mapping_length = kept;
+  }
+  s.fd = -1;
+  s.base = nullptr;
+  state_.reset();
+  return SealedImage(std::move(image));
+}
+
+RegionStats Region::stats() const noexcept {
+  if (!state_) return {};
+  const detail::GrowthCounters c = state_->owner->counters();
+  return {c.faults, c.growths, c.failures, state_->owner->committed()};
+}
+
+}  // namespace mapwright
