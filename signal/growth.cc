@@ -143,7 +143,10 @@ FaultOutcome GrowthOwner::grow_locked(std::uint64_t need, std::uint64_t fault_of
   if (target > policy_.capacity) target = policy_.capacity;
 
   std::uint64_t limit = UINT64_MAX;
-  if (os::file_size_limit(&limit) == 0 && target > limit) {
+  // Whole pages only: a file that ends inside a page leaves the rest of that page mapped but
+  // outside the file, where stores neither fault nor reach the file.
+  if (os::file_size_limit(&limit) == 0 && limit != UINT64_MAX) limit = limit / page_ * page_;
+  if (target > limit) {
     if (need > limit) {
       fail(failure, EFBIG, "growing region", need, fault_offset,
            "beyond RLIMIT_FSIZE (growing would raise SIGXFSZ)");
@@ -152,20 +155,34 @@ FaultOutcome GrowthOwner::grow_locked(std::uint64_t need, std::uint64_t fault_of
     target = limit;
   }
 
-  int err = 0;
-  if (backing_ == Backing::kDisk && fallocate_works_.load(std::memory_order_relaxed)) {
-    err = os::fallocate(fd_, 0, current, target - current);
-    if (err == EOPNOTSUPP) {
+  // Stores past an unaligned end of file in its last page neither fault nor belong to the
+  // file, and the kernel zeroes them when the size grows: keep them.
+  std::uint64_t tail = 0;
+  if (backing_ == Backing::kDisk && current % page_ != 0 && page_ <= sizeof tail_) {
+    tail = align_up(current, page_) - current;
+    std::memcpy(tail_, base_ + current, tail);
+  }
+  const auto extend_to = [&](std::uint64_t size) noexcept {
+    if (backing_ == Backing::kDisk && fallocate_works_.load(std::memory_order_relaxed)) {
+      const int e = os::fallocate(fd_, 0, current, size - current);
+      if (e != EOPNOTSUPP) return e;
       fallocate_works_.store(false, std::memory_order_relaxed);
-      err = os::ftruncate(fd_, target);
     }
-  } else {
-    err = os::ftruncate(fd_, target);
+    return os::ftruncate(fd_, size);
+  };
+  int err = extend_to(target);
+  // No room for the geometric step: take just what the store (or ensure()) needs, as the
+  // capacity and RLIMIT_FSIZE clamps above do.
+  const std::uint64_t least = align_up(need, page_) < target ? align_up(need, page_) : target;
+  if ((err == ENOSPC || err == EDQUOT) && least < target) {
+    err = extend_to(least);
+    if (err == 0) target = least;
   }
   if (err != 0) {
     fail(failure, err, "growing region", target, fault_offset, nullptr);
     return FaultOutcome::kFailed;
   }
+  if (tail != 0) std::memcpy(base_ + current, tail_, tail);
   committed_.store(target, std::memory_order_release);
   growths_.fetch_add(1, std::memory_order_relaxed);
   unconfirmed_retries_.store(0, std::memory_order_relaxed);
@@ -183,8 +200,17 @@ FaultOutcome GrowthOwner::grow(std::uint64_t bytes, FaultFailure* failure) noexc
 int GrowthOwner::truncate(std::uint64_t bytes) noexcept {
   const SignalBlocker blocked;
   lock();
+  const std::uint64_t current = committed_.load(std::memory_order_relaxed);
+  std::uint64_t tail = 0;  // as in grow_locked: keep bytes stored past an unaligned end
+  if (backing_ == Backing::kDisk && bytes > current && current % page_ != 0 &&
+      page_ <= sizeof tail_) {
+    tail = align_up(current, page_) - current;
+    if (tail > bytes - current) tail = bytes - current;
+    std::memcpy(tail_, base_ + current, tail);
+  }
   const int err = os::ftruncate(fd_, bytes);
   if (err == 0) {
+    if (tail != 0) std::memcpy(base_ + current, tail_, tail);
     committed_.store(bytes, std::memory_order_release);
     unconfirmed_retries_.store(0, std::memory_order_relaxed);
   }

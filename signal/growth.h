@@ -102,6 +102,8 @@ class GrowthOwner final : public FaultOwner {
   std::atomic<std::uint64_t> faults_{0};
   std::atomic<std::uint64_t> growths_{0};
   std::atomic<std::uint64_t> failures_{0};
+  // The bytes of the end-of-file page past an unaligned size, kept across a growth (lock_).
+  std::byte tail_[65536];
 };
 
 }  // namespace mapwright::detail

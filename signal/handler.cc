@@ -55,8 +55,20 @@ class ErrnoSaver {
 // disposition returns (or ignores the signal).
 void chain(int sig, siginfo_t* info, void* context) noexcept {
   const struct sigaction& previous = g_previous;
+  // Run a handler the way the kernel would have: with its sa_mask (and, unless SA_NODEFER,
+  // the signal itself) blocked; the mask is restored when it returns.
+  const auto with_its_mask = [&](auto call) noexcept {
+    sigset_t block = previous.sa_mask;
+    if ((previous.sa_flags & SA_NODEFER) == 0) sigaddset(&block, sig);
+    sigset_t saved;
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    call();
+    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  };
   if ((previous.sa_flags & SA_SIGINFO) != 0) {
-    if (previous.sa_sigaction != nullptr) previous.sa_sigaction(sig, info, context);
+    if (previous.sa_sigaction != nullptr) {
+      with_its_mask([&] { previous.sa_sigaction(sig, info, context); });
+    }
     return;
   }
   if (previous.sa_handler == SIG_IGN) {
@@ -66,7 +78,7 @@ void chain(int sig, siginfo_t* info, void* context) noexcept {
     return;
   }
   if (previous.sa_handler == SIG_DFL) die_by(sig);
-  previous.sa_handler(sig);
+  with_its_mask([&] { previous.sa_handler(sig); });
 }
 
 void on_sigbus(int sig, siginfo_t* info, void* context) {

@@ -34,7 +34,8 @@ struct RegionState {
   std::filesystem::path temp_path; // kStagedNamed: the hidden file's name
   int fd = -1;
   std::byte* base = nullptr;
-  std::uint64_t capacity = 0;
+  std::uint64_t capacity = 0;  // what the file may grow to
+  std::uint64_t mapped = 0;    // capacity + kGuardBytes: what is reserved and registered
   std::unique_ptr<GrowthOwner> owner;
   bool registered = false;
 
@@ -50,7 +51,7 @@ struct RegionState {
   }
   void release() noexcept {
     unregister();
-    if (base != nullptr) os::munmap(base, capacity);
+    if (base != nullptr) os::munmap(base, mapped);
     base = nullptr;
     if (fd >= 0) os::close(fd);
     fd = -1;
@@ -64,6 +65,11 @@ struct RegionState {
 namespace {
 
 using detail::RegionKind;
+
+// Reserved and registered past the capacity, but never backed (the file cannot grow past
+// the capacity): a store that runs off the end of a full region faults there and is
+// reported as "past the region's capacity" instead of landing in a neighbouring mapping.
+constexpr std::uint64_t kGuardBytes = 1ull << 20;
 using detail::RegionState;
 
 std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment) {
@@ -89,9 +95,8 @@ detail::GrowthPolicy checked_policy(const RegionOptions& options, const std::str
 }
 
 // Maps and registers `state`, whose kind, name and fd are set. `size` is the file's size.
-void map_and_register(RegionState& state, const RegionOptions& options, std::uint64_t size,
+void map_and_register(RegionState& state, const detail::GrowthPolicy& policy, std::uint64_t size,
                       detail::Backing backing) {
-  const detail::GrowthPolicy policy = checked_policy(options, state.name);
   if (size > policy.capacity) {
     throw Error(EFBIG, "opening region", state.name,
                 "(the file is " + std::to_string(size) + " bytes, more than the capacity of " +
@@ -99,16 +104,18 @@ void map_and_register(RegionState& state, const RegionOptions& options, std::uin
   }
   install_fault_handler();
   void* base = nullptr;
-  if (const int err = os::map_shared(state.fd, policy.capacity, &base); err != 0) {
+  const std::uint64_t mapped = policy.capacity + kGuardBytes;
+  if (const int err = os::map_shared(state.fd, mapped, &base); err != 0) {
     throw Error(err, "reserving address space for region", state.name,
                 "(" + std::to_string(policy.capacity) + " bytes)");
   }
   state.base = static_cast<std::byte*>(base);
   state.capacity = policy.capacity;
+  state.mapped = mapped;
   state.owner = std::make_unique<detail::GrowthOwner>(state.name, state.fd, state.base, policy,
                                                       backing, size);
   const auto begin = reinterpret_cast<std::uintptr_t>(state.base);
-  detail::fault_table().insert(begin, begin + policy.capacity, state.owner.get());
+  detail::fault_table().insert(begin, begin + mapped, state.owner.get());
   state.registered = true;
 }
 
@@ -148,10 +155,11 @@ Region Region::memfd(std::string_view name, RegionOptions options) {
   auto state = std::make_unique<RegionState>();
   state->kind = RegionKind::kMemfd;
   state->name = std::string(name);
+  const detail::GrowthPolicy policy = checked_policy(options, state->name);
   if (const int err = os::memfd_create(state->name.c_str(), &state->fd); err != 0) {
     throw Error(err, "creating memfd for region", state->name);
   }
-  map_and_register(*state, options, 0, detail::Backing::kMemory);
+  map_and_register(*state, policy, 0, detail::Backing::kMemory);
   return Region(std::move(state));
 }
 
@@ -159,8 +167,9 @@ Region Region::file(const std::filesystem::path& path, RegionOptions options) {
   auto state = std::make_unique<RegionState>();
   state->kind = RegionKind::kFile;
   state->name = path.string();
+  const detail::GrowthPolicy policy = checked_policy(options, state->name);
   state->fd = open_or_throw(path, O_RDWR | O_CREAT | O_TRUNC, "creating region file");
-  map_and_register(*state, options, 0, detail::Backing::kDisk);
+  map_and_register(*state, policy, 0, detail::Backing::kDisk);
   return Region(std::move(state));
 }
 
@@ -168,12 +177,13 @@ Region Region::open(const std::filesystem::path& path, RegionOptions options) {
   auto state = std::make_unique<RegionState>();
   state->kind = RegionKind::kFile;
   state->name = path.string();
+  const detail::GrowthPolicy policy = checked_policy(options, state->name);
   state->fd = open_or_throw(path, O_RDWR, "opening region file");
   std::uint64_t size = 0;
   if (const int err = os::file_size(state->fd, &size); err != 0) {
     throw Error(err, "opening region file", state->name, "(fstat)");
   }
-  map_and_register(*state, options, size, detail::Backing::kDisk);
+  map_and_register(*state, policy, size, detail::Backing::kDisk);
   return Region(std::move(state));
 }
 
@@ -181,22 +191,31 @@ Region Region::staged(const std::filesystem::path& target, RegionOptions options
   auto state = std::make_unique<RegionState>();
   state->name = target.string();
   state->target = target;
+  const detail::GrowthPolicy policy = checked_policy(options, state->name);
   const std::filesystem::path dir = directory_of(target);
   int err = os::open_tmpfile(dir.c_str(), 0666, &state->fd);
   if (err == 0) {
     state->kind = RegionKind::kStagedUnnamed;
   } else if (err == EOPNOTSUPP || err == EISDIR) {
     // No O_TMPFILE on this filesystem: a hidden named file beside the target.
-    std::string temp = (dir / ("." + target.filename().string() + ".mapwright-XXXXXX")).string();
-    const int fd = ::mkostemp(temp.data(), O_CLOEXEC);
-    if (fd < 0) throw Error(errno, "creating staging file for region", state->name, "in " + dir.string());
+    // O_EXCL with mode 0666 (less the umask), as O_TMPFILE and Region::file create files.
+    static std::atomic<unsigned> counter{0};
+    std::string temp;
+    int fd = -1;
+    err = EEXIST;
+    for (int attempt = 0; err == EEXIST && attempt < 100; ++attempt) {
+      temp = (dir / ("." + target.filename().string() + ".mapwright-" + std::to_string(::getpid()) +
+                     "-" + std::to_string(counter++))).string();
+      err = os::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL, 0666, &fd);
+    }
+    if (err != 0) throw Error(err, "creating staging file for region", state->name, "in " + dir.string());
     state->kind = RegionKind::kStagedNamed;
     state->fd = fd;
     state->temp_path = temp;
   } else {
     throw Error(err, "creating staging file for region", state->name, "(O_TMPFILE in " + dir.string() + ")");
   }
-  map_and_register(*state, options, 0, detail::Backing::kDisk);
+  map_and_register(*state, policy, 0, detail::Backing::kDisk);
   return Region(std::move(state));
 }
 
@@ -263,7 +282,10 @@ void Region::publish() {
     }
     if (err != 0) throw Error(err, "publishing region", s.name, "(linking the staged file)");
     if (const int rerr = os::rename(temp.c_str(), s.target.c_str()); rerr != 0) {
-      os::unlink(temp.c_str());
+      // The O_TMPFILE inode cannot be linked a second time once this name goes (it lost
+      // I_LINKABLE): keep the name as a named staging file, for a retry or the destructor.
+      s.kind = RegionKind::kStagedNamed;
+      s.temp_path = temp;
       throw Error(rerr, "publishing region", s.name, "(renaming over the target)");
     }
   } else {
@@ -285,18 +307,18 @@ SealedImage Region::seal() && {
   const std::uint64_t size = s.owner->committed();
   // No handler may grow the file from here on; then no shared writable mapping may remain.
   s.unregister();
-  if (const int err = os::remap_private_readonly(s.base, s.capacity, s.fd); err != 0) {
+  if (const int err = os::remap_private_readonly(s.base, s.mapped, s.fd); err != 0) {
     const auto begin = reinterpret_cast<std::uintptr_t>(s.base);
-    detail::fault_table().insert(begin, begin + s.capacity, s.owner.get());
+    detail::fault_table().insert(begin, begin + s.mapped, s.owner.get());
     s.registered = true;
     throw Error(err, "sealing region", s.name, "(replacing the writable mapping)");
   }
   if (const int err = os::add_seals(s.fd, kImageSeals); err != 0) {
     // Put the region back as it was.
-    const int back = os::remap_shared_writable(s.base, s.capacity, s.fd);
+    const int back = os::remap_shared_writable(s.base, s.mapped, s.fd);
     if (back == 0) {
       const auto begin = reinterpret_cast<std::uintptr_t>(s.base);
-      detail::fault_table().insert(begin, begin + s.capacity, s.owner.get());
+      detail::fault_table().insert(begin, begin + s.mapped, s.owner.get());
       s.registered = true;
     }
     throw Error(err, "sealing region", s.name,
@@ -308,7 +330,7 @@ SealedImage Region::seal() && {
   image->fd = s.fd;
   image->size = size;
   const std::uint64_t kept = round_up(size, os::page_size());
-  if (kept < s.capacity) os::munmap(s.base + kept, s.capacity - kept);
+  if (kept < s.mapped) os::munmap(s.base + kept, s.mapped - kept);
   if (kept != 0) {
     image->mapping = s.base;
     image->mapping_length = kept;

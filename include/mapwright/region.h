@@ -22,6 +22,12 @@
 //   * If growth is impossible (disk full, RLIMIT_FSIZE, capacity, a seal) a store past size()
 //     ends the process by SIGBUS after one line on stderr — unless it runs inside
 //     guarded(), which turns it into a thrown Error (see fault.h).
+//   * A store just past capacity() (within 1 MiB: an unbacked guard zone is reserved there)
+//     is a failed growth (ENOMEM), like the cases above; further out it is a wild pointer.
+//   * After finish(used) with `used` not a multiple of the page size (or open() of such a
+//     file), stores into the rest of that last page DO NOT FAULT and are not yet part of the
+//     file. The next growth keeps them, but a write-back of that page before it (which the
+//     kernel may start at any time) discards them. Call ensure() before appending there.
 //   * Do not shrink the file behind the region's back (ftruncate on fd()). A store into the
 //     lost part is reported as a failed fault, never retried forever.
 //   * After a fork(), the child shares the mappings (MAP_SHARED); growing a region from both
