@@ -51,6 +51,7 @@ struct GrowthCounters {
 class GrowthOwner final : public FaultOwner {
  public:
   // `base` maps `fd` from offset 0 for policy.capacity bytes; the file is `size` bytes now.
+  // Not async-signal-safe (copies the name).
   GrowthOwner(std::string name, int fd, std::byte* base, GrowthPolicy policy, Backing backing,
               std::uint64_t size) noexcept;
 
@@ -67,6 +68,7 @@ class GrowthOwner final : public FaultOwner {
 
   // Bytes backed by the file now. Async-signal-safe.
   std::uint64_t committed() const noexcept { return committed_.load(std::memory_order_acquire); }
+  // Both async-signal-safe (immutable after construction).
   const GrowthPolicy& policy() const noexcept { return policy_; }
   const std::string& name() const noexcept { return name_; }
   // Relaxed snapshot of the counters. Async-signal-safe.
@@ -77,6 +79,7 @@ class GrowthOwner final : public FaultOwner {
 
  private:
   // Grows to cover `need` bytes; lock_ held. `fault_offset` is UINT64_MAX for grow().
+  // Async-signal-safe, as are the four below.
   FaultOutcome grow_locked(std::uint64_t need, std::uint64_t fault_offset,
                            FaultFailure* failure) noexcept;
   FaultOutcome confirm_backed(std::uintptr_t address, std::uint64_t offset,

@@ -47,8 +47,10 @@ class RangeTable {
  public:
   static constexpr std::uint32_t kBlockEntries = 64;
 
+  // Constant-initializable. Async-signal-safe (it does nothing at run time).
   constexpr RangeTable() noexcept = default;
   // Frees the copies. The process-wide table is never destroyed (see fault_table()).
+  // Not async-signal-safe.
   ~RangeTable();
   RangeTable(const RangeTable&) = delete;
   RangeTable& operator=(const RangeTable&) = delete;
@@ -112,8 +114,10 @@ class RangeTable {
     Block* spare = nullptr;      // preallocated so that a split cannot fail midway
   };
 
+  // Async-signal-safe.
   static Found find_in(const Copy& copy, std::uintptr_t address) noexcept;
-  // Both may allocate; they leave `copy` unchanged when they throw.
+  // Not async-signal-safe, nor is anything below. Both may allocate; they leave `copy`
+  // unchanged when they throw.
   static void reserve(Copy& copy);
   static void check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end);
   // Never fail once reserve() succeeded on the copy.
