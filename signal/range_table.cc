@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -12,11 +13,12 @@
 namespace mapwright::detail {
 namespace {
 
-// Index of the last element <= key in the ascending array a[0, n), or -1. Branch-free
-// halving (the compiler emits cmov), so the cost does not depend on the branch predictor.
-inline std::ptrdiff_t last_at_or_below(const std::uintptr_t* a, std::uint32_t n,
+// How many of the ascending a[0, n) are <= key. Branch-free halving (the compiler emits
+// cmov); measured faster here than a fixed-length search over the padded arrays, whose
+// extra steps cost more than the loop-exit misprediction they avoid.
+inline std::uint32_t count_at_or_below(const std::uintptr_t* a, std::uint32_t n,
                                        std::uintptr_t key) noexcept {
-  if (n == 0) return -1;
+  if (n == 0) return 0;
   const std::uintptr_t* base = a;
   std::uint32_t length = n;
   while (length > 1) {
@@ -24,17 +26,31 @@ inline std::ptrdiff_t last_at_or_below(const std::uintptr_t* a, std::uint32_t n,
     base = base[half] <= key ? base + half : base;
     length -= half;
   }
-  return *base <= key ? base - a : -1;
+  return static_cast<std::uint32_t>(base - a) + (*base <= key ? 1 : 0);
 }
 
 // The block that holds, or should hold, an entry starting at `begin`.
 inline std::uint32_t block_for(const std::uintptr_t* mins, std::uint32_t count,
                                std::uintptr_t begin) noexcept {
-  const std::ptrdiff_t i = last_at_or_below(mins, count, begin);
-  return i < 0 ? 0 : static_cast<std::uint32_t>(i);
+  const std::uint32_t below = count_at_or_below(mins, count, begin);
+  return below == 0 ? 0 : below - 1;
+}
+
+// Which of the kReaderSlots a Pin made on this stack uses: thread stacks are megabytes
+// apart, so concurrent threads mostly land on different cache lines.
+inline unsigned slot_for_this_stack() noexcept {
+  int marker = 0;
+  const auto address = reinterpret_cast<std::uintptr_t>(&marker);
+  return static_cast<unsigned>((address >> 16) ^ (address >> 23)) % RangeTable::kReaderSlots;
+}
+
+void fill_none(std::uintptr_t* a, std::uint32_t from, std::uint32_t to) noexcept {
+  std::fill(a + from, a + to, UINTPTR_MAX);
 }
 
 }  // namespace
+
+RangeTable::Block::Block() noexcept { fill_none(begin, 0, kBlockEntries); }
 
 RangeTable::~RangeTable() {
   free_copy(copies_[0]);
@@ -43,21 +59,22 @@ RangeTable::~RangeTable() {
 
 // ---- readers ---------------------------------------------------------------------------
 
-RangeTable::Pin::Pin(const RangeTable& table) noexcept : table_(&table) {
+RangeTable::Pin::Pin(const RangeTable& table) noexcept
+    : table_(&table), slot_(slot_for_this_stack()) {
   for (;;) {
     const std::uint64_t v = table.version_.load(std::memory_order_seq_cst);
     index_ = static_cast<unsigned>(v & 1);
-    table.readers_[index_].fetch_add(1, std::memory_order_seq_cst);
+    table.readers_[slot_].count[index_].fetch_add(1, std::memory_order_seq_cst);
     if (table.version_.load(std::memory_order_seq_cst) == v) return;
     // A writer flipped between our two loads; it may be about to update this copy.
-    table.readers_[index_].fetch_sub(1, std::memory_order_seq_cst);
+    table.readers_[slot_].count[index_].fetch_sub(1, std::memory_order_seq_cst);
   }
 }
 
 void RangeTable::Pin::release() noexcept {
   if (!held_) return;
   held_ = false;
-  table_->readers_[index_].fetch_sub(1, std::memory_order_seq_cst);
+  table_->readers_[slot_].count[index_].fetch_sub(1, std::memory_order_seq_cst);
 }
 
 RangeTable::Found RangeTable::Pin::find(std::uintptr_t address) const noexcept {
@@ -66,19 +83,27 @@ RangeTable::Found RangeTable::Pin::find(std::uintptr_t address) const noexcept {
 }
 
 RangeTable::Found RangeTable::find_in(const Copy& copy, std::uintptr_t address) noexcept {
-  const std::ptrdiff_t b = last_at_or_below(copy.mins, copy.count, address);
-  if (b < 0) return {};
-  const Block& block = *copy.blocks[b];
-  const std::ptrdiff_t i = last_at_or_below(block.begin, block.count, address);
-  if (i < 0 || address >= block.end[i]) return {};
-  return {block.owner[i], block.begin[i], block.end[i]};
+  const std::uint32_t blocks = count_at_or_below(copy.mins, copy.count, address);
+  if (blocks == 0) return {};
+  const Block& block = *copy.blocks[blocks - 1];
+  const std::uint32_t below = count_at_or_below(block.begin, block.count, address);
+  if (below == 0 || address >= block.end[below - 1]) return {};
+  return {block.owner[below - 1], block.begin[below - 1], block.end[below - 1]};
 }
 
 // ---- writers ---------------------------------------------------------------------------
 
+std::uint64_t RangeTable::readers(unsigned index) const noexcept {
+  // Each Pin decrements the slot it incremented, so no slot is ever read with an unmatched
+  // decrement: the sum never undercounts the Pins that entered before the last flip.
+  std::uint64_t total = 0;
+  for (const ReaderSlot& slot : readers_) total += slot.count[index].load(std::memory_order_seq_cst);
+  return total;
+}
+
 void RangeTable::wait_for_readers(unsigned index) const noexcept {
   // Readers are handlers resolving one fault: microseconds, or the length of one fallocate.
-  for (unsigned spins = 0; readers_[index].load(std::memory_order_seq_cst) != 0; ++spins) {
+  for (unsigned spins = 0; readers(index) != 0; ++spins) {
     if (spins < 64) {
       sched_yield();
     } else {
@@ -104,6 +129,7 @@ void RangeTable::reserve(Copy& copy) {
     std::memcpy(mins, copy.mins, copy.count * sizeof *mins);
     std::memcpy(blocks, copy.blocks, copy.count * sizeof *blocks);
   }
+  fill_none(mins, copy.count, capacity);
   delete[] copy.mins;
   delete[] copy.blocks;
   copy.mins = mins;
@@ -112,19 +138,16 @@ void RangeTable::reserve(Copy& copy) {
 }
 
 void RangeTable::check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) {
-  if (begin >= end) throw std::invalid_argument("range table: empty range");
-  // The entry starting at or below `begin` must end at or before it; the next one must
-  // start at or after `end`.
-  const Found below = find_in(copy, begin);
-  if (below.owner != nullptr) throw std::invalid_argument("range table: overlapping range");
-  const Found last = find_in(copy, end - 1);
-  if (last.owner != nullptr) throw std::invalid_argument("range table: overlapping range");
-  // A range strictly inside [begin, end) starts at some b with begin < b < end.
-  const std::ptrdiff_t blk = last_at_or_below(copy.mins, copy.count, end - 1);
-  if (blk >= 0) {
-    const Block& block = *copy.blocks[blk];
-    const std::ptrdiff_t i = last_at_or_below(block.begin, block.count, end - 1);
-    if (i >= 0 && block.begin[i] >= begin) {
+  if (begin >= end || begin == kNone) throw std::invalid_argument("range table: empty range");
+  // No range may contain `begin`, and none may start in (begin, end).
+  if (find_in(copy, begin).owner != nullptr) {
+    throw std::invalid_argument("range table: overlapping range");
+  }
+  const std::uint32_t blocks = count_at_or_below(copy.mins, copy.count, end - 1);
+  if (blocks != 0) {
+    const Block& block = *copy.blocks[blocks - 1];
+    const std::uint32_t below = count_at_or_below(block.begin, block.count, end - 1);
+    if (below != 0 && block.begin[below - 1] >= begin) {
       throw std::invalid_argument("range table: overlapping range");
     }
   }
@@ -135,36 +158,40 @@ void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t en
   if (copy.count == 0) {
     Block* block = copy.spare;
     copy.spare = nullptr;
-    block->count = 0;
     copy.blocks[0] = block;
-    copy.mins[0] = begin;
+    copy.mins[0] = kNone;
     copy.count = 1;
   }
   std::uint32_t b = block_for(copy.mins, copy.count, begin);
   Block* block = copy.blocks[b];
+  std::uint32_t at = count_at_or_below(block->begin, block->count, begin);
   if (block->count == kBlockEntries) {
-    // Split: the upper half moves to the spare block, inserted after this one.
+    // Split, moving [split, 64) to the spare block inserted after this one. Inserting at
+    // either end (ascending or descending addresses, as mmap hands them out) splits at the
+    // insertion point, so blocks fill up completely; elsewhere split in the middle.
     Block* upper = copy.spare;
     copy.spare = nullptr;
-    constexpr std::uint32_t kHalf = kBlockEntries / 2;
-    upper->count = kBlockEntries - kHalf;
-    std::memcpy(upper->begin, block->begin + kHalf, upper->count * sizeof(std::uintptr_t));
-    std::memcpy(upper->end, block->end + kHalf, upper->count * sizeof(std::uintptr_t));
-    std::memcpy(upper->owner, block->owner + kHalf, upper->count * sizeof(FaultOwner*));
-    block->count = kHalf;
+    const std::uint32_t split = (at == 0 || at == kBlockEntries) ? at : kBlockEntries / 2;
+    upper->count = kBlockEntries - split;
+    std::memcpy(upper->begin, block->begin + split, upper->count * sizeof(std::uintptr_t));
+    std::memcpy(upper->end, block->end + split, upper->count * sizeof(std::uintptr_t));
+    std::memcpy(upper->owner, block->owner + split, upper->count * sizeof(FaultOwner*));
+    fill_none(upper->begin, upper->count, kBlockEntries);
+    block->count = split;
+    fill_none(block->begin, split, kBlockEntries);
     std::memmove(copy.mins + b + 2, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
     std::memmove(copy.blocks + b + 2, copy.blocks + b + 1,
                  (copy.count - b - 1) * sizeof *copy.blocks);
     copy.mins[b + 1] = upper->begin[0];
     copy.blocks[b + 1] = upper;
     ++copy.count;
-    if (begin >= upper->begin[0]) {
+    if (split != 0 && at >= split) {  // split == 0: the emptied lower block takes it
       ++b;
       block = upper;
+      at -= split;
     }
   }
-  const std::ptrdiff_t at = last_at_or_below(block->begin, block->count, begin) + 1;
-  const std::uint32_t tail = block->count - static_cast<std::uint32_t>(at);
+  const std::uint32_t tail = block->count - at;
   std::memmove(block->begin + at + 1, block->begin + at, tail * sizeof(std::uintptr_t));
   std::memmove(block->end + at + 1, block->end + at, tail * sizeof(std::uintptr_t));
   std::memmove(block->owner + at + 1, block->owner + at, tail * sizeof(FaultOwner*));
@@ -180,13 +207,15 @@ bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
   if (copy.count == 0) return false;
   const std::uint32_t b = block_for(copy.mins, copy.count, begin);
   Block* block = copy.blocks[b];
-  const std::ptrdiff_t at = last_at_or_below(block->begin, block->count, begin);
-  if (at < 0 || block->begin[at] != begin) return false;
-  const std::uint32_t tail = block->count - static_cast<std::uint32_t>(at) - 1;
+  const std::uint32_t below = count_at_or_below(block->begin, block->count, begin);
+  if (below == 0 || block->begin[below - 1] != begin) return false;
+  const std::uint32_t at = below - 1;
+  const std::uint32_t tail = block->count - at - 1;
   std::memmove(block->begin + at, block->begin + at + 1, tail * sizeof(std::uintptr_t));
   std::memmove(block->end + at, block->end + at + 1, tail * sizeof(std::uintptr_t));
   std::memmove(block->owner + at, block->owner + at + 1, tail * sizeof(FaultOwner*));
   --block->count;
+  block->begin[block->count] = kNone;
   --copy.entries;
   if (block->count == 0) {
     // Keep one empty block as the spare; free any other.
@@ -198,6 +227,7 @@ bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
     std::memmove(copy.mins + b, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
     std::memmove(copy.blocks + b, copy.blocks + b + 1, (copy.count - b - 1) * sizeof *copy.blocks);
     --copy.count;
+    copy.mins[copy.count] = kNone;
   } else {
     copy.mins[b] = block->begin[0];
   }
@@ -223,15 +253,15 @@ void RangeTable::insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* ow
   check_free(copies_[active], begin, end);
   wait_for_readers(inactive);
   reserve(copies_[inactive]);
-  // The active copy cannot be reserved yet (readers may use it); its arrays are replaced
-  // only after the flip below, when it is drained. Reserve a private replacement now.
+  // The active copy cannot be reserved in place yet (readers may be searching it); allocate
+  // its replacement arrays now and install them after the flip, once it is drained.
   Copy& old = copies_[active];
   Block* spare = old.spare == nullptr ? new Block : nullptr;
   std::uintptr_t* mins = nullptr;
   Block** blocks = nullptr;
   const bool grow = old.count + 1 > old.capacity;
+  const std::uint32_t capacity = !grow ? old.capacity : old.capacity == 0 ? 16 : old.capacity * 2;
   if (grow) {
-    const std::uint32_t capacity = old.capacity == 0 ? 16 : old.capacity * 2;
     try {
       mins = new std::uintptr_t[capacity];
       blocks = new Block*[capacity];
@@ -248,11 +278,11 @@ void RangeTable::insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* ow
   wait_for_readers(active);
   if (spare != nullptr) old.spare = spare;
   if (grow) {
-    const std::uint32_t capacity = old.capacity == 0 ? 16 : old.capacity * 2;
     if (old.count != 0) {
       std::memcpy(mins, old.mins, old.count * sizeof *mins);
       std::memcpy(blocks, old.blocks, old.count * sizeof *blocks);
     }
+    fill_none(mins, old.count, capacity);
     delete[] old.mins;
     delete[] old.blocks;
     old.mins = mins;
@@ -272,7 +302,7 @@ bool RangeTable::erase(std::uintptr_t begin) noexcept {
   wait_for_readers(inactive);
   if (!erase_from(copies_[inactive], begin)) return false;
   version_.store(v + 1, std::memory_order_seq_cst);
-  // Handlers that found the owner through the old copy are counted in readers_[active].
+  // Handlers that found the owner through the old copy are counted in its reader slots.
   wait_for_readers(active);
   erase_from(copies_[active], begin);
   return true;

@@ -32,6 +32,15 @@
 // Memory orders are sequentially consistent on the version and the counters: a reader's
 // "count, then re-check the version" and a writer's "flip, then check the count" must not
 // both miss each other.
+//
+// The reader count of each copy is spread over kReaderSlots cache lines; a Pin picks one by
+// hashing its own stack address (threads have distinct stacks), so threads looking up at
+// the same time do not bounce one line between cores. A Pin decrements the slot it
+// incremented, so every slot's count is exact and the writer's sum never undercounts.
+//
+// Blocks split at the insertion point when an entry lands at either end of a full block
+// (mmap hands out addresses in order), else in the middle, so sequential registration
+// leaves full blocks. Unused begin[] and mins[] slots hold kNone.
 #pragma once
 
 #include <atomic>
@@ -45,7 +54,8 @@ namespace mapwright::detail {
 
 class RangeTable {
  public:
-  static constexpr std::uint32_t kBlockEntries = 64;
+  static constexpr std::uint32_t kBlockEntries = 64;  // a power of two
+  static constexpr std::uint32_t kReaderSlots = 16;
 
   // Constant-initializable. Async-signal-safe (it does nothing at run time).
   constexpr RangeTable() noexcept = default;
@@ -95,21 +105,24 @@ class RangeTable {
    private:
     const RangeTable* table_;
     unsigned index_;
+    unsigned slot_;
     bool held_ = true;
   };
 
  private:
+  static constexpr std::uintptr_t kNone = UINTPTR_MAX;  // sorts after every real begin
   struct Block {
+    Block() noexcept;  // every begin[] is kNone
     std::uint32_t count = 0;
-    std::uintptr_t begin[kBlockEntries];
+    std::uintptr_t begin[kBlockEntries];  // [count, kBlockEntries) hold kNone
     std::uintptr_t end[kBlockEntries];
     FaultOwner* owner[kBlockEntries];
   };
   struct Copy {
-    std::uintptr_t* mins = nullptr;  // mins[i] == blocks[i]->begin[0], ascending
+    std::uintptr_t* mins = nullptr;  // mins[i] == blocks[i]->begin[0], ascending; then kNone
     Block** blocks = nullptr;
     std::uint32_t count = 0;     // blocks in use
-    std::uint32_t capacity = 0;  // slots in mins and blocks
+    std::uint32_t capacity = 0;  // slots in mins and blocks: 0 or a power of two
     std::size_t entries = 0;
     Block* spare = nullptr;      // preallocated so that a split cannot fail midway
   };
@@ -126,12 +139,16 @@ class RangeTable {
   static bool erase_from(Copy& copy, std::uintptr_t begin) noexcept;
   static void free_copy(Copy& copy) noexcept;
   void wait_for_readers(unsigned index) const noexcept;
+  std::uint64_t readers(unsigned index) const noexcept;
 
   // Written only under writer_ by a writer that saw readers_[i] == 0 (copies_[i]) or holds
   // the lock (version_); read by Pins.
   Copy copies_[2];
   std::atomic<std::uint64_t> version_{0};
-  mutable std::atomic<std::uint64_t> readers_[2] = {};
+  struct alignas(64) ReaderSlot {
+    std::atomic<std::uint64_t> count[2] = {};  // Pins of copy 0 and of copy 1
+  };
+  mutable ReaderSlot readers_[kReaderSlots] = {};
   mutable std::mutex writer_;
 };
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <algorithm>
 #include <map>
 #include <random>
 #include <stdexcept>
@@ -107,6 +108,39 @@ TEST(RangeTable, AgreesWithModelAtTenThousandOwners) {
     check(begin);
     check(value.first - 1);
     check(value.first);
+  }
+}
+
+// mmap hands out addresses in order (usually descending): blocks then split at the
+// insertion point. Every range is found at both ends, every gap is empty, in both orders.
+TEST(RangeTable, SequentialInsertsInBothDirections) {
+  for (const bool ascending : {true, false}) {
+    RangeTable table;
+    constexpr std::size_t kCount = 10'000;
+    constexpr std::uintptr_t kSlot = 0x10000;
+    for (std::size_t n = 0; n < kCount; ++n) {
+      const std::size_t i = ascending ? n : kCount - 1 - n;
+      table.insert((i + 1) * kSlot, (i + 1) * kSlot + kSlot / 2, owner_id(i));
+    }
+    ASSERT_EQ(table.size(), kCount);
+    for (std::size_t i = 0; i < kCount; ++i) {
+      const std::uintptr_t begin = (i + 1) * kSlot;
+      ASSERT_EQ(lookup(table, begin).owner, owner_id(i)) << ascending << " " << i;
+      ASSERT_EQ(lookup(table, begin + kSlot / 2 - 1).owner, owner_id(i));
+      ASSERT_EQ(lookup(table, begin + kSlot / 2).owner, nullptr);
+      ASSERT_EQ(lookup(table, begin - 1).owner, nullptr);
+    }
+    std::vector<std::size_t> order(kCount);
+    for (std::size_t i = 0; i < kCount; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), std::mt19937(3));
+    for (std::size_t k = 0; k < kCount; ++k) {
+      ASSERT_TRUE(table.erase((order[k] + 1) * kSlot));
+      if (k % 1000 == 0 && k + 1 < kCount) {
+        ASSERT_EQ(lookup(table, (order[k + 1] + 1) * kSlot).owner, owner_id(order[k + 1]));
+        ASSERT_EQ(lookup(table, (order[k] + 1) * kSlot).owner, nullptr);
+      }
+    }
+    EXPECT_EQ(table.size(), 0u);
   }
 }
 
