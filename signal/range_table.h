@@ -38,14 +38,13 @@
 // the same time do not bounce one line between cores. A Pin decrements the slot it
 // incremented, so every slot's count is exact and the writer's sum never undercounts.
 //
-// Blocks split at the insertion point when an entry lands at either end of a full block
-// (mmap hands out addresses in order), else in the middle, so sequential registration
-// leaves full blocks. Unused begin[] and mins[] slots hold kNone.
+// Full blocks split in the middle. Unused begin[] and mins[] slots hold kNone.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 
 #include "fault_owner.h"
@@ -127,13 +126,25 @@ class RangeTable {
     Block* spare = nullptr;      // preallocated so that a split cannot fail midway
   };
 
+  // The memory one insert may need in one copy (a spare block for a split, larger arrays),
+  // allocated before either copy changes, so that an insert either throws with the table
+  // unchanged or completes in both copies.
+  struct Reservation {
+    std::unique_ptr<Block> spare;
+    std::unique_ptr<std::uintptr_t[]> mins;
+    std::unique_ptr<Block*[]> blocks;
+    std::uint32_t capacity = 0;
+  };
+
   // Async-signal-safe.
   static Found find_in(const Copy& copy, std::uintptr_t address) noexcept;
-  // Not async-signal-safe, nor is anything below. Both may allocate; they leave `copy`
-  // unchanged when they throw.
-  static void reserve(Copy& copy);
+  // Not async-signal-safe, nor is anything below. Allocates; reads only the writer-owned
+  // sizes of `copy`, so it may run while readers search it.
+  static Reservation prepare(const Copy& copy);
+  // Installs what prepare() allocated; `copy` must have no readers.
+  static void install(Copy& copy, Reservation reservation) noexcept;
   static void check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end);
-  // Never fail once reserve() succeeded on the copy.
+  // Never fails once install() gave the copy its reservation.
   static void insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t end,
                           FaultOwner* owner) noexcept;
   static bool erase_from(Copy& copy, std::uintptr_t begin) noexcept;
