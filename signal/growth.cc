@@ -123,6 +123,14 @@ FaultOutcome GrowthOwner::confirm_backed(std::uintptr_t address, std::uint64_t o
   return FaultOutcome::kResolved;
 }
 
+bool GrowthOwner::last_page_backed(std::uint64_t size) const noexcept {
+  // The copy of the tail reads the page holding byte size - 1, possibly with signals
+  // blocked, where a fault would kill the process: only if the file still covers it (it
+  // does unless someone shrank the file behind the region's back).
+  std::uint64_t actual = 0;
+  return os::file_size(fd_, &actual) == 0 && actual >= size;
+}
+
 FaultOutcome GrowthOwner::grow_locked(std::uint64_t need, std::uint64_t fault_offset,
                                       FaultFailure* failure) noexcept {
   const std::uint64_t current = committed_.load(std::memory_order_relaxed);
@@ -158,7 +166,8 @@ FaultOutcome GrowthOwner::grow_locked(std::uint64_t need, std::uint64_t fault_of
   // Stores past an unaligned end of file in its last page neither fault nor belong to the
   // file, and the kernel zeroes them when the size grows: keep them.
   std::uint64_t tail = 0;
-  if (backing_ == Backing::kDisk && current % page_ != 0 && page_ <= sizeof tail_) {
+  if (backing_ == Backing::kDisk && current % page_ != 0 && page_ <= sizeof tail_ &&
+      last_page_backed(current)) {
     tail = align_up(current, page_) - current;
     std::memcpy(tail_, base_ + current, tail);
   }
@@ -203,7 +212,7 @@ int GrowthOwner::truncate(std::uint64_t bytes) noexcept {
   const std::uint64_t current = committed_.load(std::memory_order_relaxed);
   std::uint64_t tail = 0;  // as in grow_locked: keep bytes stored past an unaligned end
   if (backing_ == Backing::kDisk && bytes > current && current % page_ != 0 &&
-      page_ <= sizeof tail_) {
+      page_ <= sizeof tail_ && last_page_backed(current)) {
     tail = align_up(current, page_) - current;
     if (tail > bytes - current) tail = bytes - current;
     std::memcpy(tail_, base_ + current, tail);

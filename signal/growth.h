@@ -86,6 +86,7 @@ class GrowthOwner final : public FaultOwner {
                               FaultFailure* failure) noexcept;
   void fail(FaultFailure* failure, int error, const char* operation, std::uint64_t size,
             std::uint64_t offset, const char* reason) noexcept;
+  bool last_page_backed(std::uint64_t size) const noexcept;
   void lock() noexcept;
   void unlock() noexcept { lock_.store(false, std::memory_order_release); }
 
