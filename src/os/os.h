@@ -90,7 +90,8 @@ int madvise(void* address, std::uint64_t length, int advice) noexcept;
 // The soft RLIMIT_FSIZE in bytes; UINT64_MAX when unlimited. Reads it afresh with the
 // prlimit64 system call each time. Async-signal-safe.
 int file_size_limit(std::uint64_t* bytes) noexcept;
-// The page size (sysconf(_SC_PAGESIZE)), cached after the first call from ordinary code.
+// The page size (sysconf(_SC_PAGESIZE)), cached by the first call. Async-signal-safe once
+// cached; the handler is installed only after a call from ordinary code has cached it.
 std::uint64_t page_size() noexcept;
 
 }  // namespace mapwright::os
