@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -30,9 +29,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <ostream>
 #include <stdexcept>
@@ -42,97 +41,23 @@
 #include <vector>
 
 #include "child.h"
+#include "content.h"
 #include "growth.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "mapwright/region.h"
-
-// ---- sanitizer runtime options ---------------------------------------------------------
-// Children here must die by SIGBUS exactly as without a sanitizer. The sanitizer runtimes
-// install their own SIGBUS handler by default, which would catch the SIGBUS that mapwright
-// re-raises under SIG_DFL to end the process and turn it into a report and exit code 66 (TSan)
-// or would take SIGBUS from mapwright altogether (ASan). These defaults keep the runtimes off
-// SIGBUS; TSAN_OPTIONS / ASAN_OPTIONS from the environment still add to them.
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MAPWRIGHT_TEST_TSAN 1
-#endif
-#if __has_feature(address_sanitizer)
-#define MAPWRIGHT_TEST_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define MAPWRIGHT_TEST_TSAN 1
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define MAPWRIGHT_TEST_ASAN 1
-#endif
-#if defined(MAPWRIGHT_TEST_TSAN)
-extern "C" __attribute__((used, visibility("default"))) const char* __tsan_default_options() {
-  return "handle_sigbus=0:halt_on_error=1";  // a report in a child must fail the child
-}
-#endif
-#if defined(MAPWRIGHT_TEST_ASAN)
-extern "C" __attribute__((used, visibility("default"))) const char* __asan_default_options() {
-  return "handle_sigbus=0:allow_user_segv_handler=1";
-}
-// UBSan (built together with ASan here) only prints and carries on by default; a child
-// that then _exit(0)s would hide the report.
-extern "C" __attribute__((used, visibility("default"))) const char* __ubsan_default_options() {
-  return "halt_on_error=1:print_stacktrace=1";
-}
-#endif
+#include "region_helpers.h"
 
 namespace mapwright {
 namespace {
 
-using test::ChildResult;
-using test::run_in_child;
+using namespace test;  // the shared helpers in tests/support
 
 constexpr std::chrono::milliseconds kChildTimeout{15'000};
-constexpr std::uint64_t kKiB = 1ull << 10;
-constexpr std::uint64_t kMiB = 1ull << 20;
 // Written before each failure and checked after it.
 constexpr std::uint64_t kPrefix = 256 * kKiB;
 
 // ---- helpers usable in a child ---------------------------------------------------------
-
-[[noreturn]] void child_failed(int line, const char* condition, const std::string& extra = {}) {
-  std::fprintf(stderr, "CHILD CHECK FAILED (line %d): %s%s%s\n", line, condition,
-               extra.empty() ? "" : " -- ", extra.c_str());
-  std::fflush(nullptr);
-  ::_exit(1);
-}
-
-#define CHILD_CHECK(condition)                                \
-  do {                                                        \
-    if (!(condition)) child_failed(__LINE__, #condition);     \
-  } while (0)
-
-#define CHILD_CHECK_MSG(condition, extra)                            \
-  do {                                                               \
-    if (!(condition)) child_failed(__LINE__, #condition, (extra));   \
-  } while (0)
-
-void say(const char* text) {
-  const std::size_t length = std::strlen(text);
-  std::size_t done = 0;
-  while (done < length) {
-    const ssize_t n = ::write(STDERR_FILENO, text + done, length - done);
-    if (n <= 0) return;
-    done += static_cast<std::size_t>(n);
-  }
-}
-
-void no_core_dumps() {
-  const rlimit none{0, 0};
-  ::setrlimit(RLIMIT_CORE, &none);
-  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-}
-
-unsigned char pattern(std::uint64_t offset) {
-  return static_cast<unsigned char>((offset * 131 + 7) & 0xff);
-}
 
 volatile unsigned char* bytes_of(const Region& region) {
   return reinterpret_cast<volatile unsigned char*>(region.data());
@@ -144,44 +69,20 @@ void store(const Region& region, std::uint64_t offset, unsigned char value) {
 
 // Stores then reads back one byte at `offset`: the region covers it now.
 void check_store_works(const Region& region, std::uint64_t offset) {
-  store(region, offset, pattern(offset));
-  CHILD_CHECK(bytes_of(region)[offset] == pattern(offset));
+  store(region, offset, byte_pattern(offset));
+  CHILD_CHECK(bytes_of(region)[offset] == byte_pattern(offset));
 }
 
 void write_prefix(const Region& region) {
-  for (std::uint64_t i = 0; i < kPrefix; ++i) store(region, i, pattern(i));
+  for (std::uint64_t i = 0; i < kPrefix; ++i) store(region, i, byte_pattern(i));
 }
 
 void check_prefix(const Region& region) {
   for (std::uint64_t i = 0; i < kPrefix; ++i) {
-    if (bytes_of(region)[i] != pattern(i)) {
-      child_failed(__LINE__, "prefix intact", "byte " + std::to_string(i) + " changed");
+    if (bytes_of(region)[i] != byte_pattern(i)) {
+      child_failed(__FILE__, __LINE__, "prefix intact", "byte " + std::to_string(i) + " changed");
     }
   }
-}
-
-RegionOptions options_with_capacity(std::uint64_t capacity) {
-  RegionOptions options;
-  options.capacity = capacity;
-  return options;
-}
-
-std::vector<std::string> lines_starting_with(const std::string& output, const std::string& prefix) {
-  std::vector<std::string> lines;
-  std::size_t start = 0;
-  while (start < output.size()) {
-    std::size_t end = output.find('\n', start);
-    if (end == std::string::npos) end = output.size();
-    const std::string line = output.substr(start, end - start);
-    if (line.rfind(prefix, 0) == 0) lines.push_back(line);
-    start = end + 1;
-  }
-  return lines;
-}
-
-void expect_clean_exit(const ChildResult& result) {
-  EXPECT_FALSE(result.timed_out) << result.describe();
-  EXPECT_TRUE(result.exited && result.exit_code == 0) << result.describe();
 }
 
 // Death by SIGBUS, in time, after exactly one line from mapwright that names `region`, the
@@ -321,10 +222,7 @@ void carry_on_full_disk(Region& region) {
 }
 
 Region make_no_grow(const std::string& name) {
-  RegionOptions options = options_with_capacity(64 * kMiB);
-  options.grow_on_fault = false;
-  Region region = Region::memfd(name, options);
-  region.ensure(kMiB);
+  Region region = no_grow_region(name);
   write_prefix(region);
   CHILD_CHECK(region.size() == kMiB);
   return region;
@@ -338,13 +236,17 @@ void carry_on_no_grow(Region& region) {
 }
 
 // The file is 1 MiB; the pages in [512 KiB, 1 MiB) were touched; then it is cut to 512 KiB.
-Region make_truncated(const std::string& name) {
-  Region region = Region::file(name);
+void truncate_behind_its_back(const Region& region) {
   write_prefix(region);
   CHILD_CHECK(region.size() == kMiB);
   store(region, 768 * kKiB, 1);
   store(region, kMiB - 1, 1);
   CHILD_CHECK(::ftruncate(region.fd(), 512 * kKiB) == 0);
+}
+
+Region make_truncated(const std::string& name) {
+  Region region = Region::file(name);
+  truncate_behind_its_back(region);
   return region;
 }
 
@@ -352,11 +254,7 @@ Region make_truncated_memfd_without_populate(const std::string& name) {
   // A kernel without MADV_POPULATE_WRITE (before 5.14): the fstat-based fallback decides.
   detail::GrowthOwner::set_populate_supported_for_testing(false);
   Region region = Region::memfd(name, options_with_capacity(64 * kMiB));
-  write_prefix(region);
-  CHILD_CHECK(region.size() == kMiB);
-  store(region, 768 * kKiB, 1);
-  store(region, kMiB - 1, 1);
-  CHILD_CHECK(::ftruncate(region.fd(), 512 * kKiB) == 0);
+  truncate_behind_its_back(region);
   return region;
 }
 
@@ -451,6 +349,40 @@ class CaseDirectory {
   std::optional<test::SmallTmpfs> tmpfs_;
 };
 
+// Runs `body` in a child (without core dumps) on the region `cause` makes, named `name`.
+ChildResult run_cause_in_child(const Cause& cause, const std::string& name,
+                               const std::function<void(Region& region)>& body) {
+  return run_in_child(
+      [&] {
+        no_core_dumps();
+        Region region = cause.make(name);
+        body(region);
+      },
+      kChildTimeout);
+}
+
+// In the child, after a failed growth of `region` (named `name`, size_before bytes before
+// it): `error` is the cause's Error, nothing grew, the failure was counted, and the region
+// carries on as documented with its prefix intact; then says "carried on".
+void check_error_then_carry_on(const Cause& cause, Region& region, const std::string& name,
+                               std::uint64_t size_before, const std::optional<Error>& error) {
+  check_error(error, cause.error, name, cause.reason);
+  CHILD_CHECK(region.size() == size_before);  // nothing grew
+  CHILD_CHECK(region.stats().failures >= 1);
+  check_prefix(region);
+  cause.carry_on(region);
+  check_prefix(region);
+  say("carried on\n");
+}
+
+// In the parent: the child above got through cleanly. The failure was the caller's to report
+// (inside guarded(), or from ensure()): the handler wrote nothing.
+void expect_carried_on(const ChildResult& result) {
+  expect_clean_exit(result);
+  EXPECT_NE(result.output.find("carried on"), std::string::npos) << result.describe();
+  EXPECT_TRUE(lines_starting_with(result.output, "mapwright:").empty()) << result.describe();
+}
+
 // ---- a store that cannot grow the region -----------------------------------------------
 
 enum class Mode { kGuarded, kOutside };
@@ -468,37 +400,24 @@ TEST_P(StoreFailure, IsReportedNeverRetried) {
   if (!directory.usable()) GTEST_SKIP() << directory.why();
   const std::string name = directory.region_name(cause);
 
-  const ChildResult result = run_in_child(
-      [&] {
-        no_core_dumps();
-        Region region = cause.make(name);
-        CHILD_CHECK(region.name() == name);
-        const std::uint64_t size_before = region.size();
-        if (mode == Mode::kOutside) {
-          say("storing\n");
-          store(region, cause.fail_offset, 0xab);
-          say("survived the store\n");
-          return;
-        }
-        const std::optional<Error> error =
-            guarded_error([&] { store(region, cause.fail_offset, 0xab); });
-        check_error(error, cause.error, name, cause.reason);
-        CHILD_CHECK(region.size() == size_before);  // nothing grew
-        CHILD_CHECK(region.stats().failures >= 1);
-        check_prefix(region);
-        cause.carry_on(region);
-        check_prefix(region);
-        say("carried on\n");
-      },
-      kChildTimeout);
+  const ChildResult result = run_cause_in_child(cause, name, [&](Region& region) {
+    CHILD_CHECK(region.name() == name);
+    const std::uint64_t size_before = region.size();
+    if (mode == Mode::kOutside) {
+      say("storing\n");
+      store(region, cause.fail_offset, 0xab);
+      say("survived the store\n");
+      return;
+    }
+    const std::optional<Error> error =
+        guarded_error([&] { store(region, cause.fail_offset, 0xab); });
+    check_error_then_carry_on(cause, region, name, size_before, error);
+  });
 
   if (mode == Mode::kOutside) {
     expect_explained_death(result, name, cause.error, cause.reason);
   } else {
-    expect_clean_exit(result);
-    EXPECT_NE(result.output.find("carried on"), std::string::npos) << result.describe();
-    // Inside guarded() the failure is the caller's to report: the handler writes nothing.
-    EXPECT_TRUE(lines_starting_with(result.output, "mapwright:").empty()) << result.describe();
+    expect_carried_on(result);
   }
 }
 
@@ -525,29 +444,17 @@ TEST_P(EnsureFailure, ThrowsTheSameError) {
   if (!directory.usable()) GTEST_SKIP() << directory.why();
   const std::string name = directory.region_name(cause);
 
-  const ChildResult result = run_in_child(
-      [&] {
-        no_core_dumps();
-        Region region = cause.make(name);
-        const std::uint64_t size_before = region.size();
-        std::optional<Error> error;
-        try {
-          region.ensure(cause.fail_size);
-        } catch (const Error& e) {
-          error = e;
-        }
-        check_error(error, cause.error, name, cause.reason);
-        CHILD_CHECK(region.size() == size_before);
-        CHILD_CHECK(region.stats().failures >= 1);
-        check_prefix(region);
-        cause.carry_on(region);
-        check_prefix(region);
-        say("carried on\n");
-      },
-      kChildTimeout);
-  expect_clean_exit(result);
-  EXPECT_NE(result.output.find("carried on"), std::string::npos) << result.describe();
-  EXPECT_TRUE(lines_starting_with(result.output, "mapwright:").empty()) << result.describe();
+  const ChildResult result = run_cause_in_child(cause, name, [&](Region& region) {
+    const std::uint64_t size_before = region.size();
+    std::optional<Error> error;
+    try {
+      region.ensure(cause.fail_size);
+    } catch (const Error& e) {
+      error = e;
+    }
+    check_error_then_carry_on(cause, region, name, size_before, error);
+  });
+  expect_carried_on(result);
 }
 
 INSTANTIATE_TEST_SUITE_P(Causes, EnsureFailure,
@@ -565,9 +472,7 @@ INSTANTIATE_TEST_SUITE_P(Causes, EnsureFailure,
 TEST(Failure, GrowOnFaultOffNeedsEnsureBeforeStores) {
   const ChildResult result = run_in_child(
       [] {
-        RegionOptions options = options_with_capacity(64 * kMiB);
-        options.grow_on_fault = false;
-        Region region = Region::memfd("explicit-region", options);
+        Region region = Region::memfd("explicit-region", no_grow_options());
         CHILD_CHECK(region.size() == 0);
         check_error(guarded_error([&] { store(region, 0, 1); }), EFAULT, "explicit-region",
                     "grow_on_fault is off");
@@ -586,46 +491,47 @@ TEST(Failure, GrowOnFaultOffNeedsEnsureBeforeStores) {
   expect_clean_exit(result);
 }
 
-// A full filesystem that still has room for the store: growth takes a smaller step (as it
-// does below RLIMIT_FSIZE and the capacity) instead of reporting the disk full.
-TEST(Failure, FullDiskStillGrowsAsFarAsTheDiskAllows) {
+// In a child: `body` on a new Region::file "room-region.mwr" on a fresh 6 MiB tmpfs; the
+// child must exit cleanly. Skips the test where no tmpfs can be mounted.
+void in_child_on_6_mib_tmpfs(void (*body)(Region& region)) {
   test::SmallTmpfs tmpfs(6 * kMiB);
   if (!tmpfs.ok()) GTEST_SKIP() << tmpfs.reason();
   const std::string name = (tmpfs.path() / "room-region.mwr").string();
   const ChildResult result = run_in_child(
       [&] {
         Region region = Region::file(name);
-        write_prefix(region);
-        // size() is 1 MiB; the x2 steps reach 4 MiB, and the next would be 8 MiB > 6 MiB.
-        const std::optional<Error> error = guarded_error([&] {
-          for (std::uint64_t offset = kPrefix; offset < 5 * kMiB; offset += 4 * kKiB) {
-            store(region, offset, pattern(offset));
-          }
-        });
-        CHILD_CHECK_MSG(!error.has_value(), error ? error->what() : "");
-        CHILD_CHECK(region.size() >= 5 * kMiB);
-        CHILD_CHECK(region.size() <= 6 * kMiB);
-        check_prefix(region);
+        body(region);
       },
       kChildTimeout);
   expect_clean_exit(result);
 }
 
+// A full filesystem that still has room for the store: growth takes a smaller step (as it
+// does below RLIMIT_FSIZE and the capacity) instead of reporting the disk full.
+TEST(Failure, FullDiskStillGrowsAsFarAsTheDiskAllows) {
+  in_child_on_6_mib_tmpfs([](Region& region) {
+    write_prefix(region);
+    // size() is 1 MiB; the x2 steps reach 4 MiB, and the next would be 8 MiB > 6 MiB.
+    const std::optional<Error> error = guarded_error([&] {
+      for (std::uint64_t offset = kPrefix; offset < 5 * kMiB; offset += 4 * kKiB) {
+        store(region, offset, byte_pattern(offset));
+      }
+    });
+    CHILD_CHECK_MSG(!error.has_value(), error ? error->what() : "");
+    CHILD_CHECK(region.size() >= 5 * kMiB);
+    CHILD_CHECK(region.size() <= 6 * kMiB);
+    check_prefix(region);
+  });
+}
+
 // Same through ensure(): 5 MiB fit on a 6 MiB filesystem.
 TEST(Failure, FullDiskEnsureOfWhatFitsSucceeds) {
-  test::SmallTmpfs tmpfs(6 * kMiB);
-  if (!tmpfs.ok()) GTEST_SKIP() << tmpfs.reason();
-  const std::string name = (tmpfs.path() / "room-region.mwr").string();
-  const ChildResult result = run_in_child(
-      [&] {
-        Region region = Region::file(name);
-        region.ensure(4 * kMiB);
-        region.ensure(5 * kMiB);  // must not say "No space left on device"
-        CHILD_CHECK(region.size() >= 5 * kMiB);
-        check_store_works(region, 5 * kMiB - 1);
-      },
-      kChildTimeout);
-  expect_clean_exit(result);
+  in_child_on_6_mib_tmpfs([](Region& region) {
+    region.ensure(4 * kMiB);
+    region.ensure(5 * kMiB);  // must not say "No space left on device"
+    CHILD_CHECK(region.size() >= 5 * kMiB);
+    check_store_works(region, 5 * kMiB - 1);
+  });
 }
 
 // RLIMIT_FSIZE that is not a multiple of the page size (`ulimit -f 4097` sets 4 MiB + 1 KiB):
@@ -644,7 +550,7 @@ TEST(Failure, RlimitNotPageAlignedNeverLosesAStore) {
         constexpr std::uint64_t kOffset = 4 * kMiB + 2 * kKiB;  // past the limit
         const std::optional<Error> error = guarded_error([&] {
           for (std::uint64_t offset = kPrefix; offset < 4 * kMiB; offset += 4 * kKiB) {
-            store(region, offset, pattern(offset));
+            store(region, offset, byte_pattern(offset));
           }
           // Below the limit but in its last page: grows the file, or fails with EFBIG.
           check_store_works(region, 4 * kMiB + 512);
@@ -669,12 +575,6 @@ TEST(Failure, RlimitNotPageAlignedNeverLosesAStore) {
 }
 
 // ---- guarded() itself ------------------------------------------------------------------
-
-RegionOptions no_grow_options() {
-  RegionOptions options = options_with_capacity(64 * kMiB);
-  options.grow_on_fault = false;
-  return options;
-}
 
 // The innermost guarded() catches; the outer one carries on and then catches a failure of
 // its own; after both, a failure outside any guarded() is fatal again.
@@ -709,8 +609,7 @@ TEST(Guarded, NestedInnermostCatchesAndTheChainUnwinds) {
   const ChildResult result = run_in_child(
       [] {
         no_core_dumps();
-        Region region = Region::memfd("nested-region", no_grow_options());
-        region.ensure(kMiB);
+        Region region = no_grow_region("nested-region");
         int inner_errors = 0;
         int outer_steps = 0;
         const std::optional<Error> outer = guarded_error([&] {
@@ -752,8 +651,7 @@ TEST(Guarded, ExceptionFromTheBodyPropagatesNormally) {
   const ChildResult result = run_in_child(
       [] {
         no_core_dumps();
-        Region region = Region::memfd("throwing-region", no_grow_options());
-        region.ensure(kMiB);
+        Region region = no_grow_region("throwing-region");
         struct Witness {
           int* destroyed;
           ~Witness() { ++*destroyed; }
@@ -795,8 +693,7 @@ TEST(Guarded, ExceptionFromTheBodyPropagatesNormally) {
 TEST(Guarded, IsPerThread) {
   const ChildResult own = run_in_child(
       [] {
-        Region region = Region::memfd("thread-region", no_grow_options());
-        region.ensure(kMiB);
+        Region region = no_grow_region("thread-region");
         std::optional<Error> error;
         std::thread worker([&] { error = guarded_error([&] { store(region, kMiB, 1); }); });
         worker.join();
@@ -808,8 +705,7 @@ TEST(Guarded, IsPerThread) {
   const ChildResult other = run_in_child(
       [] {
         no_core_dumps();
-        Region region = Region::memfd("thread-region", no_grow_options());
-        region.ensure(kMiB);
+        Region region = no_grow_region("thread-region");
         guarded([&] {
           std::thread worker([&] {
             say("storing\n");

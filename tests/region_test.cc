@@ -8,17 +8,14 @@
 //
 // MAPWRIGHT_TEST_BYTES (e.g. "64M") shrinks the 1 GiB tests for sanitizer runs.
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -29,9 +26,11 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
+#include "content.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
+#include "region_helpers.h"
 
 #ifndef MFD_NOEXEC_SEAL
 #define MFD_NOEXEC_SEAL 0x0008U
@@ -43,75 +42,14 @@
 namespace mapwright {
 namespace {
 
-using test::ChildResult;
-using test::run_in_child;
+using namespace test;  // the shared helpers in tests/support
 
-constexpr std::uint64_t kKiB = 1ull << 10;
-constexpr std::uint64_t kMiB = 1ull << 20;
-constexpr std::uint64_t kGiB = 1ull << 30;
 constexpr std::uint64_t kPage = 4096;
 
 // ---- helpers ----------------------------------------------------------------------------
 
-// The size of the big tests: MAPWRIGHT_TEST_BYTES ("67108864", "64M", "1G"), default 1 GiB.
-std::uint64_t test_bytes() {
-  const char* env = std::getenv("MAPWRIGHT_TEST_BYTES");
-  if (env == nullptr || *env == '\0') return kGiB;
-  char* end = nullptr;
-  std::uint64_t value = std::strtoull(env, &end, 10);
-  switch (end != nullptr ? *end : '\0') {
-    case 'k': case 'K': value *= kKiB; break;
-    case 'm': case 'M': value *= kMiB; break;
-    case 'g': case 'G': value *= kGiB; break;
-    default: break;
-  }
-  if (value < kMiB) value = kMiB;
-  return value / kPage * kPage;
-}
-
-// A word of the test pattern: distinct per index and per seed, never zero in practice.
-std::uint64_t pattern(std::uint64_t index, std::uint64_t seed) {
-  std::uint64_t z = index * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull + 1;
-  z = (z ^ (z >> 31)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 29);
-}
-
-// Plain 8-byte stores of the pattern into words [first, last) of `base`.
-void fill(std::byte* base, std::uint64_t first, std::uint64_t last, std::uint64_t seed) {
-  auto* words = reinterpret_cast<std::uint64_t*>(base);
-  for (std::uint64_t i = first; i < last; ++i) words[i] = pattern(i, seed);
-}
-
-// pread exactly `length` bytes at `offset`, or fewer at end of file. Returns bytes read.
-std::size_t pread_all(int fd, void* buffer, std::size_t length, std::uint64_t offset) {
-  auto* p = static_cast<char*>(buffer);
-  std::size_t done = 0;
-  while (done < length) {
-    const ssize_t n = ::pread(fd, p + done, length - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  return done;
-}
-
-// Checks words [first, last) of the file behind `fd` against the pattern, by pread.
-// Returns "" or a description of the first mismatch.
-std::string check_words(int fd, std::uint64_t first, std::uint64_t last, std::uint64_t seed) {
-  constexpr std::uint64_t kChunkWords = 128 * 1024;  // 1 MiB
-  std::vector<std::uint64_t> buffer(kChunkWords);
-  for (std::uint64_t w = first; w < last; w += kChunkWords) {
-    const std::uint64_t n = std::min(kChunkWords, last - w);
-    const std::size_t got = pread_all(fd, buffer.data(), n * 8, w * 8);
-    if (got != n * 8) return "short pread at offset " + std::to_string(w * 8);
-    for (std::uint64_t i = 0; i < n; ++i) {
-      if (buffer[i] != pattern(w + i, seed)) {
-        return "mismatch at offset " + std::to_string((w + i) * 8);
-      }
-    }
-  }
-  return "";
-}
+// The size of the big tests (test_bytes()), a whole number of pages.
+std::uint64_t large_bytes() { return test_bytes() / kPage * kPage; }
 
 // One word of every 4 KiB page of [0, bytes) (a different word in each page), by pread.
 std::string sample_pages(int fd, std::uint64_t bytes, std::uint64_t seed) {
@@ -165,17 +103,6 @@ int open_fd_count() {
 
 bool fd_is_open(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
 
-// Runs `body` and returns the mapwright::Error it throws, or nothing.
-template <class F>
-std::optional<Error> error_from(F&& body) {
-  try {
-    body();
-  } catch (const Error& e) {
-    return e;
-  }
-  return std::nullopt;
-}
-
 void write_file(const std::filesystem::path& path, const void* data, std::size_t length) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
@@ -196,53 +123,6 @@ std::string read_file(const std::filesystem::path& path) {
   ::close(fd);
   return text;
 }
-
-// A scratch directory on a real disk filesystem (not tmpfs, where fallocate, sparse files and
-// O_TMPFILE behave differently): under the system temp dir when that is on disk, else
-// /var/tmp, else the working directory (the build tree under ctest).
-class DiskDir {
- public:
-  DiskDir() {
-    std::filesystem::path base;
-    for (const std::filesystem::path& candidate :
-         {std::filesystem::temp_directory_path(), std::filesystem::path("/var/tmp"),
-          std::filesystem::current_path()}) {
-      struct statfs fs {};
-      if (::statfs(candidate.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC &&
-          ::access(candidate.c_str(), W_OK) == 0) {
-        base = candidate;
-        break;
-      }
-    }
-    if (base.empty()) base = std::filesystem::current_path();
-    std::string pattern = (base / "mapwright-region-test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~DiskDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  DiskDir(const DiskDir&) = delete;
-  DiskDir& operator=(const DiskDir&) = delete;
-  bool ok() const { return !path_.empty(); }
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
-
-// For checks inside run_in_child: a failed gtest assertion does not reach the parent, so
-// print the failure and exit non-zero.
-#define CHILD_CHECK(condition)                                                              \
-  do {                                                                                      \
-    if (!(condition)) {                                                                     \
-      std::fprintf(stderr, "%s:%d: child check failed: %s (errno %s)\n", __FILE__, __LINE__, \
-                   #condition, strerrorname_np(errno));                                     \
-      std::fflush(stderr);                                                                  \
-      ::_exit(1);                                                                           \
-    }                                                                                       \
-  } while (0)
 
 unsigned floor_log2(std::uint64_t v) {
   unsigned r = 0;
@@ -291,22 +171,28 @@ void write_large_and_verify(Region& region, std::uint64_t bytes, std::uint64_t s
 }
 
 TEST(RegionLarge, MemfdWrittenByPlainStores) {
-  const std::uint64_t bytes = test_bytes();
   Region region = Region::memfd("region_test.large");
-  write_large_and_verify(region, bytes, 1);
+  write_large_and_verify(region, large_bytes(), 1);
 }
 
 TEST(RegionLarge, DiskFileWrittenByPlainStores) {
-  DiskDir dir;
-  ASSERT_TRUE(dir.ok());
-  const std::uint64_t bytes = test_bytes();
-  Region region = Region::file(dir / "large.bin");
-  write_large_and_verify(region, bytes, 2);
-  // fallocate was used: the blocks are really allocated.
-  EXPECT_GE(fstat_allocated(region.fd()), bytes);
+  on_disk_file("large.bin", [](Region& region) {
+    const std::uint64_t bytes = large_bytes();
+    write_large_and_verify(region, bytes, 2);
+    // fallocate was used: the blocks are really allocated.
+    EXPECT_GE(fstat_allocated(region.fd()), bytes);
+  });
 }
 
 // ---- the base address and moves ---------------------------------------------------------
+
+// Growth steps of 64 KiB to 2 MiB: many of them.
+RegionOptions small_steps() {
+  RegionOptions options;
+  options.min_step = 64 * kKiB;
+  options.max_step = 2 * kMiB;
+  return options;
+}
 
 void check_base_stable(Region& region) {
   std::byte* const base = region.data();
@@ -329,21 +215,12 @@ void check_base_stable(Region& region) {
 }
 
 TEST(Region, DataNeverMovesAcrossGrowthMemfd) {
-  RegionOptions options;
-  options.min_step = 64 * kKiB;
-  options.max_step = 2 * kMiB;  // many growth steps
-  Region region = Region::memfd("region_test.stable", options);
+  Region region = Region::memfd("region_test.stable", small_steps());
   check_base_stable(region);
 }
 
 TEST(Region, DataNeverMovesAcrossGrowthFile) {
-  DiskDir dir;
-  ASSERT_TRUE(dir.ok());
-  RegionOptions options;
-  options.min_step = 64 * kKiB;
-  options.max_step = 2 * kMiB;
-  Region region = Region::file(dir / "stable.bin", options);
-  check_base_stable(region);
+  on_disk_file("stable.bin", small_steps(), check_base_stable);
 }
 
 TEST(Region, MoveConstructionKeepsDataAndGrowth) {
@@ -446,10 +323,7 @@ TEST(Region, ReadIntoUnbackedMemoryFailsWithEfaultMemfd) {
 }
 
 TEST(Region, ReadIntoUnbackedMemoryFailsWithEfaultFile) {
-  DiskDir dir;
-  ASSERT_TRUE(dir.ok());
-  Region region = Region::file(dir / "efault.bin");
-  check_read_into_unbacked(region);
+  on_disk_file("efault.bin", check_read_into_unbacked);
 }
 
 // ---- ensure, finish, sync, open ---------------------------------------------------------
@@ -553,10 +427,7 @@ TEST(Region, FinishShrinksThenStoresRegrowMemfd) {
 }
 
 TEST(Region, FinishShrinksThenStoresRegrowFile) {
-  DiskDir dir;
-  ASSERT_TRUE(dir.ok());
-  Region region = Region::file(dir / "finish.bin");
-  check_finish_then_regrow(region, 9);
+  on_disk_file("finish.bin", [](Region& region) { check_finish_then_regrow(region, 9); });
 }
 
 // The common "checkpoint, then keep appending" pattern: finish() at a size that is not a
@@ -584,10 +455,8 @@ TEST(Region, AppendAfterUnalignedFinishKeepsBytesMemfd) {
 // end-of-file page past i_size when the size is extended (and at writeback), so the stores
 // that landed there without a fault are silently lost.
 TEST(Region, AppendAfterUnalignedFinishKeepsBytesFile) {
-  DiskDir dir;
-  ASSERT_TRUE(dir.ok());
-  Region region = Region::file(dir / "append.bin");
-  check_append_after_unaligned_finish(region, 11);
+  on_disk_file("append.bin",
+               [](Region& region) { check_append_after_unaligned_finish(region, 11); });
 }
 
 TEST(Region, SyncWritesThroughToTheFile) {

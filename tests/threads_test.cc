@@ -4,18 +4,11 @@
 //
 // Bytes are checked through pread(2) on region.fd(), independently of the mapping.
 // MAPWRIGHT_TEST_BYTES (e.g. "64M") scales the amounts down for sanitizer runs.
-#include <fcntl.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cstdint>
-#include <cstdlib>
-#include <filesystem>
 #include <latch>
 #include <string>
 #include <thread>
@@ -23,75 +16,20 @@
 
 #include <gtest/gtest.h>
 
+#include "child.h"
+#include "content.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
+#include "region_helpers.h"
 
 namespace mapwright {
 namespace {
 
-constexpr std::uint64_t kKiB = 1ull << 10;
-constexpr std::uint64_t kMiB = 1ull << 20;
-constexpr std::uint64_t kGiB = 1ull << 30;
-
-// MAPWRIGHT_TEST_BYTES ("67108864", "64M", "1G"), default 1 GiB; these tests use fractions.
-std::uint64_t test_bytes() {
-  const char* env = std::getenv("MAPWRIGHT_TEST_BYTES");
-  if (env == nullptr || *env == '\0') return kGiB;
-  char* end = nullptr;
-  std::uint64_t value = std::strtoull(env, &end, 10);
-  switch (end != nullptr ? *end : '\0') {
-    case 'k': case 'K': value *= kKiB; break;
-    case 'm': case 'M': value *= kMiB; break;
-    case 'g': case 'G': value *= kGiB; break;
-    default: break;
-  }
-  return std::max<std::uint64_t>(value, kMiB);
-}
+using namespace test;  // the shared helpers in tests/support
 
 // `fraction` of the test size, at least `floor` bytes, a multiple of 1 MiB.
 std::uint64_t scaled(std::uint64_t divisor, std::uint64_t floor) {
   return std::max(floor, test_bytes() / divisor / kMiB * kMiB);
-}
-
-std::uint64_t pattern(std::uint64_t index, std::uint64_t seed) {
-  std::uint64_t z = index * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull + 1;
-  z = (z ^ (z >> 31)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 29);
-}
-
-void fill(std::byte* base, std::uint64_t first, std::uint64_t last, std::uint64_t seed) {
-  auto* words = reinterpret_cast<std::uint64_t*>(base);
-  for (std::uint64_t i = first; i < last; ++i) words[i] = pattern(i, seed);
-}
-
-std::size_t pread_all(int fd, void* buffer, std::size_t length, std::uint64_t offset) {
-  auto* p = static_cast<char*>(buffer);
-  std::size_t done = 0;
-  while (done < length) {
-    const ssize_t n = ::pread(fd, p + done, length - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  return done;
-}
-
-// Words [first, last) of the file against the pattern; "" or the first mismatch.
-std::string check_words(int fd, std::uint64_t first, std::uint64_t last, std::uint64_t seed) {
-  constexpr std::uint64_t kChunkWords = 128 * 1024;
-  std::vector<std::uint64_t> buffer(kChunkWords);
-  for (std::uint64_t w = first; w < last; w += kChunkWords) {
-    const std::uint64_t n = std::min(kChunkWords, last - w);
-    if (pread_all(fd, buffer.data(), n * 8, w * 8) != n * 8) {
-      return "short pread at offset " + std::to_string(w * 8);
-    }
-    for (std::uint64_t i = 0; i < n; ++i) {
-      if (buffer[i] != pattern(w + i, seed)) {
-        return "mismatch at offset " + std::to_string((w + i) * 8);
-      }
-    }
-  }
-  return "";
 }
 
 std::uint64_t fstat_size(int fd) {
@@ -99,38 +37,6 @@ std::uint64_t fstat_size(int fd) {
   if (::fstat(fd, &st) != 0) return 0;
   return static_cast<std::uint64_t>(st.st_size);
 }
-
-// A scratch directory on a disk filesystem (not tmpfs); see region_test.cc.
-class DiskDir {
- public:
-  DiskDir() {
-    std::filesystem::path base;
-    for (const std::filesystem::path& candidate :
-         {std::filesystem::temp_directory_path(), std::filesystem::path("/var/tmp"),
-          std::filesystem::current_path()}) {
-      struct statfs fs {};
-      if (::statfs(candidate.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC &&
-          ::access(candidate.c_str(), W_OK) == 0) {
-        base = candidate;
-        break;
-      }
-    }
-    if (base.empty()) base = std::filesystem::current_path();
-    std::string pattern = (base / "mapwright-threads-test-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~DiskDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  DiskDir(const DiskDir&) = delete;
-  DiskDir& operator=(const DiskDir&) = delete;
-  bool ok() const { return !path_.empty(); }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // Small steps: many growths, so that faults from several threads meet at the end of the file.
 RegionOptions small_steps() {
@@ -182,10 +88,8 @@ TEST(Threads, InterleavedStripesIntoOneMemfdRegion) {
 }
 
 TEST(Threads, InterleavedStripesIntoOneFileRegion) {
-  DiskDir dir;
-  ASSERT_TRUE(dir.ok());
-  Region region = Region::file(dir / "stripes.bin", small_steps());
-  stripes_into_one_region(region, 4, 2);
+  on_disk_file("stripes.bin", small_steps(),
+               [](Region& region) { stripes_into_one_region(region, 4, 2); });
 }
 
 // ---- each thread its own region ----------------------------------------------------------

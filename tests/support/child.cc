@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/filter.h>
+#include <linux/magic.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +22,9 @@
 #include <cstring>
 #include <exception>
 #include <stdexcept>
+#include <system_error>
+
+#include <gtest/gtest.h>
 
 namespace mapwright::test {
 
@@ -86,16 +91,95 @@ ChildResult run_in_child(const std::function<void()>& body, std::chrono::millise
   return result;
 }
 
-TempDir::TempDir() {
-  std::string pattern = (std::filesystem::temp_directory_path() / "mapwright-test-XXXXXX").string();
-  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-  path_ = pattern;
+void child_failed(const char* file, int line, const char* condition, const std::string& extra) {
+  const int error = errno;
+  const char* error_name = error == 0 ? "0" : strerrorname_np(error);
+  std::fprintf(stderr, "%s:%d: child check failed: %s (errno %s)%s%s\n", file, line, condition,
+               error_name != nullptr ? error_name : "?", extra.empty() ? "" : " -- ",
+               extra.c_str());
+  std::fflush(nullptr);
+  ::_exit(1);
 }
 
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
+void say(const char* text) {
+  const std::size_t length = std::strlen(text);
+  std::size_t done = 0;
+  while (done < length) {
+    const ssize_t n = ::write(STDERR_FILENO, text + done, length - done);
+    if (n <= 0) return;
+    done += static_cast<std::size_t>(n);
+  }
 }
+
+void no_core_dumps() {
+  const rlimit none{0, 0};
+  ::setrlimit(RLIMIT_CORE, &none);
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
+std::vector<std::string> lines_starting_with(const std::string& output, const std::string& prefix) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start < output.size()) {
+    std::size_t end = output.find('\n', start);
+    if (end == std::string::npos) end = output.size();
+    const std::string line = output.substr(start, end - start);
+    if (line.rfind(prefix, 0) == 0) lines.push_back(line);
+    start = end + 1;
+  }
+  return lines;
+}
+
+void expect_clean_exit(const ChildResult& result) {
+  EXPECT_FALSE(result.timed_out) << result.describe();
+  EXPECT_TRUE(result.exited && result.exit_code == 0) << result.describe();
+}
+
+void expect_clean_exit_unreported(const ChildResult& result) {
+  expect_clean_exit(result);
+  EXPECT_TRUE(lines_starting_with(result.output, "mapwright:").empty()) << result.describe();
+}
+
+namespace {
+
+// mkdtemp() of "mapwright-test-XXXXXX" in `parent`: the new directory, or "" if it failed.
+std::filesystem::path make_directory_in(const std::filesystem::path& parent) {
+  std::string pattern = (parent / "mapwright-test-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) return {};
+  return pattern;
+}
+
+// The first of the system temp dir, /var/tmp and the working directory that is writable and
+// not a tmpfs; the working directory if none is.
+std::filesystem::path disk_parent() {
+  for (const std::filesystem::path& candidate :
+       {std::filesystem::temp_directory_path(), std::filesystem::path("/var/tmp"),
+        std::filesystem::current_path()}) {
+    struct statfs fs {};
+    if (::statfs(candidate.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC &&
+        ::access(candidate.c_str(), W_OK) == 0) {
+      return candidate;
+    }
+  }
+  return std::filesystem::current_path();
+}
+
+std::filesystem::path make_temp_directory() {
+  std::filesystem::path path = make_directory_in(std::filesystem::temp_directory_path());
+  if (path.empty()) throw std::runtime_error("mkdtemp failed");
+  return path;
+}
+
+}  // namespace
+
+ScratchDir::~ScratchDir() {
+  std::error_code ignored;
+  if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+}
+
+TempDir::TempDir() : ScratchDir(make_temp_directory()) {}
+
+DiskDir::DiskDir() : ScratchDir(make_directory_in(disk_parent())) {}
 
 SmallTmpfs::SmallTmpfs(std::uint64_t bytes) {
   const std::string options = "size=" + std::to_string(bytes);

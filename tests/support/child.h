@@ -1,5 +1,6 @@
 // tests/support/child.h — running a piece of a test in a child process, and the tools such
-// children need: a small tmpfs, a seccomp filter, a scratch directory.
+// children need: checks that end the child, a small tmpfs, a seccomp filter, a scratch
+// directory; and the parent's checks of a child's output and exit.
 //
 // Signal outcomes (death by SIGBUS, a chained handler running, an rlimit) are observed in a
 // forked child so that the test process itself is never changed by them.
@@ -11,6 +12,8 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace mapwright::test {
 
@@ -32,18 +35,77 @@ struct ChildResult {
 ChildResult run_in_child(const std::function<void()>& body,
                          std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
-// A fresh directory under the system temp dir, removed with its contents on destruction.
-class TempDir {
+// ---- in a child -------------------------------------------------------------------------
+
+// A failed gtest assertion inside run_in_child's body does not reach the parent. CHILD_CHECK
+// and CHILD_CHECK_MSG instead print "<file>:<line>: child check failed: <condition> (errno
+// <name>)", and " -- <extra>" if given, to stderr and end the child with _exit(1).
+[[noreturn]] void child_failed(const char* file, int line, const char* condition,
+                               const std::string& extra = {});
+
+#define CHILD_CHECK(condition)                                                         \
+  do {                                                                                 \
+    if (!(condition)) ::mapwright::test::child_failed(__FILE__, __LINE__, #condition); \
+  } while (0)
+
+#define CHILD_CHECK_MSG(condition, extra)                                                       \
+  do {                                                                                          \
+    if (!(condition)) ::mapwright::test::child_failed(__FILE__, __LINE__, #condition, (extra)); \
+  } while (0)
+
+// Writes `text` to stderr with write(2): async-signal-safe and unbuffered, so still visible
+// when the child dies right after.
+void say(const char* text);
+
+// For a child that is meant to die by a signal: no core file (RLIMIT_CORE 0, not dumpable).
+void no_core_dumps();
+
+// ---- in the parent ------------------------------------------------------------------------
+
+// The lines of `output` that start with `prefix`.
+std::vector<std::string> lines_starting_with(const std::string& output, const std::string& prefix);
+
+// The child neither timed out nor failed: it exited with code 0.
+void expect_clean_exit(const ChildResult& result);
+
+// expect_clean_exit(), and no "mapwright:" line in the output: mapwright's handler reported
+// nothing (a failure inside guarded() is the caller's to report).
+void expect_clean_exit_unreported(const ChildResult& result);
+
+// ---- scratch space ------------------------------------------------------------------------
+
+// A directory that is removed with its contents on destruction: the base of TempDir and
+// DiskDir, which differ in where they make it.
+class ScratchDir {
  public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
+  ~ScratchDir();
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
   const std::filesystem::path& path() const { return path_; }
   std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
 
+ protected:
+  explicit ScratchDir(std::filesystem::path path) : path_(std::move(path)) {}
+
  private:
   std::filesystem::path path_;
+};
+
+// A fresh directory under the system temp dir (which may be a tmpfs). Throws if it cannot be
+// made.
+class TempDir : public ScratchDir {
+ public:
+  TempDir();
+};
+
+// A fresh directory on a real disk filesystem (not tmpfs, where fallocate, sparse files and
+// O_TMPFILE behave differently): under the system temp dir when that is on disk, else
+// /var/tmp, else the working directory (the build tree under ctest). ok() is false (and the
+// path empty) if it could not be made.
+class DiskDir : public ScratchDir {
+ public:
+  DiskDir();
+  bool ok() const { return !path().empty(); }
 };
 
 // A tmpfs of `bytes` mounted on a fresh directory, for ENOSPC tests. Needs root (or
