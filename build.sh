@@ -14,7 +14,7 @@ command=${1:-test}
 preset=${2:-release}
 
 packages=(cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev libbenchmark-dev
-          libsigsegv-dev)
+          libsigsegv-dev capnproto libcapnp-dev)
 if [[ $preset == clang ]]; then packages+=(clang); fi
 
 missing=()

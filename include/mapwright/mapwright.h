@@ -1,6 +1,7 @@
 // mapwright/mapwright.h — the whole public API.
 #pragma once
 
+#include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "mapwright/region.h"

@@ -191,6 +191,18 @@ int map_readonly(int fd, std::uint64_t length, const void** address) noexcept {
   return err;
 }
 
+int map_readonly_at(int fd, std::uint64_t offset, std::uint64_t length,
+                    const void** address) noexcept {
+  if (offset % page_size() != 0 || offset > static_cast<std::uint64_t>(LLONG_MAX)) return EINVAL;
+  void* p = MAP_FAILED;
+  const int err = retry([&] {
+    p = ::mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+    return p == MAP_FAILED ? -1 : 0;
+  });
+  if (err == 0) *address = p;
+  return err;
+}
+
 int munmap(const void* address, std::uint64_t length) noexcept {
   return retry([&] { return ::munmap(const_cast<void*>(address), length); });
 }

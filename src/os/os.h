@@ -79,6 +79,10 @@ int remap_private_readonly(void* address, std::uint64_t length, int fd) noexcept
 int remap_shared_writable(void* address, std::uint64_t length, int fd) noexcept;
 // mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0). Not async-signal-safe.
 int map_readonly(int fd, std::uint64_t length, const void** address) noexcept;
+// mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, offset); `offset` must be a multiple of the
+// page size (EINVAL otherwise). Not async-signal-safe.
+int map_readonly_at(int fd, std::uint64_t offset, std::uint64_t length,
+                    const void** address) noexcept;
 int munmap(const void* address, std::uint64_t length) noexcept;  // Async-signal-safe.
 int msync(void* address, std::uint64_t length) noexcept;         // MS_SYNC. Async-signal-safe.
 // madvise(2). MADV_POPULATE_WRITE returns EFAULT instead of raising SIGBUS when a page
