@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "capnp_frame.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "os/os.h"
@@ -48,6 +49,54 @@ MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions 
   table_slots_ = slots;
   header_bytes_ = header_bytes_for(slots);
   next_offset_ = header_bytes_;
+}
+
+MappedMessageBuilder::MappedMessageBuilder(Region& region, Reopen, MappedMessageOptions options)
+    : MappedMessageBuilder(region, options, prepare_reopen(region)) {}
+
+MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions options,
+                                           ReopenState state)
+    : ::capnp::MessageBuilder(::kj::arrayPtr(state.inits.data(), state.inits.size())),
+      region_(region),
+      table_slots_(state.slots),
+      segment_words_(options.segment_words == 0 ? kMaxSegmentWords : options.segment_words),
+      header_bytes_(state.header_bytes),
+      next_offset_(state.next_offset),
+      spans_(std::move(state.spans)),
+      segments_(static_cast<std::uint32_t>(state.inits.size())) {}
+
+MappedMessageBuilder::ReopenState MappedMessageBuilder::prepare_reopen(Region& region) {
+  if (region.data() == nullptr || region.size() == 0) {
+    throw Error(EINVAL, "reopening a Cap'n Proto message in region", region.name(),
+                "(the region is empty: there is no message to reopen)");
+  }
+  const detail::Frame frame = detail::parse_frame(region.data(), region.size(), region.name());
+  std::size_t used = frame.segments.size();
+  while (used > 0 && frame.segments[used - 1].words == 0) --used;  // free slots
+  if (used == 0) {
+    throw Error(EINVAL, "reopening a Cap'n Proto message in region", region.name(),
+                "(segment 0 is empty: there is no root pointer)");
+  }
+  ReopenState state;
+  state.slots = static_cast<std::uint32_t>(frame.segments.size());
+  state.header_bytes = frame.header_bytes;
+  for (std::size_t i = 0; i < used; ++i) {
+    const detail::FrameSegment& segment = frame.segments[i];
+    std::uint64_t space = segment.words;
+    if (i + 1 == used) {
+      // The last segment may grow in place: up to a full segment, within the capacity. What
+      // lies past the end of the file is zero, as allocateSegment() promises.
+      std::uint64_t end = segment.offset + kMaxSegmentWords * sizeof(::capnp::word);
+      if (end > region.capacity()) end = region.capacity();
+      space = (end - segment.offset) / sizeof(::capnp::word);
+    }
+    auto* first = reinterpret_cast<::capnp::word*>(region.data() + segment.offset);
+    state.inits.push_back({{first, static_cast<std::size_t>(space)},
+                           static_cast<std::size_t>(segment.words)});
+    state.spans.push_back(space);
+    state.next_offset = segment.offset + space * sizeof(::capnp::word);
+  }
+  return state;
 }
 
 MappedMessageBuilder::~MappedMessageBuilder() noexcept(false) = default;

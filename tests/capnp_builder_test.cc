@@ -317,3 +317,63 @@ TEST(MappedMessageBuilder, SealedImageReadsBackThroughMappedMessageReader) {
 
 }  // namespace
 }  // namespace mapwright
+
+namespace mapwright {
+namespace {
+
+// A message written, closed, reopened from the file and extended in place: old fields stay,
+// new ones land after them, and the stock reader sees the whole.
+TEST(MappedMessageBuilder, ReopenExtendsAMessageInPlace) {
+  test::TempDir dir;
+  const auto path = dir / "reopen.bin";
+  std::uint64_t first_size = 0;
+  {
+    Region region = Region::file(path);
+    MappedMessageBuilder builder(region);
+    fill_message(builder.initRoot<TestAll>(), 10);
+    first_size = builder.finish();
+    region.sync();
+  }
+  for (const int round : {1, 2}) {
+    Region region = Region::open(path);
+    ASSERT_EQ(region.size() >= first_size, true);
+    MappedMessageBuilder builder(region, MappedMessageBuilder::kReopen);
+    auto root = builder.getRoot<TestAll>();
+    EXPECT_EQ(root.getName(), "mapwright in place");
+    root.setId(round);
+    auto items = root.initItems(5000 * round);  // much larger than before: grows the file
+    for (std::uint32_t i = 0; i < items.size(); ++i) items[i].setValue(i + round);
+    const std::uint64_t size = builder.finish();
+    EXPECT_GT(size, first_size);
+    region.sync();
+  }
+  Region region = Region::open(path);
+  capnp::ReaderOptions unlimited;
+  unlimited.traversalLimitInWords = UINT64_MAX / 8;
+  capnp::FlatArrayMessageReader reader(words_of(region), unlimited);
+  const auto root = reader.getRoot<TestAll>();
+  EXPECT_EQ(root.getId(), 2u);
+  EXPECT_EQ(root.getName(), "mapwright in place");
+  EXPECT_EQ(root.getWords().size(), 100u);
+  EXPECT_EQ(root.getItems().size(), 10000u);
+  EXPECT_EQ(root.getItems()[9999].getValue(), 9999u + 2);
+}
+
+TEST(MappedMessageBuilder, ReopenRefusesEmptyAndMalformedRegions) {
+  Region empty = Region::memfd("reopen-empty");
+  EXPECT_THROW(MappedMessageBuilder(empty, MappedMessageBuilder::kReopen), Error);
+  Region garbage = Region::memfd("reopen-garbage");
+  garbage.ensure(64);
+  std::memset(garbage.data(), 0xff, 64);
+  garbage.finish(64);
+  try {
+    MappedMessageBuilder builder(garbage, MappedMessageBuilder::kReopen);
+    FAIL() << "reopened a malformed message";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.error(), EINVAL);
+    EXPECT_NE(std::string(e.what()).find("reopen-garbage"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace mapwright

@@ -64,6 +64,23 @@ class MappedMessageBuilder : public ::capnp::MessageBuilder {
   // The message starts at offset 0 of `region`, which must be empty and must outlive the
   // builder. Throws Error (EINVAL) for a non-empty region or an impossible max_segments.
   explicit MappedMessageBuilder(Region& region, MappedMessageOptions options = {});
+  // Tag that selects the reopening constructor.
+  struct Reopen {};
+  static constexpr Reopen kReopen{};
+
+  // REOPENS THE MESSAGE ALREADY IN `region` TO CHANGE OR EXTEND IT. THIS IS INSECURE: like
+  // Cap'n Proto's own MessageBuilder(ArrayPtr<SegmentInit>), which it uses, it trusts the
+  // message's pointers completely — a corrupt or hostile message can make later builder
+  // calls read or write anywhere in the region, or crash. Use it only on files this program
+  // (or one you trust as much) wrote, never on input from elsewhere.
+  //
+  // The segment table is checked against the file's size (as MappedMessageReader does), and
+  // its slot count cannot change: trailing zero-length segments are the free slots. The last
+  // segment can grow in place (up to a full segment, within the capacity); growing beyond
+  // that needs a free slot. Open the region with Region::open(). Throws Error (EINVAL) for an
+  // empty region or a malformed table.
+  MappedMessageBuilder(Region& region, Reopen, MappedMessageOptions options = {});
+
   ~MappedMessageBuilder() noexcept(false) override;
 
   // Writes the segment table and truncates the region to the message's exact size. Call it
@@ -93,6 +110,18 @@ class MappedMessageBuilder : public ::capnp::MessageBuilder {
   ::kj::ArrayPtr<::capnp::word> allocateSegment(::capnp::uint minimumSize) override;
 
  private:
+  // What the reopening constructor learns from the existing message, before the base class
+  // is constructed from `inits`.
+  struct ReopenState {
+    std::vector<SegmentInit> inits;
+    std::vector<std::uint64_t> spans;
+    std::uint32_t slots = 0;
+    std::uint64_t header_bytes = 0;
+    std::uint64_t next_offset = 0;
+  };
+  static ReopenState prepare_reopen(Region& region);
+  MappedMessageBuilder(Region& region, MappedMessageOptions options, ReopenState state);
+
   Region& region_;
   std::uint32_t table_slots_;
   std::uint64_t segment_words_;

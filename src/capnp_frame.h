@@ -1,0 +1,29 @@
+// src/capnp_frame.h — the Cap'n Proto stream framing, validated. Private to src/.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mapwright::detail {
+
+struct FrameSegment {
+  std::uint64_t offset = 0;  // bytes from the start of the message
+  std::uint64_t words = 0;
+};
+
+struct Frame {
+  std::uint64_t header_bytes = 0;  // the segment table, padded to 8 bytes
+  std::vector<FrameSegment> segments;
+  std::uint64_t size = 0;          // header and segments: the whole message, in bytes
+};
+
+// Validates the stream header of the message in [data, data + length), which must be 8-byte
+// aligned, against its length: count <= 512 (no wrap of the count field), the table inside
+// the data, each segment within the data and at most kMaxSegmentWords, no bytes after the
+// last segment. Throws mapwright::Error (EINVAL, "reading Cap'n Proto message", `name`) that
+// says exactly what is wrong; reads nothing past data + length.
+Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string& name);
+
+}  // namespace mapwright::detail
