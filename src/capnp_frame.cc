@@ -53,7 +53,7 @@ Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string
   Frame frame;
   frame.header_bytes = header;
   frame.segments.reserve(static_cast<std::size_t>(count));
-  // count <= 512 and each size < 2^32 words: the sum fits in 64 bits with room to spare, but
+  // count <= 511 and each size < 2^32 words: the sum fits in 64 bits with room to spare, but
   // each step is still checked against the file before it is added.
   std::uint64_t offset = header;  // bytes
   for (std::uint64_t i = 0; i < count; ++i) {

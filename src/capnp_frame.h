@@ -20,7 +20,7 @@ struct Frame {
 };
 
 // Validates the stream header of the message in [data, data + length), which must be 8-byte
-// aligned, against its length: count <= 512 (no wrap of the count field), the table inside
+// aligned, against its length: count <= 511 (no wrap of the count field), the table inside
 // the data, each segment within the data and at most kMaxSegmentWords, no bytes after the
 // last segment. Throws mapwright::Error (EINVAL, "reading Cap'n Proto message", `name`) that
 // says exactly what is wrong; reads nothing past data + length.

@@ -351,25 +351,25 @@ TEST(CapnpReader, MappingOutlivesTheFile) {
   EXPECT_EQ(check_message(reader.getRoot<TestAll>(), 10), "");
 }
 
-TEST(CapnpReader, ZeroLengthSegmentsAnd512Segments) {
-  // A real single-segment message followed by 511 empty segments: the most a header may
+TEST(CapnpReader, ZeroLengthSegmentsAnd511Segments) {
+  // A real single-segment message followed by 510 empty segments: the most a header may
   // announce, and empty segments are valid.
   Stock stock(5);
   const Bytes single = stock.bytes();
   ASSERT_EQ(single.size() % 8, 0u);
   std::uint32_t words0 = 0;
   std::memcpy(&words0, single.data() + 4, 4);
-  std::vector<std::uint32_t> sizes(512, 0);
+  std::vector<std::uint32_t> sizes(511, 0);
   sizes[0] = words0;
   Bytes bytes = framed(sizes);
   const std::size_t header = bytes.size() - std::size_t{words0} * 8;
-  EXPECT_EQ(header, 4u + 4 * 512 + 4);
+  EXPECT_EQ(header, 4u + 4 * 511);  // no padding needed
   std::memcpy(bytes.data() + header, single.data() + 8, std::size_t{words0} * 8);
   TempDir dir;
   write_file(dir / "m.bin", bytes);
   MappedMessageReader reader(dir / "m.bin");
-  EXPECT_EQ(reader.segment_count(), 512u);
-  EXPECT_EQ(reader.getSegment(511).size(), 0u);
+  EXPECT_EQ(reader.segment_count(), 511u);
+  EXPECT_EQ(reader.getSegment(510).size(), 0u);
   EXPECT_EQ(check_message(reader.getRoot<TestAll>(), 5), "");
 
   // A message that is nothing but an empty segment 0 parses (it has no root to read).
@@ -463,14 +463,15 @@ TEST(CapnpReaderRefuses, SegmentPastTheEnd) {
 }
 
 TEST(CapnpReaderRefuses, TooManySegments) {
-  Bytes bytes = framed(std::vector<std::uint32_t>(513, 0));
-  expect_refused(bytes, "segment count 513 (count field 512) is more than 512");
+  // 512 is what capnp::readMessage refuses first ("segmentCount < 512").
+  Bytes bytes = framed(std::vector<std::uint32_t>(512, 0));
+  expect_refused(bytes, "segment count 512 (count field 511) is more than 511");
 }
 
 TEST(CapnpReaderRefuses, CountFieldAllOnes) {
   Bytes bytes(16, std::byte{0});
   put32(bytes, 0, 0xffffffffu);
-  expect_refused(bytes, "segment count 4294967296 (count field 4294967295) is more than 512");
+  expect_refused(bytes, "segment count 4294967296 (count field 4294967295) is more than 511");
 }
 
 TEST(CapnpReaderRefuses, TrailingBytes) {

@@ -29,8 +29,9 @@ namespace mapwright {
 
 // The most words one Cap'n Proto segment can hold: 2^29 - 1 (4 GiB - 8 bytes).
 inline constexpr std::uint64_t kMaxSegmentWords = (1ull << 29) - 1;
-// The most segments a stream header may announce and still be read by stock readers.
-inline constexpr std::uint32_t kMaxSegments = 512;
+// The most segments a stream header may announce and still be read by every stock reader:
+// capnp::readMessage / StreamFdMessageReader require a segment count below 512.
+inline constexpr std::uint32_t kMaxSegments = 511;
 
 struct MappedMessageOptions {
   // How many segments the table at offset 0 has room for; it cannot grow later, because
@@ -143,13 +144,13 @@ struct MappedReaderOptions {
 
 // A zero-copy capnp::MessageReader over a stream-framed message: the segments are views into
 // a read-only mapping. The segment table is validated against the file's size before any
-// segment is handed to Cap'n Proto (count <= 512, every size within the file, no overflow,
+// segment is handed to Cap'n Proto (count <= 511, every size within the file, no overflow,
 // the header complete); a bad file gets a mapwright::Error that says what is wrong.
 //
 // Every refusal of the bytes themselves is Error(EINVAL, "reading Cap'n Proto message",
 // subject, detail), subject being the path, "fd N" ("fd N at offset X") or "sealed image
 // fd N": an empty file or range; fewer than 8 bytes, or a segment table longer than the file
-// ("truncated header"); more than 512 segments (a count field of 0xffffffff included); a
+// ("truncated header"); more than 511 segments (a count field of 0xffffffff included); a
 // segment over kMaxSegmentWords or running past the end; and any bytes after the last
 // segment — the message must fill the file, or the (fd, offset, length) range, exactly.
 // An fd offset that is not a multiple of 8, or a range outside the file, is EINVAL too.
