@@ -1,9 +1,15 @@
 #include "mapwright/sealed_image.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "mapwright/error.h"
 #include "os/os.h"
@@ -73,6 +79,101 @@ std::span<const std::byte> SealedImage::map() const {
     state_->mapping_length = state_->size;
   }
   return {static_cast<const std::byte*>(state_->mapping), state_->size};
+}
+
+namespace {
+
+// The one message send_image() sends beside the fd.
+struct ImageMessage {
+  std::uint64_t magic;
+  std::uint64_t size;
+};
+constexpr std::uint64_t kImageMagic = 0x31474d49'574d4150ull;  // "PAMWIMG1"
+
+std::string describe_socket(int fd) { return "socket fd " + std::to_string(fd); }
+
+}  // namespace
+
+void send_image(int unix_socket, const SealedImage& image) {
+  if (image.fd() < 0) throw Error(EBADF, "sending image over", describe_socket(unix_socket), "(empty image)");
+  ImageMessage message{kImageMagic, image.size()};
+  iovec data{&message, sizeof message};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr header{};
+  header.msg_iov = &data;
+  header.msg_iovlen = 1;
+  header.msg_control = control;
+  header.msg_controllen = sizeof control;
+  cmsghdr* rights = CMSG_FIRSTHDR(&header);
+  rights->cmsg_level = SOL_SOCKET;
+  rights->cmsg_type = SCM_RIGHTS;
+  rights->cmsg_len = CMSG_LEN(sizeof(int));
+  const int fd = image.fd();
+  std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
+  ssize_t sent = -1;
+  do {
+    sent = ::sendmsg(unix_socket, &header, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  if (sent < 0) throw Error(errno, "sending image over", describe_socket(unix_socket), "(sendmsg)");
+  if (static_cast<std::size_t>(sent) != sizeof message) {
+    throw Error(EIO, "sending image over", describe_socket(unix_socket), "(short sendmsg)");
+  }
+}
+
+SealedImage receive_image(int unix_socket) {
+  ImageMessage message{};
+  iovec data{&message, sizeof message};
+  // Room for several fds, so that a sender passing more than one is seen (and refused).
+  alignas(cmsghdr) char control[CMSG_SPACE(8 * sizeof(int))] = {};
+  msghdr header{};
+  header.msg_iov = &data;
+  header.msg_iovlen = 1;
+  header.msg_control = control;
+  header.msg_controllen = sizeof control;
+  ssize_t got = -1;
+  do {
+    got = ::recvmsg(unix_socket, &header, MSG_CMSG_CLOEXEC);
+  } while (got < 0 && errno == EINTR);
+  const std::string subject = describe_socket(unix_socket);
+  if (got < 0) throw Error(errno, "receiving image over", subject, "(recvmsg)");
+
+  // Collect every fd that arrived, so that each is closed on any refusal.
+  std::vector<int> fds;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd = -1;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds.push_back(fd);
+    }
+  }
+  const auto refuse = [&](int error, const std::string& why) {
+    for (const int fd : fds) os::close(fd);
+    throw Error(error, "receiving image over", subject, why);
+  };
+  if (got == 0) refuse(ECONNRESET, "(the peer closed the connection)");
+  if ((header.msg_flags & MSG_CTRUNC) != 0) refuse(EPROTO, "(control data truncated: too many fds)");
+  if (static_cast<std::size_t>(got) != sizeof message || message.magic != kImageMagic) {
+    refuse(EPROTO, "(not a mapwright image message)");
+  }
+  if (fds.size() != 1) {
+    refuse(EPROTO, "(expected one fd, got " + std::to_string(fds.size()) + ")");
+  }
+  SealedImage image = [&] {
+    try {
+      return SealedImage::adopt(fds[0]);  // verifies the seals here, in the receiver
+    } catch (const Error& e) {
+      refuse(e.error(), "(" + std::string(e.what()) + ")");
+      throw;  // unreachable: refuse throws
+    }
+  }();
+  if (image.size() != message.size) {
+    throw Error(EPROTO, "receiving image over", subject,
+                "(announced " + std::to_string(message.size) + " bytes, the fd has " +
+                    std::to_string(image.size()) + ")");
+  }
+  return image;
 }
 
 }  // namespace mapwright

@@ -36,4 +36,17 @@ class SealedImage {
   std::shared_ptr<State> state_;
 };
 
+// Sends `image` over the connected Unix-domain socket `unix_socket`: its fd as SCM_RIGHTS
+// ancillary data, with one 16-byte message (a magic number and the image's size). The image
+// stays valid here. Throws Error (EPIPE, ECONNRESET, ...). Not async-signal-safe.
+void send_image(int unix_socket, const SealedImage& image);
+
+// Receives one image sent by send_image(). Trusts nothing: the fd arrives close-on-exec, and
+// before it is returned the receiver itself checks that it carries all four seals
+// (SealedImage::adopt) and that its size is the one announced. Anything else — no fd, more
+// than one, a truncated control message, an unsealed or resizable fd, a size mismatch, end
+// of stream — closes every fd that arrived and throws Error saying which. Not
+// async-signal-safe.
+SealedImage receive_image(int unix_socket);
+
 }  // namespace mapwright
