@@ -4,5 +4,6 @@
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
+#include "mapwright/loader.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"

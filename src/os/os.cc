@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
+#include <sys/statvfs.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 
 #ifndef MFD_NOEXEC_SEAL
 #define MFD_NOEXEC_SEAL 0x0008U
@@ -143,6 +146,92 @@ int write_all(int fd, const void* buf, std::size_t length) noexcept {
     length -= static_cast<std::size_t>(n);
   }
   return 0;
+}
+
+int copy_file_range(int in_fd, std::uint64_t in_offset, int out_fd, std::uint64_t out_offset,
+                    std::uint64_t length, std::uint64_t* copied) noexcept {
+  if (in_offset > static_cast<std::uint64_t>(LLONG_MAX) ||
+      out_offset > static_cast<std::uint64_t>(LLONG_MAX)) {
+    return EFBIG;
+  }
+  auto in = static_cast<loff_t>(in_offset);
+  auto out = static_cast<loff_t>(out_offset);
+  std::uint64_t done = 0;
+  while (done < length) {
+    ssize_t n = 0;
+    const std::uint64_t chunk = length - done < (1ull << 30) ? length - done : (1ull << 30);
+    const int err = retry([&] {
+      return static_cast<int>(n = ::copy_file_range(in_fd, &in, out_fd, &out, chunk, 0));
+    });
+    if (err != 0) return err;
+    if (n == 0) break;
+    done += static_cast<std::uint64_t>(n);
+  }
+  *copied = done;
+  return 0;
+}
+
+int sendfile(int out_fd, int in_fd, std::uint64_t in_offset, std::uint64_t length,
+             std::uint64_t* copied) noexcept {
+  if (in_offset > static_cast<std::uint64_t>(LLONG_MAX)) return EFBIG;
+  auto in = static_cast<off_t>(in_offset);
+  std::uint64_t done = 0;
+  while (done < length) {
+    ssize_t n = 0;
+    const std::uint64_t chunk = length - done < (1ull << 30) ? length - done : (1ull << 30);
+    const int err =
+        retry([&] { return static_cast<int>(n = ::sendfile(out_fd, in_fd, &in, chunk)); });
+    if (err != 0) return err;
+    if (n == 0) break;
+    done += static_cast<std::uint64_t>(n);
+  }
+  *copied = done;
+  return 0;
+}
+
+int pwrite_all(int fd, const void* buf, std::size_t length, std::uint64_t offset) noexcept {
+  const auto* p = static_cast<const char*>(buf);
+  while (length > 0) {
+    ssize_t n = 0;
+    const int err = retry([&] {
+      return static_cast<int>(n = ::pwrite(fd, p, length, static_cast<off_t>(offset)));
+    });
+    if (err != 0) return err;
+    p += n;
+    offset += static_cast<std::uint64_t>(n);
+    length -= static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+int seek(int fd, std::uint64_t offset) noexcept {
+  if (offset > static_cast<std::uint64_t>(LLONG_MAX)) return EINVAL;
+  return retry([&] { return ::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0 ? -1 : 0; });
+}
+
+int dup_cloexec(int fd, int min_fd, int* out) noexcept {
+  int result = -1;
+  const int err = retry([&] { return result = ::fcntl(fd, F_DUPFD_CLOEXEC, min_fd); });
+  if (err == 0) *out = result;
+  return err;
+}
+
+int path_exists(const char* path) noexcept {
+  return retry([&] { return ::access(path, F_OK); });
+}
+
+int dir_is_noexec(const char* dir, bool* noexec) noexcept {
+  struct statvfs st;
+  const int err = retry([&] { return ::statvfs(dir, &st); });
+  if (err == 0) *noexec = (st.f_flag & ST_NOEXEC) != 0;
+  return err;
+}
+
+int make_temp_file(char* path_template, int* fd) noexcept {
+  int out = -1;
+  const int err = retry([&] { return out = ::mkostemp(path_template, O_CLOEXEC); });
+  if (err == 0) *fd = out;
+  return err;
 }
 
 int add_seals(int fd, int seals) noexcept {

@@ -60,6 +60,38 @@ int pread_full(int fd, void* buf, std::size_t length, std::uint64_t offset,
 // write(2) until every byte is written. Async-signal-safe: used for the handler's one line.
 int write_all(int fd, const void* buf, std::size_t length) noexcept;
 
+// ---- copying between files (the loader) --------------------------------------------------
+
+// copy_file_range(2) of `length` bytes from `in_fd` at `in_offset` to `out_fd` at
+// `out_offset`, repeated until done or the source ends; `*copied` is how many were copied
+// (written only on success). Neither fd's file position moves. Returns the errno of the
+// first failing call: EXDEV, ENOSYS, EOPNOTSUPP, EINVAL or EPERM mean "not here", and the
+// caller falls back to another way of copying (the bytes already copied stay written).
+// Not async-signal-safe.
+int copy_file_range(int in_fd, std::uint64_t in_offset, int out_fd, std::uint64_t out_offset,
+                    std::uint64_t length, std::uint64_t* copied) noexcept;
+// sendfile(2) of `length` bytes from `in_fd` at `in_offset` (its file position does not move)
+// to `out_fd` at ITS file position (which advances), repeated until done or the source ends;
+// `*copied` as above. Not async-signal-safe.
+int sendfile(int out_fd, int in_fd, std::uint64_t in_offset, std::uint64_t length,
+             std::uint64_t* copied) noexcept;
+// pwrite(2) until every byte is written at `offset`. Not async-signal-safe by contract.
+int pwrite_all(int fd, const void* buf, std::size_t length, std::uint64_t offset) noexcept;
+// lseek(fd, offset, SEEK_SET). Async-signal-safe.
+int seek(int fd, std::uint64_t offset) noexcept;
+// fcntl(F_DUPFD_CLOEXEC, min_fd): a new fd, numbered at least `min_fd`, for the same open file.
+// Async-signal-safe.
+int dup_cloexec(int fd, int min_fd, int* out) noexcept;
+// access(path, F_OK): 0 if the path resolves, else the errno (ENOENT...). Used to tell
+// whether /proc is mounted. Async-signal-safe.
+int path_exists(const char* path) noexcept;
+// statvfs(2) of `dir`: `*noexec` says whether it is on a filesystem mounted noexec
+// (ST_NOEXEC), where mapping a file PROT_EXEC fails. Not async-signal-safe.
+int dir_is_noexec(const char* dir, bool* noexec) noexcept;
+// mkostemp(template, O_CLOEXEC): creates a new file from `path_template` (ending "XXXXXX",
+// rewritten in place with the name chosen), mode 0600. Not async-signal-safe.
+int make_temp_file(char* path_template, int* fd) noexcept;
+
 // ---- seals -----------------------------------------------------------------------------
 
 int add_seals(int fd, int seals) noexcept;   // fcntl(F_ADD_SEALS). Async-signal-safe.

@@ -1,0 +1,158 @@
+// mapwright/loader.h — loading a shared library from a sealed image, a file range, or memory,
+// without writing it to disk when the system allows.
+//
+// The contract. load_library() gives a Library: a dlopen() handle plus the one file
+// descriptor the dynamic linker opened the library through. The strategies, in order, each
+// used only when the one before cannot serve (LoadStrategy):
+//
+//   1. kSealedMemfd: the source is a memfd carrying F_SEAL_WRITE | F_SEAL_SHRINK |
+//      F_SEAL_GROW, read from offset 0 to its end (always so for a SealedImage). The fd is
+//      dup()ed and dlopen()ed as "/proc/self/fd/N". Nothing is copied.
+//   2. kMemfdCopy: anything else. A new memfd (os::memfd_create) is filled in the kernel
+//      with copy_file_range(2) from a source fd, falling back to sendfile(2) and then to
+//      pread/pwrite when the kernel refuses (EXDEV, ENOSYS, EPERM, EOPNOTSUPP, EINVAL), or
+//      written from a span; then sealed, then loaded as in step 1. Nothing touches a disk.
+//   3. kTempFile: only when memfd_create is refused, or /proc is not mounted (detected by
+//      access("/proc/self/fd/N") failing: dlopen of that path could not work). A file is made
+//      in the first of $TMPDIR, /tmp, /var/tmp and the current directory that is not on a
+//      filesystem mounted noexec (statvfs ST_NOEXEC): an unnamed O_TMPFILE file loaded as
+//      /proc/self/fd/N when /proc exists, else a mkstemp() file loaded by its name and
+//      unlinked as soon as dlopen() returns. The only step that writes to a file system; the
+//      report says how many bytes it wrote.
+//
+// A failure of dlopen() itself (not an ELF, wrong architecture, a missing dependency) does
+// not fall down the ladder: it is thrown at once.
+//
+// Hazards, plainly:
+//   * glibc recognises an already loaded library by the PATH it was opened with (before it
+//     even opens the file), and a loaded object's path never changes. "/proc/self/fd/N" names
+//     whatever fd N is NOW: if the fd behind a loaded library were closed and N reused for
+//     another image, dlopen("/proc/self/fd/N") would hand back the OLD library, silently.
+//     So a Library keeps its fd open until it is dlclose()d — as long as it lives, no other
+//     load can get that number — and before each dlopen() the loader also checks the path
+//     against every loaded object's name (dl_iterate_phdr) and moves to a higher fd number
+//     if someone else left a stale /proc/self/fd/N behind. Do not close() a Library's fd().
+//   * glibc also matches DT_NEEDED entries against the SONAMEs of libraries already loaded.
+//     That is how a dependent image loads with no file on disk: load the dependency first,
+//     keep its Library alive, then load the dependent. Without that, the dependency is
+//     searched for on disk as usual (LD_LIBRARY_PATH, RUNPATH, the cache) and, if absent,
+//     load_library() throws with dlerror()'s "cannot open shared object file" text.
+//   * dlclose() of a library whose symbols are still used (function pointers, thread-local
+//     destructors, atexit handlers it registered) is undefined behaviour, as with any
+//     dlopen(): a pointer from symbol() or function() is valid only while its Library lives.
+//     glibc may also keep a library loaded after dlclose() (RTLD_NODELETE, unique symbols),
+//     and it pins one for good (NODELETE) when the main program or another non-dlopen()ed
+//     object looks a symbol of it up with dlsym(RTLD_DEFAULT/RTLD_NEXT, ...) — symbol() uses
+//     the handle and does not. A pinned library also keeps its soname visible to later loads.
+//   * The image is checked before dlopen(): a truncated ELF (program headers or a loadable
+//     segment past the end of the image) is refused with EINVAL, because the dynamic linker
+//     would map past the end of the file and die by SIGBUS on the first touch. Other defects
+//     are left to dlopen() to report.
+//   * Constructors in the library (and in its dependencies) run inside load_library(), and
+//     destructors inside ~Library, on the calling thread.
+//   * With the memfd strategies each Library holds one fd and a memfd's worth of memory
+//     (the image's size, shared with the SealedImage in step 1).
+//
+// Errors: everything is a mapwright::Error naming the image (LoadOptions::name, or a default
+// "sealed image fd N", "fd N at offset O", "memory span"). dlopen() failures have code
+// ENOEXEC and dlerror()'s text as detail(); a missing symbol has ENOENT; system-call failures
+// their errno.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "mapwright/sealed_image.h"
+
+namespace mapwright {
+
+enum class LoadStrategy {
+  kSealedMemfd,  // step 1: the source memfd itself, no copy
+  kMemfdCopy,    // step 2: copied into a new sealed memfd
+  kTempFile,     // step 3: copied into a temporary file, unlinked (or never named)
+};
+// "sealed memfd", "memfd copy", "temporary file".
+const char* to_string(LoadStrategy strategy) noexcept;
+
+// How step 2 or 3 copied the bytes.
+enum class CopyMethod {
+  kNone,           // step 1: nothing copied
+  kCopyFileRange,  // copy_file_range(2), in the kernel
+  kSendfile,       // sendfile(2), in the kernel
+  kReadWrite,      // pread/pwrite through a buffer
+  kFromMemory,     // pwrite from the caller's span
+};
+const char* to_string(CopyMethod method) noexcept;
+
+struct LoadOptions {
+  enum class Binding { kLazy, kNow };        // RTLD_LAZY / RTLD_NOW
+  enum class Visibility { kLocal, kGlobal };  // RTLD_LOCAL / RTLD_GLOBAL
+  Binding binding = Binding::kNow;
+  Visibility visibility = Visibility::kLocal;
+  // Used in error messages; empty gives "sealed image fd N", "fd N at offset O", "memory span".
+  std::string name;
+};
+
+struct LoadReport {
+  LoadStrategy strategy = LoadStrategy::kSealedMemfd;
+  CopyMethod copy_method = CopyMethod::kNone;
+  std::uint64_t bytes_copied = 0;           // into a memfd or a file (0 in step 1)
+  std::uint64_t bytes_written_to_disk = 0;  // step 3 only
+  // Why a step was passed over ("memfd_create: Operation not permitted", "/proc not
+  // mounted", "copy_file_range: Invalid cross-device link"), empty if none was.
+  std::string fallback_reason;
+};
+
+class Library {
+ public:
+  Library(Library&& other) noexcept;
+  Library& operator=(Library&& other) noexcept;
+  Library(const Library&) = delete;
+  Library& operator=(const Library&) = delete;
+  // dlclose(), then closes fd(). A library still referenced elsewhere (loaded twice, or a
+  // dependency of another) stays loaded until its last reference goes.
+  ~Library();
+
+  // The symbol's address. Throws Error (ENOENT, with dlerror()'s text) if it is not defined.
+  // Valid only while this Library lives.
+  void* symbol(const char* name) const;
+  // symbol() cast to a function type: lib.function<int(void)>("fixture_answer").
+  template <class F>
+  F* function(const char* name) const {
+    return reinterpret_cast<F*>(symbol(name));
+  }
+
+  void* handle() const noexcept { return handle_; }
+  // The fd the library was opened through (-1 for a named temporary file, already closed).
+  int fd() const noexcept { return fd_; }
+  // The path given to dlopen(): "/proc/self/fd/N", or the (now unlinked) temporary file name.
+  const std::string& path() const noexcept { return path_; }
+  const std::string& name() const noexcept { return name_; }
+  LoadStrategy strategy() const noexcept { return report_.strategy; }
+  const LoadReport& report() const noexcept { return report_; }
+
+ private:
+  friend struct LibraryAccess;
+  Library() = default;
+  void reset() noexcept;
+
+  void* handle_ = nullptr;
+  int fd_ = -1;
+  std::string path_;
+  std::string name_;
+  LoadReport report_;
+};
+
+// The whole image, from step 1.
+Library load_library(const SealedImage& image, const LoadOptions& options = {});
+// `size` bytes of `fd` from `offset`. The fd is not consumed: the caller may close it after.
+// Step 1 when `fd` is a write-sealed memfd, offset is 0 and size its whole size; else step 2.
+Library load_library(int fd, std::uint64_t offset, std::uint64_t size,
+                     const LoadOptions& options = {});
+// A copy of `bytes` (step 2, or 3). The span may be released after the call.
+Library load_library(std::span<const std::byte> bytes, const LoadOptions& options = {});
+
+}  // namespace mapwright

@@ -1,0 +1,456 @@
+#include "mapwright/loader.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mapwright/error.h"
+#include "os/os.h"
+
+namespace mapwright {
+
+const char* to_string(LoadStrategy strategy) noexcept {
+  switch (strategy) {
+    case LoadStrategy::kSealedMemfd: return "sealed memfd";
+    case LoadStrategy::kMemfdCopy: return "memfd copy";
+    case LoadStrategy::kTempFile: return "temporary file";
+  }
+  return "?";
+}
+
+const char* to_string(CopyMethod method) noexcept {
+  switch (method) {
+    case CopyMethod::kNone: return "none";
+    case CopyMethod::kCopyFileRange: return "copy_file_range";
+    case CopyMethod::kSendfile: return "sendfile";
+    case CopyMethod::kReadWrite: return "read/write";
+    case CopyMethod::kFromMemory: return "from memory";
+  }
+  return "?";
+}
+
+// Builds Library objects; the only friend of its private constructor.
+struct LibraryAccess {
+  static Library make(void* handle, int fd, std::string path, std::string name,
+                      LoadReport report) {
+    Library library;
+    library.handle_ = handle;
+    library.fd_ = fd;
+    library.path_ = std::move(path);
+    library.name_ = std::move(name);
+    library.report_ = std::move(report);
+    return library;
+  }
+};
+
+namespace {
+
+// Where the bytes come from: a range of an fd, or a span.
+struct Source {
+  int fd = -1;
+  std::uint64_t offset = 0;
+  std::uint64_t size = 0;
+  const std::byte* bytes = nullptr;
+  bool is_span = false;
+  // Appended to dlerror()'s text: glibc says "No such file or directory" for an ELF built
+  // for another machine.
+  std::string hint;
+};
+
+constexpr int kAllSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+constexpr int kContentSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+
+// Closes an fd unless released.
+class OwnedFd {
+ public:
+  explicit OwnedFd(int fd) noexcept : fd_(fd) {}
+  OwnedFd(OwnedFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  ~OwnedFd() {
+    if (fd_ >= 0) os::close(fd_);
+  }
+  int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd) noexcept {
+    if (fd_ >= 0) os::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_;
+};
+
+std::string proc_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
+std::string describe(const char* call, int err) {
+  return std::string(call) + ": " + std::strerror(err);
+}
+
+// Reads up to `length` bytes of the source at `position`; returns how many.
+std::size_t read_source(const Source& source, std::uint64_t position, void* buffer,
+                        std::size_t length, const std::string& name) {
+  if (position >= source.size) return 0;
+  if (length > source.size - position) length = static_cast<std::size_t>(source.size - position);
+  if (source.is_span) {
+    std::memcpy(buffer, source.bytes + position, length);
+    return length;
+  }
+  std::size_t got = 0;
+  const int err = os::pread_full(source.fd, buffer, length, source.offset + position, &got);
+  if (err != 0) throw Error(err, "reading library", name);
+  return got;
+}
+
+#if defined(__x86_64__)
+constexpr unsigned kHostMachine = EM_X86_64;
+#elif defined(__aarch64__)
+constexpr unsigned kHostMachine = EM_AARCH64;
+#elif defined(__i386__)
+constexpr unsigned kHostMachine = EM_386;
+#elif defined(__arm__)
+constexpr unsigned kHostMachine = EM_ARM;
+#elif defined(__riscv)
+constexpr unsigned kHostMachine = EM_RISCV;
+#elif defined(__powerpc64__)
+constexpr unsigned kHostMachine = EM_PPC64;
+#elif defined(__s390x__)
+constexpr unsigned kHostMachine = EM_S390;
+#else
+constexpr unsigned kHostMachine = 0;  // unknown: no hint
+#endif
+
+// Refuses a host-class ELF whose program headers or loadable segments lie past the end of the
+// image: the dynamic linker would map them and fault (SIGBUS) on the first touch. Anything
+// that does not look like a host ELF is left to dlopen() to describe.
+void check_elf(Source& source, const std::string& name) {
+  ElfW(Ehdr) header;
+  if (read_source(source, 0, &header, sizeof header, name) != sizeof header) return;
+  if (std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) return;
+  constexpr unsigned char kClass = sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32;
+  constexpr unsigned char kData = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB
+                                                                             : ELFDATA2MSB;
+  if (header.e_ident[EI_CLASS] != kClass || header.e_ident[EI_DATA] != kData) return;
+  if (kHostMachine != 0 && header.e_machine != kHostMachine) {
+    source.hint = "; the ELF header says machine " + std::to_string(header.e_machine) +
+                  ", this process runs on machine " + std::to_string(kHostMachine);
+    return;
+  }
+  if (header.e_phentsize != sizeof(ElfW(Phdr))) return;
+  const std::uint64_t table_end =
+      static_cast<std::uint64_t>(header.e_phoff) +
+      static_cast<std::uint64_t>(header.e_phnum) * sizeof(ElfW(Phdr));
+  if (table_end > source.size) {
+    throw Error(EINVAL, "loading library", name,
+                "(truncated ELF: program headers end at byte " + std::to_string(table_end) +
+                    ", the image has " + std::to_string(source.size) + ")");
+  }
+  std::vector<ElfW(Phdr)> headers(header.e_phnum);
+  const std::size_t table_bytes = headers.size() * sizeof(ElfW(Phdr));
+  if (read_source(source, header.e_phoff, headers.data(), table_bytes, name) != table_bytes) {
+    throw Error(EINVAL, "loading library", name, "(truncated ELF: short read of program headers)");
+  }
+  for (const auto& segment : headers) {
+    if (segment.p_type != PT_LOAD) continue;
+    const std::uint64_t end = static_cast<std::uint64_t>(segment.p_offset) + segment.p_filesz;
+    if (end > source.size) {
+      throw Error(EINVAL, "loading library", name,
+                  "(truncated ELF: a loadable segment ends at byte " + std::to_string(end) +
+                      ", the image has " + std::to_string(source.size) + ")");
+    }
+  }
+}
+
+bool is_refusal(int err) {
+  return err == EXDEV || err == ENOSYS || err == EPERM || err == EOPNOTSUPP || err == EINVAL;
+}
+
+// Copies the whole source into `out` (from its offset 0). Throws Error on failure, or if the
+// source ends early.
+void fill(int out, const Source& source, LoadReport& report, const std::string& name) {
+  std::uint64_t copied = 0;
+  int err = 0;
+  if (source.is_span) {
+    err = os::pwrite_all(out, source.bytes, static_cast<std::size_t>(source.size), 0);
+    if (err != 0) throw Error(err, "copying library", name, "(pwrite)");
+    report.copy_method = CopyMethod::kFromMemory;
+    report.bytes_copied = source.size;
+    return;
+  }
+  err = os::copy_file_range(source.fd, source.offset, out, 0, source.size, &copied);
+  report.copy_method = CopyMethod::kCopyFileRange;
+  if (err != 0 && is_refusal(err)) {
+    if (!report.fallback_reason.empty()) report.fallback_reason += "; ";
+    report.fallback_reason += describe("copy_file_range", err);
+    // Start again from scratch: a refused call may have copied part of the range.
+    err = os::seek(out, 0);
+    if (err == 0) err = os::sendfile(out, source.fd, source.offset, source.size, &copied);
+    report.copy_method = CopyMethod::kSendfile;
+    if (err != 0 && is_refusal(err)) {
+      report.fallback_reason += "; " + describe("sendfile", err);
+      report.copy_method = CopyMethod::kReadWrite;
+      std::vector<char> buffer(1 << 16);
+      copied = 0;
+      err = 0;
+      while (copied < source.size) {
+        const std::size_t want = static_cast<std::size_t>(
+            std::min<std::uint64_t>(buffer.size(), source.size - copied));
+        std::size_t got = 0;
+        err = os::pread_full(source.fd, buffer.data(), want, source.offset + copied, &got);
+        if (err == 0 && got > 0) err = os::pwrite_all(out, buffer.data(), got, copied);
+        if (err != 0 || got == 0) break;
+        copied += got;
+      }
+    }
+  }
+  if (err != 0) throw Error(err, "copying library", name, std::string("(") +
+                                                              to_string(report.copy_method) + ")");
+  if (copied != source.size) {
+    throw Error(EINVAL, "copying library", name,
+                "(the source ends after " + std::to_string(copied) + " of " +
+                    std::to_string(source.size) + " bytes)");
+  }
+  report.bytes_copied = copied;
+}
+
+// Whether some loaded object already has `path` as its name: dlopen(path) would return it.
+bool name_in_use(const std::string& path) {
+  struct Search {
+    const std::string* path;
+    bool found;
+  } search{&path, false};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* data) -> int {
+        auto* s = static_cast<Search*>(data);
+        if (info->dlpi_name != nullptr && *s->path == info->dlpi_name) {
+          s->found = true;
+          return 1;
+        }
+        return 0;
+      },
+      &search);
+  return search.found;
+}
+
+int dlopen_flags(const LoadOptions& options) {
+  return (options.binding == LoadOptions::Binding::kNow ? RTLD_NOW : RTLD_LAZY) |
+         (options.visibility == LoadOptions::Visibility::kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
+}
+
+[[noreturn]] void throw_dlerror(const std::string& name, const std::string& hint) {
+  const char* text = dlerror();
+  throw Error(ENOEXEC, "loading library", name,
+              std::string("(") + (text != nullptr ? text : "dlopen failed") + hint + ")");
+}
+
+// dlopen("/proc/self/fd/N") of an fd the caller owns; the fd goes to the Library.
+Library open_through_proc(OwnedFd fd, const Source& source, const LoadOptions& options,
+                          const std::string& name, LoadReport report) {
+  std::string path = proc_path(fd.get());
+  // A stale name left by someone who closed the fd of a still-loaded library: move up.
+  while (name_in_use(path)) {
+    int higher = -1;
+    const int err = os::dup_cloexec(fd.get(), fd.get() + 1, &higher);
+    if (err != 0) throw Error(err, "loading library", name, "(dup)");
+    fd.reset(higher);
+    path = proc_path(fd.get());
+  }
+  dlerror();
+  void* handle = dlopen(path.c_str(), dlopen_flags(options));
+  if (handle == nullptr) throw_dlerror(name, source.hint);
+  return LibraryAccess::make(handle, fd.release(), std::move(path), name, std::move(report));
+}
+
+bool proc_usable(int fd) { return os::path_exists(proc_path(fd).c_str()) == 0; }
+
+// Step 3.
+Library load_from_temp_file(const Source& source, const LoadOptions& options,
+                            const std::string& name, LoadReport report) {
+  report.strategy = LoadStrategy::kTempFile;
+  std::vector<std::string> dirs;
+  if (const char* tmpdir = ::getenv("TMPDIR"); tmpdir != nullptr && *tmpdir != '\0') {
+    dirs.emplace_back(tmpdir);
+  }
+  dirs.insert(dirs.end(), {"/tmp", "/var/tmp", "."});
+  std::string why;
+  int last_error = ENOENT;
+  for (const std::string& dir : dirs) {
+    bool noexec = false;
+    if (int err = os::dir_is_noexec(dir.c_str(), &noexec); err != 0 || noexec) {
+      if (err != 0) last_error = err;
+      why += "; " + dir + (err != 0 ? ": " + std::string(std::strerror(err)) : ": noexec");
+      continue;
+    }
+    // An unnamed file, loaded through /proc: nothing is ever visible in the directory.
+    int raw = -1;
+    if (int err = os::open_tmpfile(dir.c_str(), 0700, &raw); err == 0) {
+      OwnedFd fd(raw);
+      if (proc_usable(fd.get())) {
+        fill(fd.get(), source, report, name);
+        report.bytes_written_to_disk = report.bytes_copied;
+        return open_through_proc(std::move(fd), source, options, name, std::move(report));
+      }
+    }
+    // A named file, unlinked as soon as dlopen() returns.
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      std::string path = dir + "/.mapwright-lib-XXXXXX";
+      if (int err = os::make_temp_file(path.data(), &raw); err != 0) {
+        last_error = err;
+        why += "; " + dir + ": " + std::strerror(err);
+        break;
+      }
+      OwnedFd fd(raw);
+      if (name_in_use(path)) {  // a deleted earlier file's name, still loaded under it
+        os::unlink(path.c_str());
+        continue;
+      }
+      try {
+        fill(fd.get(), source, report, name);
+      } catch (...) {
+        os::unlink(path.c_str());
+        throw;
+      }
+      report.bytes_written_to_disk = report.bytes_copied;
+      dlerror();
+      void* handle = dlopen(path.c_str(), dlopen_flags(options));
+      os::unlink(path.c_str());
+      if (handle == nullptr) throw_dlerror(name, source.hint);
+      return LibraryAccess::make(handle, -1, std::move(path), name, std::move(report));
+    }
+  }
+  throw Error(last_error, "loading library", name,
+              "(no memfd and no usable temporary directory: " + report.fallback_reason + why +
+                  ")");
+}
+
+void add_reason(LoadReport& report, const std::string& reason) {
+  if (!report.fallback_reason.empty()) report.fallback_reason += "; ";
+  report.fallback_reason += reason;
+}
+
+// Step 2, then 3.
+Library load_copy(const Source& source, const LoadOptions& options, const std::string& name,
+                  LoadReport report) {
+  int raw = -1;
+  if (int err = os::memfd_create("mapwright-library", &raw); err != 0) {
+    add_reason(report, describe("memfd_create", err));
+    return load_from_temp_file(source, options, name, std::move(report));
+  }
+  OwnedFd fd(raw);
+  if (!proc_usable(fd.get())) {
+    add_reason(report, "/proc not mounted");
+    return load_from_temp_file(source, options, name, std::move(report));
+  }
+  report.strategy = LoadStrategy::kMemfdCopy;
+  fill(fd.get(), source, report, name);
+  if (int err = os::add_seals(fd.get(), kAllSeals); err != 0) {
+    throw Error(err, "sealing library memfd", name);
+  }
+  return open_through_proc(std::move(fd), source, options, name, std::move(report));
+}
+
+// Step 1 for a memfd that is write-sealed and used whole, else step 2.
+Library load_fd(Source source, bool whole_sealed, const LoadOptions& options,
+                const std::string& name) {
+  check_elf(source, name);
+  LoadReport report;
+  if (whole_sealed) {
+    int raw = -1;
+    if (int err = os::dup_cloexec(source.fd, 3, &raw); err != 0) {
+      throw Error(err, "loading library", name, "(dup)");
+    }
+    OwnedFd fd(raw);
+    if (proc_usable(fd.get())) {
+      report.strategy = LoadStrategy::kSealedMemfd;
+      return open_through_proc(std::move(fd), source, options, name, std::move(report));
+    }
+    add_reason(report, "/proc not mounted");
+    return load_from_temp_file(source, options, name, std::move(report));
+  }
+  return load_copy(source, options, name, std::move(report));
+}
+
+}  // namespace
+
+Library::Library(Library&& other) noexcept
+    : handle_(std::exchange(other.handle_, nullptr)),
+      fd_(std::exchange(other.fd_, -1)),
+      path_(std::move(other.path_)),
+      name_(std::move(other.name_)),
+      report_(std::move(other.report_)) {}
+
+Library& Library::operator=(Library&& other) noexcept {
+  if (this != &other) {
+    reset();
+    handle_ = std::exchange(other.handle_, nullptr);
+    fd_ = std::exchange(other.fd_, -1);
+    path_ = std::move(other.path_);
+    name_ = std::move(other.name_);
+    report_ = std::move(other.report_);
+  }
+  return *this;
+}
+
+Library::~Library() { reset(); }
+
+void Library::reset() noexcept {
+  // dlclose first: the fd must outlive the loaded object (see the header's first hazard).
+  if (handle_ != nullptr) dlclose(handle_);
+  handle_ = nullptr;
+  if (fd_ >= 0) os::close(fd_);
+  fd_ = -1;
+}
+
+void* Library::symbol(const char* symbol_name) const {
+  if (handle_ == nullptr) {
+    throw Error(EINVAL, "looking up symbol", name_,
+                std::string("'") + symbol_name + "' (library moved from)");
+  }
+  dlerror();
+  void* address = dlsym(handle_, symbol_name);
+  if (address == nullptr) {
+    if (const char* text = dlerror(); text != nullptr) {
+      throw Error(ENOENT, "looking up symbol", name_,
+                  std::string("'") + symbol_name + "' (" + text + ")");
+    }
+  }
+  return address;
+}
+
+Library load_library(const SealedImage& image, const LoadOptions& options) {
+  const std::string name =
+      options.name.empty() ? "sealed image fd " + std::to_string(image.fd()) : options.name;
+  return load_fd(Source{image.fd(), 0, image.size(), nullptr, false, {}}, true, options, name);
+}
+
+Library load_library(int fd, std::uint64_t offset, std::uint64_t size,
+                     const LoadOptions& options) {
+  const std::string name = options.name.empty() ? "fd " + std::to_string(fd) + " at offset " +
+                                                      std::to_string(offset)
+                                                : options.name;
+  bool whole_sealed = false;
+  if (int seals = 0; offset == 0 && os::get_seals(fd, &seals) == 0 &&
+                     (seals & kContentSeals) == kContentSeals) {
+    std::uint64_t file_size = 0;
+    whole_sealed = os::file_size(fd, &file_size) == 0 && file_size == size;
+  }
+  return load_fd(Source{fd, offset, size, nullptr, false, {}}, whole_sealed, options, name);
+}
+
+Library load_library(std::span<const std::byte> bytes, const LoadOptions& options) {
+  const std::string name = options.name.empty() ? "memory span" : options.name;
+  Source source{-1, 0, bytes.size(), bytes.data(), true, {}};
+  check_elf(source, name);
+  return load_copy(source, options, name, LoadReport{});
+}
+
+}  // namespace mapwright
