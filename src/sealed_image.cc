@@ -13,6 +13,7 @@
 
 #include "mapwright/error.h"
 #include "os/os.h"
+#include "image_transfer.h"
 #include "sealed_image_state.h"
 
 namespace mapwright {
@@ -94,9 +95,10 @@ std::string describe_socket(int fd) { return "socket fd " + std::to_string(fd); 
 
 }  // namespace
 
-void send_image(int unix_socket, const SealedImage& image) {
-  if (image.fd() < 0) throw Error(EBADF, "sending image over", describe_socket(unix_socket), "(empty image)");
-  ImageMessage message{kImageMagic, image.size()};
+namespace detail {
+
+void send_image_fd(int unix_socket, int fd, std::uint64_t size) {
+  ImageMessage message{kImageMagic, size};
   iovec data{&message, sizeof message};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr header{};
@@ -108,7 +110,6 @@ void send_image(int unix_socket, const SealedImage& image) {
   rights->cmsg_level = SOL_SOCKET;
   rights->cmsg_type = SCM_RIGHTS;
   rights->cmsg_len = CMSG_LEN(sizeof(int));
-  const int fd = image.fd();
   std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
   ssize_t sent = -1;
   do {
@@ -118,6 +119,13 @@ void send_image(int unix_socket, const SealedImage& image) {
   if (static_cast<std::size_t>(sent) != sizeof message) {
     throw Error(EIO, "sending image over", describe_socket(unix_socket), "(short sendmsg)");
   }
+}
+
+}  // namespace detail
+
+void send_image(int unix_socket, const SealedImage& image) {
+  if (image.fd() < 0) throw Error(EBADF, "sending image over", describe_socket(unix_socket), "(empty image)");
+  detail::send_image_fd(unix_socket, image.fd(), image.size());
 }
 
 SealedImage receive_image(int unix_socket) {

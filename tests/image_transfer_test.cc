@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 
+#include "image_transfer.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
@@ -97,20 +98,7 @@ TEST(ImageTransfer, AnUnsealedFdIsRefusedByTheReceiver) {
   ASSERT_GE(plain, 0);
   ASSERT_EQ(::ftruncate(plain, 4096), 0);
   Receiver receiver = start_receiver(0, "refuse");
-  struct { std::uint64_t magic, size; } message{0x31474d49'574d4150ull, 4096};
-  iovec data{&message, sizeof message};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr header{};
-  header.msg_iov = &data;
-  header.msg_iovlen = 1;
-  header.msg_control = control;
-  header.msg_controllen = sizeof control;
-  cmsghdr* rights = CMSG_FIRSTHDR(&header);
-  rights->cmsg_level = SOL_SOCKET;
-  rights->cmsg_type = SCM_RIGHTS;
-  rights->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(rights), &plain, sizeof plain);
-  ASSERT_EQ(::sendmsg(receiver.socket, &header, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof message));
+  detail::send_image_fd(receiver.socket, plain, 4096);  // same framing, no seals
   int status = 0;
   const std::string output = finish(receiver, &status);
   ASSERT_TRUE(WIFEXITED(status)) << output;
