@@ -156,8 +156,6 @@ int install_handler() noexcept {
   return 0;
 }
 
-bool handler_installed() noexcept { return g_installed.load(std::memory_order_acquire); }
-
 // ---- the public entry points that live beside the handler -----------------------------
 
 void enter_recovery(RecoveryPoint& point) noexcept {

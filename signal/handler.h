@@ -29,7 +29,4 @@ void recover_or_report(const FaultFailure& failure) noexcept;
 // Not async-signal-safe.
 int install_handler() noexcept;
 
-// Whether mapwright's handler is installed. Async-signal-safe.
-bool handler_installed() noexcept;
-
 }  // namespace mapwright::detail

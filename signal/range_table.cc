@@ -3,7 +3,6 @@
 #include <sched.h>
 #include <time.h>
 
-#include <algorithm>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -44,13 +43,7 @@ inline unsigned slot_for_this_stack() noexcept {
   return static_cast<unsigned>((address >> 16) ^ (address >> 23)) % RangeTable::kReaderSlots;
 }
 
-void fill_none(std::uintptr_t* a, std::uint32_t from, std::uint32_t to) noexcept {
-  std::fill(a + from, a + to, UINTPTR_MAX);
-}
-
 }  // namespace
-
-RangeTable::Block::Block() noexcept { fill_none(begin, 0, kBlockEntries); }
 
 RangeTable::~RangeTable() {
   free_copy(copies_[0]);
@@ -133,7 +126,6 @@ void RangeTable::install(Copy& copy, Reservation reservation) noexcept {
     std::memcpy(mins, copy.mins, copy.count * sizeof *mins);
     std::memcpy(blocks, copy.blocks, copy.count * sizeof *blocks);
   }
-  fill_none(mins, copy.count, reservation.capacity);
   delete[] copy.mins;
   delete[] copy.blocks;
   copy.mins = mins;
@@ -142,7 +134,7 @@ void RangeTable::install(Copy& copy, Reservation reservation) noexcept {
 }
 
 void RangeTable::check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) {
-  if (begin >= end || begin == kNone) throw std::invalid_argument("range table: empty range");
+  if (begin >= end) throw std::invalid_argument("range table: empty range");
   // No range may contain `begin`, and none may start in (begin, end).
   if (find_in(copy, begin).owner != nullptr) {
     throw std::invalid_argument("range table: overlapping range");
@@ -163,7 +155,7 @@ void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t en
     Block* block = copy.spare;
     copy.spare = nullptr;
     copy.blocks[0] = block;
-    copy.mins[0] = kNone;
+    copy.mins[0] = begin;
     copy.count = 1;
   }
   std::uint32_t b = block_for(copy.mins, copy.count, begin);
@@ -180,9 +172,7 @@ void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t en
     std::memcpy(upper->begin, block->begin + split, upper->count * sizeof(std::uintptr_t));
     std::memcpy(upper->end, block->end + split, upper->count * sizeof(std::uintptr_t));
     std::memcpy(upper->owner, block->owner + split, upper->count * sizeof(FaultOwner*));
-    fill_none(upper->begin, upper->count, kBlockEntries);
     block->count = split;
-    fill_none(block->begin, split, kBlockEntries);
     std::memmove(copy.mins + b + 2, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
     std::memmove(copy.blocks + b + 2, copy.blocks + b + 1,
                  (copy.count - b - 1) * sizeof *copy.blocks);
@@ -219,7 +209,6 @@ bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
   std::memmove(block->end + at, block->end + at + 1, tail * sizeof(std::uintptr_t));
   std::memmove(block->owner + at, block->owner + at + 1, tail * sizeof(FaultOwner*));
   --block->count;
-  block->begin[block->count] = kNone;
   --copy.entries;
   if (block->count == 0) {
     // Keep one empty block as the spare; free any other.
@@ -231,7 +220,6 @@ bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
     std::memmove(copy.mins + b, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
     std::memmove(copy.blocks + b, copy.blocks + b + 1, (copy.count - b - 1) * sizeof *copy.blocks);
     --copy.count;
-    copy.mins[copy.count] = kNone;
   } else {
     copy.mins[b] = block->begin[0];
   }

@@ -38,7 +38,7 @@
 // the same time do not bounce one line between cores. A Pin decrements the slot it
 // incremented, so every slot's count is exact and the writer's sum never undercounts.
 //
-// Full blocks split in the middle. Unused begin[] and mins[] slots hold kNone.
+// Full blocks split in the middle; searches look only at the first `count` slots.
 #pragma once
 
 #include <atomic>
@@ -109,16 +109,14 @@ class RangeTable {
   };
 
  private:
-  static constexpr std::uintptr_t kNone = UINTPTR_MAX;  // sorts after every real begin
   struct Block {
-    Block() noexcept;  // every begin[] is kNone
     std::uint32_t count = 0;
-    std::uintptr_t begin[kBlockEntries];  // [count, kBlockEntries) hold kNone
+    std::uintptr_t begin[kBlockEntries];  // [0, count) are in use
     std::uintptr_t end[kBlockEntries];
     FaultOwner* owner[kBlockEntries];
   };
   struct Copy {
-    std::uintptr_t* mins = nullptr;  // mins[i] == blocks[i]->begin[0], ascending; then kNone
+    std::uintptr_t* mins = nullptr;  // mins[i] == blocks[i]->begin[0], ascending
     Block** blocks = nullptr;
     std::uint32_t count = 0;     // blocks in use
     std::uint32_t capacity = 0;  // slots in mins and blocks: 0 or a power of two
