@@ -180,16 +180,18 @@ std::uint64_t MappedMessageBuilder::finish() {
                 "(" + std::to_string(size) + " bytes is more than one Cap'n Proto Data holds)");
   }
   ::capnp::Orphanage orphanage = getOrphanage();
-  // The arena allocates by bumping a pointer: a one-word probe says where the next object
-  // goes, a padding blob moves that to the boundary, and the real blob lands there. If the
-  // blob spills into a fresh segment (which starts 8-aligned only), pad again there.
+  // The arena allocates by bumping a pointer in its newest segment, whose used part ends
+  // where the next object goes: a padding blob moves that to the boundary, and the real blob
+  // lands there. If the blob spills into a fresh segment (which starts 8-aligned only), pad
+  // again there. Blobs placed back to back with sizes that are multiples of the alignment
+  // thus follow each other with no gap.
   for (int attempt = 0; attempt < 3; ++attempt) {
     {
-      auto probe = orphanage.newOrphan<::capnp::Data>(8);
+      const auto segments = getSegmentsForOutput();
+      const auto& newest = segments[segments.size() - 1];
       // Offsets in the file, not addresses: the reservation is only page-aligned.
-      const std::uint64_t next =
-          static_cast<std::uint64_t>(reinterpret_cast<std::byte*>(probe.get().begin()) -
-                                     region_.data()) + 8;
+      const std::uint64_t next = static_cast<std::uint64_t>(
+          reinterpret_cast<const std::byte*>(newest.end()) - region_.data());
       const std::uint64_t pad = (alignment - next % alignment) % alignment;
       if (pad != 0) orphanage.newOrphan<::capnp::Data>(static_cast<::capnp::uint>(pad));
     }  // abandoned orphans become zero words in place; the arena never reuses them

@@ -62,6 +62,7 @@ MappedMessageReader::Parsed MappedMessageReader::parse(std::shared_ptr<const voi
                                  static_cast<std::size_t>(segment.words));
   }
   parsed.size = frame.size;
+  parsed.data = data;
   parsed.keep_alive = std::move(keep_alive);
   return parsed;
 }

@@ -175,6 +175,9 @@ class MappedMessageReader : public ::capnp::MessageReader {
 
   // The message's size in bytes (header included) and its segments.
   std::uint64_t size() const noexcept { return parsed_.size; }
+  // The message's first byte (its segment table) in the read-only mapping; valid while the
+  // reader lives. Offsets from here are offsets in the message (in the file, for a path).
+  const std::byte* data() const noexcept { return parsed_.data; }
   std::uint32_t segment_count() const noexcept {
     return static_cast<std::uint32_t>(parsed_.segments.size());
   }
@@ -185,6 +188,7 @@ class MappedMessageReader : public ::capnp::MessageReader {
     std::shared_ptr<const void> keep_alive;
     std::vector<::kj::ArrayPtr<const ::capnp::word>> segments;
     std::uint64_t size = 0;
+    const std::byte* data = nullptr;
   };
   // Validates the stream header of [data, data + length); throws Error naming `name`.
   static Parsed parse(std::shared_ptr<const void> keep_alive, const std::byte* data,

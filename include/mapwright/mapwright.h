@@ -7,3 +7,4 @@
 #include "mapwright/loader.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
+#include "mapwright/wrapper.h"

@@ -1,0 +1,255 @@
+// mapwright/wrapper.h — wrapper files: shared libraries and data blobs embedded in one file,
+// written in place and published atomically, opened, verified and loaded at startup.
+//
+// The format is one Cap'n Proto message (schema: mapwright/wrapper.capnp, installed beside
+// this header). Each entry holds a name, a kind (shared library or data), its bytes — in
+// page-aligned chunks written straight into the mapped file — their size, a digest, and for
+// a library the names of the library entries it needs loaded first.
+//
+// Writing (WrapperWriter): the file is a staged Region (region.h) beside the target, built
+// front to back by a MappedMessageBuilder (capnp.h): each add_*() copies one entry's bytes
+// into the mapping at once (from a file with copy_file_range(2) in the kernel, from a span
+// with memcpy, or by your callback writing into the mapped span) and hashes them there;
+// publish() writes the metadata after the last blob, then fsyncs, links and renames the
+// file over the target. Until publish() returns, the target is untouched: a crash or a
+// thrown Error leaves the previous file or no file, never a half-written one.
+//
+// Reading (Wrapper): open() maps the file read-only and checks everything a reader relies on
+// before handing out any byte (the list is in wrapper.capnp); the entries are then plain
+// C++ values and each entry's bytes a zero-copy span of the mapping. verify() hashes the
+// bytes and compares each digest. load_library() copies a library entry in the kernel from
+// the wrapper's fd into a sealed memfd and dlopen()s it (loader.h): nothing is written to
+// disk.
+//
+// What the digest is, and is not: XXH3-128 (xxHash, Debian's libxxhash-dev) of each entry's
+// bytes. It detects accidental damage — a flipped bit or byte, a truncated or torn copy, a
+// block from another file — with overwhelming probability (a random change goes unnoticed
+// with probability 2^-128). It is NOT a signature and not a cryptographic hash: anyone who
+// can change the file can change the digest beside the bytes, or craft other bytes with the
+// same digest. To trust a wrapper from someone else, check a signature over the whole file
+// (or deliver it as a sealed image, sealed_image.h) before opening it.
+//
+// Hazards, plainly:
+//   * A Wrapper maps a file that someone else may still change (an ordinary file is not
+//     sealed). open() checks the structure once; verify() checks the bytes at the time it
+//     runs; load_library() copies from the file when it runs. A file rewritten in place
+//     between those calls defeats the checks — and if it is truncated, touching a mapped
+//     entry past the new end raises SIGBUS. Publish wrappers by rename (as WrapperWriter
+//     does), never rewrite them in place; or open a SealedImage, which cannot change.
+//   * Spans from entry() are valid while their Wrapper lives (moving a Wrapper keeps them).
+//   * load_library() does not verify: call verify() first (mapwright run does).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mapwright/capnp.h"
+#include "mapwright/loader.h"
+#include "mapwright/region.h"
+#include "mapwright/sealed_image.h"
+
+namespace mapwright {
+
+// "MWRAPPER" read as a little-endian integer; the root's first field.
+inline constexpr std::uint64_t kWrapperMagic = 0x524550504152574dull;
+// The format version this build writes and reads.
+inline constexpr std::uint32_t kWrapperFormatVersion = 1;
+// The default size of an entry's chunks (a Cap'n Proto Data blob is < 512 MiB).
+inline constexpr std::uint64_t kDefaultChunkBytes = 256ull << 20;
+// Every chunk starts at a file offset that is a multiple of this, whatever the page size.
+inline constexpr std::uint64_t kWrapperAlignment = 4096;
+// The longest entry name, in bytes.
+inline constexpr std::size_t kMaxEntryNameBytes = 4096;
+
+enum class EntryKind { kSharedLibrary, kData };
+// "library", "data".
+const char* to_string(EntryKind kind) noexcept;
+
+// An XXH3-128 digest in canonical (big-endian) byte order.
+struct Digest {
+  std::array<std::byte, 16> bytes{};
+  // 32 lowercase hex digits, as xxh128sum prints them.
+  std::string hex() const;
+  friend bool operator==(const Digest&, const Digest&) = default;
+};
+// The digest of `bytes`.
+Digest digest_of(std::span<const std::byte> bytes) noexcept;
+
+// ---- writing --------------------------------------------------------------------------
+
+// How far a WrapperWriter has got, for progress displays.
+struct WriteProgress {
+  std::string_view entry;         // the entry being written
+  std::uint64_t entry_done = 0;   // its bytes written so far
+  std::uint64_t entry_size = 0;
+  std::uint64_t total_done = 0;   // bytes of all entries written so far
+};
+
+struct WrapperWriterOptions {
+  // Recorded in the file; `mapwright inspect` shows it.
+  std::string producer = "mapwright";
+  // Entries larger than this are split into chunks of this size (the last one shorter).
+  // A multiple of 4096, at most 512 MiB - 4096.
+  std::uint64_t chunk_bytes = kDefaultChunkBytes;
+  // The staged region's options (capacity: the largest file it can write, 64 GiB).
+  RegionOptions region;
+  // The message's options (capnp.h). Smaller segments make chunks of one entry land in
+  // different segments, with gaps between them, as in files over 4 GiB; tests use that.
+  MappedMessageOptions message;
+  // Called from the writing thread after every few MiB copied, and at the end of each entry.
+  // May throw to abandon the write (the exception propagates out of add_*()).
+  std::function<void(const WriteProgress&)> progress;
+};
+
+class WrapperWriter {
+ public:
+  // Starts a wrapper that publish() will place at `target` (its directory must exist; the
+  // file is staged there, so it needs room for the whole wrapper). Throws Error.
+  explicit WrapperWriter(const std::filesystem::path& target, WrapperWriterOptions options = {});
+  WrapperWriter(WrapperWriter&&) noexcept;
+  WrapperWriter& operator=(WrapperWriter&&) noexcept;
+  // Without publish(), the staged file disappears with the writer; the target is untouched.
+  ~WrapperWriter();
+
+  // Each add_*() writes the entry's bytes into the file before it returns. `name` must be
+  // non-empty, free of NUL bytes, at most 4096 bytes, and not used by an earlier entry;
+  // otherwise Error(EINVAL or EEXIST) and nothing is added. A library's `depends` name other
+  // library entries, added before or after it; they are checked at publish().
+  //
+  // From a file: copied in the kernel (copy_file_range, else pread into the mapping). The
+  // file must be a regular file; one that shrinks while it is copied is an Error.
+  void add_library(std::string_view name, const std::filesystem::path& path,
+                   std::vector<std::string> depends = {});
+  void add_library(std::string_view name, std::span<const std::byte> bytes,
+                   std::vector<std::string> depends = {});
+  void add_data(std::string_view name, const std::filesystem::path& path);
+  void add_data(std::string_view name, std::span<const std::byte> bytes);
+  // `size` bytes written by `fill`, in place: fill(chunk, offset) is called for each chunk
+  // in order, `chunk` being the mapped bytes of the file from `offset` within the entry
+  // (zero-filled; whatever fill leaves there is the entry). Exceptions from fill propagate
+  // and nothing is added.
+  using FillChunk = std::function<void(std::span<std::byte> chunk, std::uint64_t offset)>;
+  void add_data(std::string_view name, std::uint64_t size, const FillChunk& fill);
+
+  // Writes the metadata, checks the dependencies (each names a library entry, none itself, no
+  // cycle; else Error(EINVAL) naming the entry and nothing is published), then fsyncs and
+  // atomically replaces the target. Returns the file's size. The writer is spent afterwards.
+  std::uint64_t publish();
+
+  std::uint64_t entry_count() const noexcept;
+  const std::filesystem::path& target() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// ---- reading --------------------------------------------------------------------------
+
+// One entry of an open Wrapper. Plain values, checked by open(); the spans point into the
+// Wrapper's read-only mapping and are valid while the Wrapper lives.
+struct WrapperEntry {
+  std::string name;
+  EntryKind kind = EntryKind::kData;
+  std::uint64_t size = 0;
+  std::uint64_t offset = 0;  // file offset of the first byte (of the first chunk)
+  Digest digest;
+  std::vector<std::string> dependencies;
+  // The bytes, chunk by chunk, in order (none for an empty entry).
+  std::vector<std::span<const std::byte>> chunks;
+
+  // True when the chunks follow each other without a gap (always, in files under 4 GiB).
+  bool contiguous() const noexcept;
+  // The whole entry as one span. Throws Error(EINVAL) if !contiguous(): use chunks().
+  std::span<const std::byte> bytes() const;
+};
+
+struct WrapperOpenOptions {
+  // Used in error messages; empty: the path, or "wrapper fd N".
+  std::string name;
+};
+
+// Libraries loaded together, unloaded in reverse order of loading.
+class LoadedLibraries {
+ public:
+  LoadedLibraries() = default;
+  LoadedLibraries(LoadedLibraries&&) noexcept = default;
+  LoadedLibraries& operator=(LoadedLibraries&& other) noexcept;
+  ~LoadedLibraries();
+
+  std::size_t size() const noexcept { return libraries_.size(); }
+  // In load order (dependencies first).
+  const Library& operator[](std::size_t i) const { return libraries_[i]; }
+  // The library loaded for entry `name`. Throws Error(ENOENT).
+  const Library& at(std::string_view name) const;
+  auto begin() const noexcept { return libraries_.begin(); }
+  auto end() const noexcept { return libraries_.end(); }
+
+ private:
+  friend class Wrapper;
+  void clear() noexcept;
+  std::vector<Library> libraries_;
+  std::vector<std::string> names_;
+};
+
+class Wrapper {
+ public:
+  // Opens and maps `path` read-only and checks its structure (see wrapper.capnp). Throws
+  // Error: ENOENT and friends from open(2); EINVAL for anything malformed, naming the entry
+  // and what is wrong ("wrapper 'app.mwr': entry 'libfoo.so': chunk 2 starts at ... which is
+  // not page-aligned"); nothing is read past a bound that was not checked first.
+  static Wrapper open(const std::filesystem::path& path, WrapperOpenOptions options = {});
+  // The same over an fd (dup()ed; the caller keeps its own), read from offset 0 to its end.
+  static Wrapper open(int fd, WrapperOpenOptions options = {});
+  // The same over a sealed image: nobody can change it after the checks.
+  static Wrapper open(const SealedImage& image, WrapperOpenOptions options = {});
+
+  Wrapper(Wrapper&&) noexcept;
+  Wrapper& operator=(Wrapper&&) noexcept;
+  ~Wrapper();
+
+  const std::string& name() const noexcept;
+  std::uint32_t format_version() const noexcept;
+  const std::string& producer() const noexcept;
+  std::uint64_t file_size() const noexcept;
+  int fd() const noexcept;
+
+  // In file order.
+  const std::vector<WrapperEntry>& entries() const noexcept;
+  // The entry called `name`: find() gives nullptr, entry() throws Error(ENOENT).
+  const WrapperEntry* find(std::string_view name) const noexcept;
+  const WrapperEntry& entry(std::string_view name) const;
+
+  // Hashes the entry's bytes and compares them with its digest.
+  bool verify_entry(const WrapperEntry& entry) const noexcept;
+  // Every entry; throws Error(EBADMSG) naming the first entry whose digest does not match.
+  void verify() const;
+
+  // Loads one library entry (kind kSharedLibrary; else Error(EINVAL)): copied in the kernel
+  // from fd() into a sealed memfd and dlopen()ed (loader.h, step 2). Its dependencies must
+  // already be loaded and alive (else the dynamic linker looks for them on disk): use
+  // load_with_dependencies() or load_all() to have that done. options.name defaults to
+  // "<wrapper>:<entry>".
+  Library load_library(std::string_view name, LoadOptions options = {}) const;
+  // `name`'s dependencies (depth first, each once), then `name`.
+  LoadedLibraries load_with_dependencies(std::string_view name, LoadOptions options = {}) const;
+  // Every library entry, each after its dependencies.
+  LoadedLibraries load_all(LoadOptions options = {}) const;
+
+ private:
+  struct State;
+  explicit Wrapper(std::unique_ptr<State> state) noexcept;
+  LoadedLibraries load_in_order(const std::vector<std::size_t>& order,
+                                const LoadOptions& options) const;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace mapwright

@@ -1,0 +1,273 @@
+// WrapperWriter: entries' bytes go straight into the staged file's mapping, chunk by chunk,
+// each chunk a page-aligned Data blob; the metadata is written at publish(), after them.
+//
+//   file: [segment table][root ptr][blob][pad][blob]...[pad][blob][root struct, entries]
+//                                   └── entry 1 ──┘       └ entry n ┘ └── publish() ──┘
+
+#include "mapwright/wrapper.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <unordered_set>
+#include <utility>
+
+#include "digest.h"
+#include "mapwright/capnp.h"
+#include "mapwright/error.h"
+#include "os/os.h"
+#include "wrapper.capnp.h"
+#include "wrapper_graph.h"
+
+namespace mapwright {
+namespace {
+
+constexpr std::uint64_t kPiece = 8ull << 20;  // copied and hashed at a time; progress step
+
+std::string str(std::uint64_t value) { return std::to_string(value); }
+
+struct FdCloser {
+  int fd;
+  ~FdCloser() {
+    if (fd >= 0) os::close(fd);
+  }
+};
+
+}  // namespace
+
+struct WrapperWriter::State {
+  struct Pending {
+    std::string name;
+    EntryKind kind;
+    std::uint64_t size;
+    Digest digest;
+    std::vector<std::string> dependencies;
+    std::vector<::capnp::Orphan<::capnp::Data>> chunks;
+  };
+
+  std::filesystem::path target;
+  std::string subject;  // the target, for messages
+  WrapperWriterOptions options;
+  Region region;
+  MappedMessageBuilder builder;
+  // Declared after the builder: the orphans die first.
+  std::vector<Pending> entries;
+  std::unordered_set<std::string> names;
+  std::uint64_t total_done = 0;
+  bool spent = false;  // publish() ran (or failed after it began writing the metadata)
+
+  State(const std::filesystem::path& path, WrapperWriterOptions opts)
+      : target(path),
+        subject(path.string()),
+        options(std::move(opts)),
+        region(Region::staged(path, options.region)),
+        builder(region, options.message) {}
+
+  [[noreturn]] void refuse(int error, std::string_view name, const std::string& what) const {
+    throw Error(error, "writing wrapper", subject,
+                "entry '" + detail::printable(name) + "': " + what);
+  }
+
+  void check_usable() const {
+    if (spent) {
+      throw Error(EINVAL, "writing wrapper", subject, "(publish() has already run)");
+    }
+  }
+
+  void check_name(std::string_view name) const {
+    check_usable();
+    if (name.empty()) refuse(EINVAL, name, "the name is empty");
+    if (name.size() > kMaxEntryNameBytes) {
+      refuse(EINVAL, name, "the name is longer than " + str(kMaxEntryNameBytes) + " bytes");
+    }
+    if (name.find('\0') != std::string_view::npos) refuse(EINVAL, name, "the name contains NUL");
+    if (names.count(std::string(name)) != 0) refuse(EEXIST, name, "the name is already used");
+  }
+
+  void report(std::string_view name, std::uint64_t entry_done, std::uint64_t entry_size) {
+    if (options.progress) {
+      options.progress(WriteProgress{name, entry_done, entry_size, total_done});
+    }
+  }
+
+  // Allocates the entry's chunks one after another and hands each to `write(bytes, offset)`,
+  // which must fill all of it; hashes what was written. Adds the entry only if all went well.
+  template <class Write>
+  void add(std::string_view name, EntryKind kind, std::uint64_t size,
+           std::vector<std::string> depends, Write&& write) {
+    Pending entry{std::string(name), kind, size, {}, std::move(depends), {}};
+    detail::DigestStream digest;
+    const std::uint64_t total_before = total_done;
+    try {
+      for (std::uint64_t offset = 0; offset < size;) {
+        const std::uint64_t length = std::min(options.chunk_bytes, size - offset);
+        auto orphan = builder.new_aligned_data(length, kWrapperAlignment);
+        std::byte* first = reinterpret_cast<std::byte*>(orphan.get().begin());
+        region.ensure(static_cast<std::uint64_t>(first - region.data()) + length);
+        for (std::uint64_t done = 0; done < length;) {
+          const std::uint64_t piece = std::min(kPiece, length - done);
+          write(std::span<std::byte>(first + done, piece), offset + done);
+          digest.update(first + done, piece);
+          done += piece;
+          total_done += piece;
+          report(name, offset + done, size);
+        }
+        entry.chunks.push_back(std::move(orphan));
+        offset += length;
+      }
+    } catch (...) {
+      total_done = total_before;  // the abandoned blobs stay behind as zero words
+      throw;
+    }
+    entry.digest = digest.finish();
+    if (size == 0) report(name, 0, 0);
+    names.insert(entry.name);
+    entries.push_back(std::move(entry));
+  }
+
+  void add_file(std::string_view name, EntryKind kind, const std::filesystem::path& path,
+                std::vector<std::string> depends) {
+    check_name(name);
+    const std::string source = path.string();
+    int fd = -1;
+    if (const int err = os::open(source.c_str(), O_RDONLY, 0, &fd); err != 0) {
+      refuse(err, name, "opening " + source);
+    }
+    const FdCloser closer{fd};
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) refuse(errno, name, "fstat of " + source);
+    if (!S_ISREG(info.st_mode)) refuse(EINVAL, name, source + " is not a regular file");
+    const auto size = static_cast<std::uint64_t>(info.st_size);
+    bool in_kernel = true;  // copy_file_range until the kernel says it cannot here
+    add(name, kind, size, std::move(depends), [&](std::span<std::byte> into, std::uint64_t at) {
+      const auto out_offset = static_cast<std::uint64_t>(into.data() - region.data());
+      std::uint64_t copied = 0;
+      if (in_kernel) {
+        const int err = os::copy_file_range(fd, at, region.fd(), out_offset, into.size(), &copied);
+        if (err == 0 && copied == into.size()) return;
+        if (err == 0) {
+          refuse(EIO, name, source + " ended after " + str(at + copied) + " of " + str(size) +
+                                " bytes (it shrank while it was copied)");
+        }
+        if (err != EXDEV && err != ENOSYS && err != EOPNOTSUPP && err != EINVAL && err != EPERM) {
+          refuse(err, name, "copying from " + source + " (copy_file_range)");
+        }
+        in_kernel = false;
+      }
+      std::size_t got = 0;
+      if (const int err = os::pread_full(fd, into.data(), into.size(), at, &got); err != 0) {
+        refuse(err, name, "reading " + source);
+      }
+      if (got != into.size()) {
+        refuse(EIO, name, source + " ended after " + str(at + got) + " of " + str(size) +
+                              " bytes (it shrank while it was copied)");
+      }
+    });
+  }
+
+  void add_span(std::string_view name, EntryKind kind, std::span<const std::byte> bytes,
+                std::vector<std::string> depends) {
+    check_name(name);
+    add(name, kind, bytes.size(), std::move(depends),
+        [&](std::span<std::byte> into, std::uint64_t at) {
+          std::memcpy(into.data(), bytes.data() + at, into.size());
+        });
+  }
+};
+
+WrapperWriter::WrapperWriter(const std::filesystem::path& target, WrapperWriterOptions options) {
+  const std::uint64_t chunk = options.chunk_bytes;
+  if (chunk == 0 || chunk % 4096 != 0 || chunk > (512ull << 20) - 4096) {
+    throw Error(EINVAL, "writing wrapper", target.string(),
+                "(chunk size " + str(chunk) +
+                    " is not a multiple of 4096 between 4096 and 512 MiB - 4096)");
+  }
+  state_ = std::make_unique<State>(target, std::move(options));
+}
+
+WrapperWriter::WrapperWriter(WrapperWriter&&) noexcept = default;
+WrapperWriter& WrapperWriter::operator=(WrapperWriter&&) noexcept = default;
+WrapperWriter::~WrapperWriter() = default;
+
+void WrapperWriter::add_library(std::string_view name, const std::filesystem::path& path,
+                                std::vector<std::string> depends) {
+  state_->add_file(name, EntryKind::kSharedLibrary, path, std::move(depends));
+}
+
+void WrapperWriter::add_library(std::string_view name, std::span<const std::byte> bytes,
+                                std::vector<std::string> depends) {
+  state_->add_span(name, EntryKind::kSharedLibrary, bytes, std::move(depends));
+}
+
+void WrapperWriter::add_data(std::string_view name, const std::filesystem::path& path) {
+  state_->add_file(name, EntryKind::kData, path, {});
+}
+
+void WrapperWriter::add_data(std::string_view name, std::span<const std::byte> bytes) {
+  state_->add_span(name, EntryKind::kData, bytes, {});
+}
+
+void WrapperWriter::add_data(std::string_view name, std::uint64_t size, const FillChunk& fill) {
+  State& s = *state_;
+  s.check_name(name);
+  if (!fill) s.refuse(EINVAL, name, "no fill function");
+  // fill() sees whole chunks; add() walks them in pieces, so call fill at a chunk's start.
+  s.add(name, EntryKind::kData, size, {}, [&](std::span<std::byte> piece, std::uint64_t at) {
+    const std::uint64_t chunk_start = at / s.options.chunk_bytes * s.options.chunk_bytes;
+    if (at != chunk_start) return;  // filled with its chunk
+    const std::uint64_t length = std::min(s.options.chunk_bytes, size - chunk_start);
+    fill(std::span<std::byte>(piece.data(), length), chunk_start);
+  });
+}
+
+std::uint64_t WrapperWriter::publish() {
+  State& s = *state_;
+  s.check_usable();
+  std::vector<detail::GraphEntry> graph;
+  graph.reserve(s.entries.size());
+  for (const State::Pending& entry : s.entries) {
+    graph.push_back({entry.name, entry.kind, &entry.dependencies});
+  }
+  detail::check_dependencies(graph, "writing wrapper", s.subject);
+  s.spent = true;  // from here on a failure leaves a half-written root: no second try
+
+  auto root = s.builder.initRoot<schema::WrapperFile>();
+  root.setMagic(kWrapperMagic);
+  root.setFormatVersion(kWrapperFormatVersion);
+  root.setProducer(s.options.producer);
+  auto list = root.initEntries(static_cast<::capnp::uint>(s.entries.size()));
+  for (std::size_t i = 0; i < s.entries.size(); ++i) {
+    State::Pending& from = s.entries[i];
+    auto to = list[static_cast<::capnp::uint>(i)];
+    to.setName(from.name);
+    to.setKind(from.kind == EntryKind::kSharedLibrary ? schema::Kind::SHARED_LIBRARY
+                                                      : schema::Kind::DATA);
+    to.setSize(from.size);
+    to.setDigestAlgorithm(schema::DigestAlgorithm::XXH3X128);
+    to.setDigest(::capnp::Data::Reader(reinterpret_cast<const ::kj::byte*>(from.digest.bytes.data()),
+                                       from.digest.bytes.size()));
+    if (!from.dependencies.empty()) {
+      auto deps = to.initDependencies(static_cast<::capnp::uint>(from.dependencies.size()));
+      for (std::size_t d = 0; d < from.dependencies.size(); ++d) {
+        deps.set(static_cast<::capnp::uint>(d), from.dependencies[d]);
+      }
+    }
+    auto chunks = to.initChunks(static_cast<::capnp::uint>(from.chunks.size()));
+    for (std::size_t c = 0; c < from.chunks.size(); ++c) {
+      chunks.adopt(static_cast<::capnp::uint>(c), std::move(from.chunks[c]));
+    }
+  }
+  const std::uint64_t size = s.builder.finish();
+  s.region.publish();
+  return size;
+}
+
+std::uint64_t WrapperWriter::entry_count() const noexcept { return state_->entries.size(); }
+
+const std::filesystem::path& WrapperWriter::target() const noexcept { return state_->target; }
+
+}  // namespace mapwright
