@@ -4,7 +4,16 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <sys/mman.h>
+
+#include <cstdint>
 #include <cstring>
+
+#include "os/os.h"
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 
 namespace mapwright {
 
@@ -63,6 +72,70 @@ void DigestStream::update(const std::byte* data, std::size_t size) noexcept {
 
 Digest DigestStream::finish() const noexcept {
   return from_hash(XXH3_128bits_digest(&state_->xxh));
+}
+
+DigestPipeline::DigestPipeline(bool threaded) {
+  if (threaded) worker_ = std::thread([this] { work(); });
+}
+
+DigestPipeline::~DigestPipeline() {
+  if (!worker_.joinable()) return;
+  {
+    const std::lock_guard lock(mutex_);
+    queue_.clear();
+    closed_ = true;
+  }
+  ready_.notify_one();
+  worker_.join();
+}
+
+void DigestPipeline::hash_piece(DigestStream& stream, std::span<const std::byte> piece) noexcept {
+  // Whole pages only; a failure (an old kernel, memory that is not a mapping) changes nothing
+  // but the speed.
+  const std::uint64_t page = os::page_size();
+  const auto first = reinterpret_cast<std::uintptr_t>(piece.data()) / page * page;
+  const auto end = reinterpret_cast<std::uintptr_t>(piece.data() + piece.size());
+  if (piece.size() >= page) {
+    (void)os::madvise(reinterpret_cast<void*>(first), end - first, MADV_POPULATE_READ);
+  }
+  stream.update(piece.data(), piece.size());
+}
+
+void DigestPipeline::submit(const std::byte* data, std::size_t size) {
+  if (!worker_.joinable()) {
+    hash_piece(stream_, {data, size});
+    return;
+  }
+  {
+    const std::lock_guard lock(mutex_);
+    queue_.emplace_back(data, size);
+  }
+  ready_.notify_one();
+}
+
+void DigestPipeline::work() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    ready_.wait(lock, [this] { return closed_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // closed, and all done
+    const std::span<const std::byte> piece = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    hash_piece(stream_, piece);
+    lock.lock();
+  }
+}
+
+Digest DigestPipeline::finish() {
+  if (worker_.joinable()) {
+    {
+      const std::lock_guard lock(mutex_);
+      closed_ = true;
+    }
+    ready_.notify_one();
+    worker_.join();
+  }
+  return stream_.finish();
 }
 
 }  // namespace detail

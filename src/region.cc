@@ -261,13 +261,13 @@ void Region::sync() {
   }
 }
 
-void Region::publish() {
+void Region::publish(PublishOptions options) {
   if (!state_ || (state_->kind != RegionKind::kStagedUnnamed &&
                   state_->kind != RegionKind::kStagedNamed)) {
     throw Error(EINVAL, "publishing region", state_ ? state_->name : "",
                 "(only a staged region that is not yet published can be published)");
   }
-  sync();  // invariant 8: durable bytes before the name appears
+  if (options.durable) sync();  // invariant 8: durable bytes before the name appears
   RegionState& s = *state_;
   const std::filesystem::path dir = directory_of(s.target);
   if (s.kind == RegionKind::kStagedUnnamed) {
@@ -295,7 +295,7 @@ void Region::publish() {
     s.temp_path.clear();
   }
   s.kind = RegionKind::kFile;
-  fsync_directory(dir, s.name);
+  if (options.durable) fsync_directory(dir, s.name);
 }
 
 SealedImage Region::seal() && {

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <unordered_set>
 #include <utility>
 
@@ -27,6 +28,7 @@ namespace mapwright {
 namespace {
 
 constexpr std::uint64_t kPiece = 8ull << 20;  // copied and hashed at a time; progress step
+constexpr std::uint64_t kParallelDigestBytes = 32ull << 20;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
 
@@ -100,7 +102,8 @@ struct WrapperWriter::State {
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
            std::vector<std::string> depends, Write&& write) {
     Pending entry{std::string(name), kind, size, {}, std::move(depends), {}};
-    detail::DigestStream digest;
+    detail::DigestPipeline digest(options.parallel_digest && size >= kParallelDigestBytes &&
+                                  std::thread::hardware_concurrency() > 1);
     const std::uint64_t total_before = total_done;
     try {
       for (std::uint64_t offset = 0; offset < size;) {
@@ -111,7 +114,10 @@ struct WrapperWriter::State {
         for (std::uint64_t done = 0; done < length;) {
           const std::uint64_t piece = std::min(kPiece, length - done);
           write(std::span<std::byte>(first + done, piece), offset + done);
-          digest.update(first + done, piece);
+          digest.submit(first + done, piece);
+          if (options.durable) {  // a hint: the final fsync then has less to wait for
+            (void)os::start_writeback(region.fd(), static_cast<std::uint64_t>(first - region.data()) + done, piece);
+          }
           done += piece;
           total_done += piece;
           report(name, offset + done, size);
@@ -124,9 +130,20 @@ struct WrapperWriter::State {
       throw;
     }
     entry.digest = digest.finish();
+    if (kind == EntryKind::kSharedLibrary) check_elf(entry);
     if (size == 0) report(name, 0, 0);
     names.insert(entry.name);
     entries.push_back(std::move(entry));
+  }
+
+  // The bytes of a library entry start with the ELF magic number. The blobs of a refused
+  // entry stay behind as unused words, as after any failed add.
+  void check_elf(const Pending& entry) const {
+    static constexpr unsigned char kMagic[4] = {0x7f, 'E', 'L', 'F'};
+    const bool elf = entry.size >= sizeof kMagic &&
+                     std::memcmp(entry.chunks.front().getReader().begin(), kMagic,
+                                 sizeof kMagic) == 0;
+    if (!elf) refuse(EINVAL, entry.name, "a library must be an ELF file (no ELF magic number)");
   }
 
   void add_file(std::string_view name, EntryKind kind, const std::filesystem::path& path,
@@ -262,7 +279,7 @@ std::uint64_t WrapperWriter::publish() {
     }
   }
   const std::uint64_t size = s.builder.finish();
-  s.region.publish();
+  s.region.publish(Region::PublishOptions{.durable = s.options.durable});
   return size;
 }
 

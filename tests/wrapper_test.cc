@@ -275,6 +275,9 @@ TEST(WrapperWriter, RefusesBadNamesAndKeepsGoing) {
   expect_error([&] { writer.add_data("missing", dir / "no-such-file"); }, ENOENT,
                {"'missing'", "no-such-file"});
   expect_error([&] { writer.add_data("dir", dir.path()); }, EINVAL, {"not a regular file"});
+  expect_error([&] { writer.add_library("notelf", bytes); }, EINVAL, {"'notelf'", "ELF"});
+  expect_error([&] { writer.add_library("nothing", std::span<const std::byte>()); }, EINVAL,
+               {"'nothing'", "ELF"});
   EXPECT_THROW(writer.add_data("thrower", 10 * kKiB,
                                [](std::span<std::byte>, std::uint64_t) {
                                  throw std::runtime_error("fill failed");

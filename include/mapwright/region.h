@@ -115,7 +115,17 @@ class Region {
   // temporary name, renames it over the target (atomic), and fsyncs the directory. After
   // publish() the region is an ordinary file region over `target`. Throws Error on failure;
   // the target is then untouched.
-  void publish();
+  //
+  // With durable == false the two fsyncs are skipped (much faster for big files: nothing
+  // waits for the disk). The replacement is still atomic for every process and survives a
+  // crash of this one — the kernel has the bytes — but NOT a power loss or kernel crash
+  // before write-back: the target may then be empty or partly written (how likely depends
+  // on the filesystem; ext4's auto_da_alloc starts write-back at the rename).
+  struct PublishOptions {
+    bool durable = true;
+  };
+  void publish(PublishOptions options);
+  void publish() { publish(PublishOptions{}); }
   // memfd regions only: ends the region and returns its file as an immutable image. The
   // writable mapping is replaced in place by a read-only one (F_SEAL_WRITE is refused while
   // any shared writable mapping exists), then F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE |

@@ -104,6 +104,13 @@ struct WrapperWriterOptions {
   // The message's options (capnp.h). Smaller segments make chunks of one entry land in
   // different segments, with gaps between them, as in files over 4 GiB; tests use that.
   MappedMessageOptions message;
+  // true: publish() waits until the file is on disk (fsync) before it renames it into place,
+  // and write-back starts as each entry is written. false: no waiting for the disk — still
+  // atomic against a crash of the process, not against a power loss (Region::publish).
+  bool durable = true;
+  // Hash each entry on a second thread while it is copied (entries of 32 MiB or more, on a
+  // machine with more than one CPU). The digest is the same either way.
+  bool parallel_digest = true;
   // Called from the writing thread after every few MiB copied, and at the end of each entry.
   // May throw to abandon the write (the exception propagates out of add_*()).
   std::function<void(const WriteProgress&)> progress;
@@ -123,6 +130,9 @@ class WrapperWriter {
   // non-empty, free of NUL bytes, at most 4096 bytes, and not used by an earlier entry;
   // otherwise Error(EINVAL or EEXIST) and nothing is added. A library's `depends` name other
   // library entries, added before or after it; they are checked at publish().
+  //
+  // A library's bytes must start with the ELF magic number (else Error(EINVAL); the loader
+  // would refuse it later anyway, with a less direct message).
   //
   // From a file: copied in the kernel (copy_file_range, else pread into the mapping). The
   // file must be a regular file; one that shrinks while it is copied is an Error.
@@ -160,7 +170,7 @@ struct WrapperEntry {
   std::string name;
   EntryKind kind = EntryKind::kData;
   std::uint64_t size = 0;
-  std::uint64_t offset = 0;  // file offset of the first byte (of the first chunk)
+  std::uint64_t offset = 0;  // file offset of the first byte (of the first chunk); 0 if empty
   Digest digest;
   std::vector<std::string> dependencies;
   // The bytes, chunk by chunk, in order (none for an empty entry).

@@ -119,6 +119,13 @@ int fsync(int fd) noexcept {
   return retry([&] { return ::fsync(fd); });
 }
 
+int start_writeback(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
+  return retry([&] {
+    return ::sync_file_range(fd, static_cast<off64_t>(offset), static_cast<off64_t>(length),
+                             SYNC_FILE_RANGE_WRITE);
+  });
+}
+
 int pread_full(int fd, void* buf, std::size_t length, std::uint64_t offset,
                std::size_t* got) noexcept {
   auto* p = static_cast<char*>(buf);

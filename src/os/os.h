@@ -53,6 +53,9 @@ int fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length) noex
 // fstat(2), reporting st_size only. Async-signal-safe.
 int file_size(int fd, std::uint64_t* size) noexcept;
 int fsync(int fd) noexcept;  // Async-signal-safe.
+// sync_file_range(SYNC_FILE_RANGE_WRITE): starts write-back of the range and returns without
+// waiting, so that a later fsync has less left to do. Not async-signal-safe by contract.
+int start_writeback(int fd, std::uint64_t offset, std::uint64_t length) noexcept;
 // pread(2) until `length` bytes or end of file; `*got` is how many were read.
 // Not async-signal-safe by contract (it is in practice).
 int pread_full(int fd, void* buf, std::size_t length, std::uint64_t offset,

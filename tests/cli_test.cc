@@ -1,0 +1,965 @@
+// tests/cli_test.cc — the `mapwright` tool end to end, run as a child process the way a
+// person or a script runs it: pack → inspect (text and JSON) → verify → extract → run, the
+// digest against xxh128sum, chunking, damaged files (a flipped byte in each entry, a
+// truncated file, another format version), usage errors, error lines, the progress bar.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <capnp/any.h>
+#include <capnp/serialize.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "child.h"
+#include "fixture_paths.h"
+#include "mapwright/wrapper.h"
+#include "wrapper.capnp.h"
+
+extern char** environ;
+
+namespace mapwright {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+#ifdef MAPWRIGHT_CLI
+constexpr const char* kTool = MAPWRIGHT_CLI;
+#else
+constexpr const char* kTool = nullptr;  // built without tools/ (MAPWRIGHT_BUILD_TOOLS=OFF)
+#endif
+#ifndef MAPWRIGHT_VERSION
+#define MAPWRIGHT_VERSION "unknown"
+#endif
+
+// ---- running a program ------------------------------------------------------------------
+
+struct Outcome {
+  bool exited = false;
+  int exit_code = -1;
+  int signal = 0;
+  std::string out;
+  std::string err;
+
+  std::string describe() const {
+    std::string what = exited ? "exited " + std::to_string(exit_code)
+                              : std::string("killed by signal ") + std::to_string(signal);
+    return what + "\n--- stdout:\n" + out + "\n--- stderr:\n" + err;
+  }
+};
+
+// The environment for the tool: the sanitizer runtimes (in the asan and tsan builds) must
+// leave SIGBUS to mapwright, whose regions grow on it; see tests/support/sanitizer_options.cc.
+std::vector<std::string> child_environment() {
+  static const std::map<std::string, std::string> kDefaults = {
+      {"ASAN_OPTIONS", "handle_sigbus=0:allow_user_segv_handler=1"},
+      {"TSAN_OPTIONS", "handle_sigbus=0:halt_on_error=1"},
+      {"UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"}};
+  std::vector<std::string> environment;
+  std::map<std::string, std::string> pending = kDefaults;
+  for (char** variable = environ; *variable != nullptr; ++variable) {
+    std::string entry = *variable;
+    const std::string name = entry.substr(0, entry.find('='));
+    if (auto it = pending.find(name); it != pending.end()) {
+      // Ours first, so that the caller's own options (after them) win.
+      entry = name + "=" + it->second + ":" + entry.substr(name.size() + 1);
+      pending.erase(it);
+    }
+    environment.push_back(std::move(entry));
+  }
+  for (const auto& [name, value] : pending) environment.push_back(name + "=" + value);
+  return environment;
+}
+
+// Runs `program` with `args` (stdin from /dev/null), collecting stdout and stderr apart; a
+// program still running after 60 s is killed.
+Outcome run_program(const std::string& program, const std::vector<std::string>& args) {
+  int out_pipe[2];
+  int err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    throw std::runtime_error("pipe2 failed");
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
+
+  std::vector<std::string> argv_strings = {program};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& s : argv_strings) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env_strings = child_environment();
+  std::vector<char*> envp;
+  for (std::string& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+
+  pid_t pid = -1;
+  const int spawned =
+      ::posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  if (spawned != 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    throw std::runtime_error("posix_spawn " + program + ": " + std::strerror(spawned));
+  }
+
+  Outcome outcome;
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  std::string* sinks[2] = {&outcome.out, &outcome.err};
+  int open_pipes = 2;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (open_pipes > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      ::kill(pid, SIGKILL);
+      break;
+    }
+    if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buffer[65536];
+      const ssize_t n = ::read(fds[i].fd, buffer, sizeof buffer);
+      if (n > 0) {
+        sinks[i]->append(buffer, static_cast<std::size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        ::close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_pipes;
+      }
+    }
+  }
+  for (const pollfd& p : fds) {
+    if (p.fd >= 0) ::close(p.fd);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  outcome.exited = WIFEXITED(status);
+  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  outcome.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  return outcome;
+}
+
+Outcome tool(const std::vector<std::string>& args) { return run_program(kTool, args); }
+
+// `program` on $PATH, or "" if it is not there.
+std::string find_on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path != nullptr ? path : "/usr/bin:/bin";
+  while (!dirs.empty()) {
+    const std::size_t colon = dirs.find(':');
+    const fs::path candidate = fs::path(dirs.substr(0, colon)) / program;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    if (colon == std::string_view::npos) break;
+    dirs.remove_prefix(colon + 1);
+  }
+  return {};
+}
+
+// The outcome is an exit with `code` (the whole outcome in the message otherwise).
+::testing::AssertionResult exits_with(const Outcome& outcome, int code) {
+  if (outcome.exited && outcome.exit_code == code) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "expected exit " << code << ", got " << outcome.describe();
+}
+#define EXPECT_EXIT_CODE(outcome, code) EXPECT_TRUE(exits_with((outcome), (code)))
+
+// stderr is exactly one line, "mapwright: ...", containing each of `parts`.
+void expect_one_error_line(const Outcome& outcome, const std::vector<std::string>& parts) {
+  const std::string& err = outcome.err;
+  EXPECT_TRUE(err.starts_with("mapwright: ")) << outcome.describe();
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << outcome.describe();
+  EXPECT_TRUE(err.ends_with("\n")) << outcome.describe();
+  for (const std::string& part : parts) EXPECT_THAT(err, HasSubstr(part)) << outcome.describe();
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    const std::size_t end = text.find('\n', start);
+    lines.push_back(text.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return lines;
+}
+
+// ---- files --------------------------------------------------------------------------------
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::string random_bytes(std::size_t size, std::uint64_t seed) {
+  std::mt19937_64 engine(seed);
+  std::string bytes(size, '\0');
+  for (char& c : bytes) c = static_cast<char>(engine() & 0xFF);
+  return bytes;
+}
+
+// Flips every bit of the byte at `offset` of `path`, in place.
+void flip_byte(const fs::path& path, std::uint64_t offset) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path;
+  unsigned char byte = 0;
+  ASSERT_EQ(::pread(fd, &byte, 1, static_cast<off_t>(offset)), 1);
+  byte ^= 0xFF;
+  ASSERT_EQ(::pwrite(fd, &byte, 1, static_cast<off_t>(offset)), 1);
+  ::close(fd);
+}
+
+// ---- a small JSON reader, strict enough to catch bad escaping ---------------------------
+
+struct Json {
+  enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
+  Type type = Type::kNull;
+  bool boolean = false;
+  std::uint64_t number = 0;  // the tool prints only non-negative integers
+  std::string string;
+  std::vector<Json> array;
+  // An object: keys[i] names values[i] (a std::pair would need Json complete here).
+  std::vector<std::string> keys;
+  std::vector<Json> values;
+
+  const Json& operator[](std::string_view key) const {
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == key) return values[i];
+    }
+    throw std::runtime_error("JSON: no key '" + std::string(key) + "'");
+  }
+  bool has(std::string_view key) const {
+    return std::find(keys.begin(), keys.end(), key) != keys.end();
+  }
+};
+
+class JsonReader {
+ public:
+  explicit JsonReader(std::string_view text) : text_(text) {}
+
+  Json read_document() {
+    Json value = read_value();
+    skip_space();
+    if (at_ != text_.size()) fail("trailing characters");
+    return value;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw std::runtime_error("JSON: " + what + " at offset " + std::to_string(at_));
+  }
+  void skip_space() {
+    while (at_ < text_.size() && std::strchr(" \t\r\n", text_[at_]) != nullptr) ++at_;
+  }
+  bool consume(std::string_view word) {
+    if (text_.substr(at_, word.size()) != word) return false;
+    at_ += word.size();
+    return true;
+  }
+  void expect(char c) {
+    skip_space();
+    if (at_ >= text_.size() || text_[at_] != c) fail(std::string("expected '") + c + "'");
+    ++at_;
+  }
+
+  Json read_value() {
+    skip_space();
+    if (at_ >= text_.size()) fail("unexpected end");
+    Json value;
+    const char c = text_[at_];
+    if (c == '{') {
+      value.type = Json::Type::kObject;
+      ++at_;
+      skip_space();
+      if (consume("}")) return value;
+      do {
+        skip_space();
+        value.keys.push_back(read_string());
+        expect(':');
+        value.values.push_back(read_value());
+        skip_space();
+      } while (consume(","));
+      expect('}');
+    } else if (c == '[') {
+      value.type = Json::Type::kArray;
+      ++at_;
+      skip_space();
+      if (consume("]")) return value;
+      do {
+        value.array.push_back(read_value());
+        skip_space();
+      } while (consume(","));
+      expect(']');
+    } else if (c == '"') {
+      value.type = Json::Type::kString;
+      value.string = read_string();
+    } else if (consume("true") || consume("false")) {
+      value.type = Json::Type::kBool;
+      value.boolean = text_[at_ - 1] == 'e' && text_[at_ - 2] == 'u';
+    } else if (consume("null")) {
+      value.type = Json::Type::kNull;
+    } else if (c >= '0' && c <= '9') {
+      value.type = Json::Type::kNumber;
+      while (at_ < text_.size() && text_[at_] >= '0' && text_[at_] <= '9') {
+        value.number = value.number * 10 + static_cast<std::uint64_t>(text_[at_++] - '0');
+      }
+      if (at_ < text_.size() && std::strchr(".eE", text_[at_]) != nullptr) fail("not an integer");
+    } else {
+      fail(std::string("unexpected '") + c + "'");
+    }
+    return value;
+  }
+
+  unsigned read_hex4() {
+    if (text_.size() - at_ < 4) fail("short \\u escape");
+    unsigned value = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char h = text_[at_++];
+      value <<= 4;
+      if (h >= '0' && h <= '9') {
+        value |= static_cast<unsigned>(h - '0');
+      } else if (h >= 'a' && h <= 'f') {
+        value |= static_cast<unsigned>(h - 'a' + 10);
+      } else if (h >= 'A' && h <= 'F') {
+        value |= static_cast<unsigned>(h - 'A' + 10);
+      } else {
+        fail("bad hex digit");
+      }
+    }
+    return value;
+  }
+
+  static void append_utf8(std::string& out, char32_t cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+
+  std::string read_string() {
+    if (at_ >= text_.size() || text_[at_] != '"') fail("expected a string");
+    ++at_;
+    std::string out;
+    while (true) {
+      if (at_ >= text_.size()) fail("unterminated string");
+      const char c = text_[at_++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) fail("raw control character in a string");
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (at_ >= text_.size()) fail("unterminated escape");
+      const char e = text_[at_++];
+      switch (e) {
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'u': {
+          char32_t cp = read_hex4();
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (!consume("\\u")) fail("lone high surrogate");
+            const char32_t low = read_hex4();
+            if (low < 0xDC00 || low > 0xDFFF) fail("bad low surrogate");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+          }
+          append_utf8(out, cp);
+          break;
+        }
+        default:
+          fail(std::string("bad escape \\") + e);
+      }
+    }
+  }
+
+  std::string_view text_;
+  std::size_t at_ = 0;
+};
+
+Json parse_json(const std::string& text) { return JsonReader(text).read_document(); }
+
+// ---- the fixture --------------------------------------------------------------------------
+
+// One entry as packed: its name, kind and source file.
+struct Source {
+  std::string name;
+  std::string kind;  // "library" or "data"
+  fs::path path;
+  std::vector<std::string> dependencies;
+};
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (kTool == nullptr) GTEST_SKIP() << "the tool is not built (MAPWRIGHT_BUILD_TOOLS=OFF)";
+  }
+
+  fs::path path(const std::string& name) const { return dir_ / name; }
+
+  // The standard wrapper: both fixture libraries (b needs a), 300 KiB of pseudo-random bytes,
+  // an empty file, and a data entry whose name needs escaping in JSON; interleaved, to check
+  // that entries keep the command line's order.
+  fs::path pack_standard(const std::string& name = "w.mwr") {
+    sources_ = {
+        {"liba", "library", MAPWRIGHT_FIXTURE_A, {}},
+        {"blob", "data", path("blob.bin"), {}},
+        {"libb", "library", MAPWRIGHT_FIXTURE_B, {"liba"}},
+        {"empty", "data", path("empty.bin"), {}},
+        {kOddName, "data", path("odd.bin"), {}},
+    };
+    write_file(path("blob.bin"), random_bytes(300 * 1024 + 17, 1));
+    write_file(path("empty.bin"), "");
+    write_file(path("odd.bin"), random_bytes(5000, 2));
+    const fs::path wrapper = path(name);
+    const Outcome packed =
+        tool({"pack", "-o", wrapper, "--lib", "liba=" MAPWRIGHT_FIXTURE_A, "--data",
+              "blob=" + path("blob.bin").string(), "--lib", "libb=" MAPWRIGHT_FIXTURE_B ":liba",
+              "--data", "empty=" + path("empty.bin").string(), "--data",
+              kOddName + "=" + path("odd.bin").string(), "--producer", kProducer, "--no-progress"});
+    EXPECT_EXIT_CODE(packed, 0);
+    EXPECT_EQ(packed.err, "");
+    return wrapper;
+  }
+
+  Json inspect_json(const fs::path& wrapper) {
+    const Outcome inspected = tool({"inspect", "--json", wrapper});
+    EXPECT_EXIT_CODE(inspected, 0);
+    return parse_json(inspected.out);
+  }
+
+  // Quote, backslash, a control character, a newline and non-ASCII letters.
+  inline static const std::string kOddName =
+      "odd \"name\" with \\back\\slash\x01\n and \u00fcnicode \u2603";
+  inline static const std::string kProducer = "cli_test \"producer\" \\ \u00e9";
+
+  test::TempDir dir_;
+  std::vector<Source> sources_;
+};
+
+// ---- end to end ---------------------------------------------------------------------------
+
+TEST_F(CliTest, PackInspectVerifyExtractRun) {
+  const fs::path wrapper = pack_standard();
+  ASSERT_TRUE(fs::exists(wrapper));
+
+  // inspect, text: the header line, then one row per entry with its kind and size.
+  const Outcome text = tool({"inspect", wrapper});
+  EXPECT_EXIT_CODE(text, 0);
+  EXPECT_EQ(text.err, "");
+  const std::vector<std::string> lines = lines_of(text.out);
+  ASSERT_EQ(lines.size(), 2 + sources_.size()) << text.out;
+  EXPECT_THAT(lines[0], HasSubstr("format version " + std::to_string(kWrapperFormatVersion)));
+  EXPECT_THAT(lines[0], HasSubstr(std::to_string(fs::file_size(wrapper)) + " bytes"));
+  EXPECT_THAT(lines[0], HasSubstr("5 entries"));
+  EXPECT_THAT(lines[1], HasSubstr("NAME"));
+  for (std::size_t i = 0; i < sources_.size(); ++i) {
+    const Source& source = sources_[i];
+    const std::string& row = lines[2 + i];
+    const std::string shown =
+        source.name == kOddName
+            ? "odd \"name\" with \\\\back\\\\slash\\x01\\n and \u00fcnicode \u2603"
+            : source.name;
+    EXPECT_TRUE(row.starts_with(shown)) << row;
+    EXPECT_THAT(row, HasSubstr(" " + source.kind + " "));
+    EXPECT_THAT(row, HasSubstr(" " + std::to_string(fs::file_size(source.path)) + " "));
+  }
+  EXPECT_THAT(lines[2 + 2], HasSubstr(" liba")) << "libb's dependency";
+
+  // inspect --json: every key, the values, and names that read back exactly.
+  const Json json = inspect_json(wrapper);
+  EXPECT_EQ(json["format_version"].number, kWrapperFormatVersion);
+  EXPECT_EQ(json["producer"].string, kProducer);
+  EXPECT_EQ(json["file_size"].number, fs::file_size(wrapper));
+  const std::vector<Json>& entries = json["entries"].array;
+  ASSERT_EQ(entries.size(), sources_.size());
+  for (std::size_t i = 0; i < sources_.size(); ++i) {
+    const Source& source = sources_[i];
+    const Json& entry = entries[i];
+    for (const char* key : {"name", "kind", "offset", "size", "digest", "dependencies", "chunks"}) {
+      EXPECT_TRUE(entry.has(key)) << key;
+    }
+    EXPECT_EQ(entry["name"].string, source.name);
+    EXPECT_EQ(entry["kind"].string, source.kind);
+    const std::uint64_t size = fs::file_size(source.path);
+    EXPECT_EQ(entry["size"].number, size) << source.name;
+    EXPECT_EQ(entry["chunks"].number, size == 0 ? 0u : 1u) << source.name;
+    EXPECT_EQ(entry["digest"].string.size(), 32u);
+    EXPECT_EQ(entry["digest"].string.find_first_not_of("0123456789abcdef"), std::string::npos);
+    std::vector<std::string> dependencies;
+    for (const Json& dependency : entry["dependencies"].array)
+      dependencies.push_back(dependency.string);
+    EXPECT_EQ(dependencies, source.dependencies) << source.name;
+    if (size > 0) {
+      EXPECT_EQ(entry["offset"].number % 4096, 0u) << source.name;
+      EXPECT_LE(entry["offset"].number + size, fs::file_size(wrapper)) << source.name;
+    }
+  }
+
+  // verify: one "ok" line per entry, then the summary.
+  const Outcome verified = tool({"verify", wrapper});
+  EXPECT_EXIT_CODE(verified, 0);
+  EXPECT_EQ(verified.err, "");
+  const std::vector<std::string> verify_lines = lines_of(verified.out);
+  ASSERT_EQ(verify_lines.size(), sources_.size() + 1) << verified.out;
+  for (std::size_t i = 0; i < sources_.size(); ++i) {
+    EXPECT_TRUE(verify_lines[i].starts_with("ok ")) << verify_lines[i];
+  }
+
+  // extract: each entry byte for byte, to a file and to stdout.
+  for (const Source& source : sources_) {
+    const fs::path out = path("extracted.bin");
+    const Outcome extracted = tool({"extract", wrapper, source.name, "-o", out});
+    EXPECT_EXIT_CODE(extracted, 0);
+    EXPECT_EQ(read_file(out), read_file(source.path)) << source.name;
+    EXPECT_EQ(fs::status(out).permissions() & fs::perms::owner_write, fs::perms::owner_write);
+    const Outcome to_stdout = tool({"extract", wrapper, source.name, "-o", "-"});
+    EXPECT_EXIT_CODE(to_stdout, 0);
+    EXPECT_TRUE(to_stdout.out == read_file(source.path)) << source.name;
+  }
+
+  // run: b loaded after a, from the wrapper; its exit value is argc via a (42 + 1 - 43 + 4).
+  const Outcome ran = tool({"run", wrapper, "libb", "fixture_b_main", "x", "y", "z"});
+  EXPECT_EXIT_CODE(ran, 4);
+  EXPECT_EQ(ran.out, "fixture_b_main argc=4 argv: libb x y z\n");
+  EXPECT_EQ(ran.err, "");
+}
+
+// Everything after SYMBOL is the function's, options included; a "--" right after it is
+// dropped, a later one is not.
+TEST_F(CliTest, RunPassesOptionLikeArgumentsThrough) {
+  const fs::path wrapper = pack_standard();
+  struct Case {
+    std::vector<std::string> args;
+    std::string line;
+  };
+  const std::vector<Case> cases = {
+      {{}, "fixture_b_main argc=1 argv: libb"},
+      {{"--", "--flag", "-h"}, "fixture_b_main argc=3 argv: libb --flag -h"},
+      {{"--flag", "x", "--help"}, "fixture_b_main argc=4 argv: libb --flag x --help"},
+      {{"x", "--", "-v"}, "fixture_b_main argc=4 argv: libb x -- -v"},
+      {{"--version"}, "fixture_b_main argc=2 argv: libb --version"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"run", wrapper, "libb", "fixture_b_main"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    const Outcome ran = tool(args);
+    const int argc = static_cast<int>(std::count(c.line.begin(), c.line.end(), ' ')) - 2;
+    EXPECT_EXIT_CODE(ran, argc);
+    EXPECT_EQ(ran.out, c.line + "\n");
+  }
+}
+
+// The digest inspect shows is what xxh128sum prints for the extracted entry.
+TEST_F(CliTest, DigestIsWhatXxh128sumPrints) {
+  const std::string xxh128sum = find_on_path("xxh128sum");
+  if (xxh128sum.empty()) GTEST_SKIP() << "xxh128sum is not on PATH (Debian package xxhash)";
+  const fs::path wrapper = pack_standard();
+  const Json json = inspect_json(wrapper);
+  for (const Json& entry : json["entries"].array) {
+    const fs::path out = path("extracted.bin");
+    EXPECT_EXIT_CODE(tool({"extract", wrapper, entry["name"].string, "-o", out}), 0);
+    const Outcome summed = run_program(xxh128sum, {out});
+    EXPECT_EXIT_CODE(summed, 0);
+    EXPECT_EQ(summed.out.substr(0, summed.out.find(' ')), entry["digest"].string)
+        << entry["name"].string;
+  }
+}
+
+// --chunk-size splits an entry; the chunks read back as one.
+TEST_F(CliTest, ChunkSizeSplitsEntries) {
+  struct Case {
+    std::string chunk_size;
+    std::uint64_t chunk_bytes;
+  };
+  const std::string bytes = random_bytes((1u << 20) + 1000, 3);  // 16 full chunks and a bit
+  write_file(path("big.bin"), bytes);
+  for (const Case& c : {Case{"65536", 65536}, Case{"64k", 65536}, Case{"4096", 4096}}) {
+    const fs::path wrapper = path("chunked.mwr");
+    EXPECT_EXIT_CODE(tool({"pack", "-o", wrapper, "--chunk-size", c.chunk_size, "--data",
+                           "big=" + path("big.bin").string()}),
+                     0);
+    const Json json = inspect_json(wrapper);
+    ASSERT_EQ(json["entries"].array.size(), 1u);
+    EXPECT_EQ(json["entries"].array[0]["chunks"].number,
+              (bytes.size() + c.chunk_bytes - 1) / c.chunk_bytes)
+        << c.chunk_size;
+    EXPECT_EXIT_CODE(tool({"verify", wrapper}), 0);
+    EXPECT_EXIT_CODE(tool({"extract", wrapper, "big", "-o", path("big.out")}), 0);
+    EXPECT_TRUE(read_file(path("big.out")) == bytes) << c.chunk_size;
+  }
+}
+
+// A PATH with ':' in it: a whole text that names a file is the path; otherwise the last ':'
+// starts the dependency list.
+TEST_F(CliTest, LibraryPathMayContainColons) {
+  fs::create_directories(path("odd:dir"));
+  const fs::path a_copy = path("odd:dir") / "liba:copy.so";
+  fs::copy_file(MAPWRIGHT_FIXTURE_A, a_copy);
+  const fs::path wrapper = path("colons.mwr");
+  EXPECT_EXIT_CODE(tool({"pack", "-o", wrapper, "--lib", "liba=" + a_copy.string(), "--lib",
+                         "libb=" MAPWRIGHT_FIXTURE_B ":liba", "--lib",
+                         "liba2=" + a_copy.string() + ":liba,libb", "--no-progress"}),
+                   0);
+  const Json json = inspect_json(wrapper);
+  ASSERT_EQ(json["entries"].array.size(), 3u);
+  EXPECT_EQ(json["entries"].array[0]["dependencies"].array.size(), 0u);
+  EXPECT_EQ(json["entries"].array[0]["size"].number, fs::file_size(a_copy));
+  ASSERT_EQ(json["entries"].array[2]["dependencies"].array.size(), 2u);
+  EXPECT_EQ(json["entries"].array[2]["dependencies"].array[0].string, "liba");
+  EXPECT_EQ(json["entries"].array[2]["dependencies"].array[1].string, "libb");
+  const Outcome ran = tool({"run", wrapper, "libb", "fixture_b_main", "q"});
+  EXPECT_EXIT_CODE(ran, 2);
+  EXPECT_EQ(ran.out, "fixture_b_main argc=2 argv: libb q\n");
+}
+
+// ---- damaged wrappers ---------------------------------------------------------------------
+
+// A byte flipped inside any entry: verify names that entry and exits 1; run loads nothing and
+// calls nothing; extract refuses that entry unless --no-verify.
+TEST_F(CliTest, FlippedByteInEachEntryIsCaught) {
+  const fs::path wrapper = pack_standard();
+  const Json json = inspect_json(wrapper);
+  int damaged_entries = 0;
+  for (const Json& entry : json["entries"].array) {
+    const std::string& name = entry["name"].string;
+    if (entry["size"].number == 0) continue;  // nothing to flip
+    ++damaged_entries;
+    SCOPED_TRACE(name);
+    const fs::path copy = path("damaged.mwr");
+    fs::copy_file(wrapper, copy, fs::copy_options::overwrite_existing);
+    flip_byte(copy, entry["offset"].number + entry["size"].number / 2);
+
+    const Outcome verified = tool({"verify", copy});
+    EXPECT_EXIT_CODE(verified, 1);
+    const std::string shown =
+        name == kOddName ? "odd \"name\" with \\\\back\\\\slash\\x01\\n and \u00fcnicode \u2603"
+                         : name;
+    EXPECT_THAT(verified.out, HasSubstr("DIGEST MISMATCH  " + shown + "\n"));
+    EXPECT_EQ(std::count(verified.out.begin(), verified.out.end(), 'D'),
+              std::count(shown.begin(), shown.end(), 'D') + 1)
+        << "only one entry is damaged:\n"
+        << verified.out;
+    expect_one_error_line(verified, {"'" + shown + "'", "digest mismatch"});
+
+    const Outcome ran = tool({"run", copy, "libb", "fixture_b_main", "x"});
+    EXPECT_EXIT_CODE(ran, 1);
+    EXPECT_THAT(ran.out, Not(HasSubstr("fixture_b_main")));
+    expect_one_error_line(ran, {"'" + shown + "'", "digest mismatch"});
+
+    const Outcome refused = tool({"extract", copy, name, "-o", path("out.bin")});
+    EXPECT_EXIT_CODE(refused, 1);
+    expect_one_error_line(refused, {"digest mismatch"});
+    EXPECT_FALSE(fs::exists(path("out.bin"))) << "nothing is written for a damaged entry";
+    const Outcome forced = tool({"extract", copy, name, "-o", path("out.bin"), "--no-verify"});
+    EXPECT_EXIT_CODE(forced, 0);
+    const std::string original =
+        read_file(wrapper).substr(entry["offset"].number, entry["size"].number);
+    const std::string extracted = read_file(path("out.bin"));
+    ASSERT_EQ(extracted.size(), original.size());
+    std::size_t differences = 0;
+    for (std::size_t i = 0; i < original.size(); ++i) differences += extracted[i] != original[i];
+    EXPECT_EQ(differences, 1u);
+    fs::remove(path("out.bin"));
+  }
+  EXPECT_EQ(damaged_entries, 4);
+}
+
+// A truncated file is refused when it is opened: exit 1 and one line naming it.
+TEST_F(CliTest, TruncatedWrapperIsRefused) {
+  const fs::path wrapper = pack_standard();
+  const std::uint64_t size = fs::file_size(wrapper);
+  for (const std::uint64_t new_size : {size / 2, size - 1, std::uint64_t{8}, std::uint64_t{0}}) {
+    SCOPED_TRACE(new_size);
+    const fs::path copy = path("truncated.mwr");
+    fs::copy_file(wrapper, copy, fs::copy_options::overwrite_existing);
+    fs::resize_file(copy, new_size);
+    for (const char* command : {"verify", "inspect"}) {
+      const Outcome outcome = tool({command, copy});
+      EXPECT_EXIT_CODE(outcome, 1);
+      expect_one_error_line(outcome, {copy.string()});
+    }
+    const Outcome ran = tool({"run", copy, "libb", "fixture_b_main"});
+    EXPECT_EXIT_CODE(ran, 1);
+    EXPECT_EQ(ran.out, "");
+  }
+}
+
+// Another format version in the root struct: refused, and the message says why.
+TEST_F(CliTest, OtherFormatVersionIsRefused) {
+  const fs::path wrapper = pack_standard();
+  // Find formatVersion's file offset through the schema: the root's data section holds the
+  // magic (bytes 0..7), then formatVersion (bytes 8..11).
+  const std::string file = read_file(wrapper);
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(file.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), file.data(), words.size() * sizeof(capnp::word));
+  std::uint64_t version_offset = 0;
+  {
+    capnp::FlatArrayMessageReader reader(words);
+    const schema::WrapperFile::Reader root = reader.getRoot<schema::WrapperFile>();
+    ASSERT_EQ(root.getMagic(), kWrapperMagic);
+    ASSERT_EQ(root.getFormatVersion(), kWrapperFormatVersion);
+    const capnp::Data::Reader data = capnp::AnyStruct::Reader(root).getDataSection();
+    ASSERT_GE(data.size(), 12u);
+    version_offset = static_cast<std::uint64_t>(
+                         data.begin() - reinterpret_cast<const capnp::byte*>(words.begin())) +
+                     8;
+  }
+  std::uint32_t stored = 0;
+  std::memcpy(&stored, file.data() + version_offset, sizeof stored);
+  ASSERT_EQ(stored, kWrapperFormatVersion) << "formatVersion is not where the schema says";
+
+  const std::uint32_t other = kWrapperFormatVersion + 98;
+  const int fd = ::open(wrapper.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::pwrite(fd, &other, sizeof other, static_cast<off_t>(version_offset)),
+            static_cast<ssize_t>(sizeof other));
+  ::close(fd);
+
+  for (const char* command : {"verify", "inspect"}) {
+    const Outcome outcome = tool({command, wrapper});
+    EXPECT_EXIT_CODE(outcome, 1);
+    expect_one_error_line(outcome, {wrapper.string(), "version", std::to_string(other)});
+  }
+  const Outcome ran = tool({"run", wrapper, "libb", "fixture_b_main"});
+  EXPECT_EXIT_CODE(ran, 1);
+  EXPECT_EQ(ran.out, "");
+}
+
+// ---- usage, help, version -----------------------------------------------------------------
+
+TEST_F(CliTest, UsageErrorsExitTwoWithOneLine) {
+  const std::string w = path("w.mwr");
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{}, "subcommand"},
+      {{"bogus"}, "'bogus'"},
+      {{"--bogus"}, "'--bogus'"},
+      {{"pack", "--data", "a=b"}, "--output"},
+      {{"pack", "-o"}, "--output"},
+      {{"pack", "-o", w, "--lib", "no-equals-sign"}, "NAME=PATH"},
+      {{"pack", "-o", w, "--data", "=nameless"}, "NAME=PATH"},
+      {{"pack", "-o", w, "--chunk-size", "1000"}, "4096"},
+      {{"pack", "-o", w, "--chunk-size", "lots"}, "--chunk-size"},
+      {{"pack", "-o", w, "--progress", "--no-progress"}, "excludes"},
+      {{"inspect"}, "FILE"},
+      {{"inspect", w, "--yaml"}, "--yaml"},
+      {{"verify", w, w}, "not expected"},
+      {{"extract", w, "liba"}, "--output"},
+      {{"extract", w}, "NAME"},
+      {{"run", w, "libb"}, "SYMBOL"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::PrintToString(c.args));
+    const Outcome outcome = tool(c.args);
+    EXPECT_EXIT_CODE(outcome, 2);
+    EXPECT_EQ(outcome.out, "");
+    expect_one_error_line(outcome, {c.says});
+  }
+  EXPECT_FALSE(fs::exists(w));
+}
+
+TEST_F(CliTest, VersionAndHelp) {
+  const Outcome version = tool({"--version"});
+  EXPECT_EXIT_CODE(version, 0);
+  EXPECT_EQ(version.out, "mapwright " MAPWRIGHT_VERSION "\n");
+
+  const Outcome help = tool({"--help"});
+  EXPECT_EXIT_CODE(help, 0);
+  for (const char* part :
+       {"Usage", "pack", "inspect", "verify", "extract", "run", "Exit codes", "2  usage error"}) {
+    EXPECT_THAT(help.out, HasSubstr(part));
+  }
+  for (const char* command : {"pack", "inspect", "verify", "extract", "run"}) {
+    SCOPED_TRACE(command);
+    for (const char* flag : {"--help", "-h"}) {
+      const Outcome sub = tool({command, flag});
+      EXPECT_EXIT_CODE(sub, 0);
+      EXPECT_THAT(sub.out, HasSubstr(std::string("mapwright ") + command));
+      EXPECT_THAT(sub.out, HasSubstr("Exit codes"));
+      EXPECT_EQ(sub.err, "");
+    }
+  }
+  const Outcome pack_help = tool({"pack", "--help"});
+  EXPECT_THAT(pack_help.out, HasSubstr("LAST ':'"));
+  EXPECT_THAT(pack_help.out, HasSubstr("--chunk-size"));
+  EXPECT_THAT(pack_help.out, HasSubstr("--progress"));
+}
+
+// ---- failures that are not damage ---------------------------------------------------------
+
+TEST_F(CliTest, FailuresExitThreeWithOneLine) {
+  const fs::path wrapper = pack_standard();
+  const std::string missing = path("no-such.mwr");
+
+  for (const char* command : {"verify", "inspect"}) {
+    const Outcome outcome = tool({command, missing});
+    EXPECT_EXIT_CODE(outcome, 3);
+    expect_one_error_line(outcome, {missing, "No such file"});
+  }
+  const Outcome directory = tool({"verify", dir_.path()});
+  EXPECT_EXIT_CODE(directory, 3);
+  expect_one_error_line(directory, {dir_.path().string()});
+
+  const Outcome unknown_entry = tool({"extract", wrapper, "nope", "-o", path("x")});
+  EXPECT_EXIT_CODE(unknown_entry, 3);
+  expect_one_error_line(unknown_entry, {"'nope'", "no such entry"});
+  EXPECT_FALSE(fs::exists(path("x")));
+
+  const Outcome unwritable = tool({"extract", wrapper, "blob", "-o", path("no-dir") / "x"});
+  EXPECT_EXIT_CODE(unwritable, 3);
+  expect_one_error_line(unwritable, {(path("no-dir") / "x").string()});
+
+  const Outcome onto_itself = tool({"extract", wrapper, "blob", "-o", wrapper});
+  EXPECT_EXIT_CODE(onto_itself, 3);
+  EXPECT_EXIT_CODE(tool({"verify", wrapper}), 0) << "the wrapper survived";
+
+  const Outcome no_symbol = tool({"run", wrapper, "libb", "no_such_function"});
+  EXPECT_EXIT_CODE(no_symbol, 3);
+  expect_one_error_line(no_symbol, {"no_such_function"});
+  EXPECT_EQ(no_symbol.out, "");
+
+  const Outcome no_library = tool({"run", wrapper, "libz", "main"});
+  EXPECT_EXIT_CODE(no_library, 3);
+  expect_one_error_line(no_library, {"'libz'"});
+
+  const Outcome data_entry = tool({"run", wrapper, "blob", "main"});
+  EXPECT_EXIT_CODE(data_entry, 3);
+  expect_one_error_line(data_entry, {"'blob'", "not a library"});
+}
+
+// A pack that fails leaves the target as it was (publish is atomic) and says why in one line.
+TEST_F(CliTest, FailedPackLeavesTargetUntouched) {
+  const fs::path wrapper = pack_standard();
+  const std::string before = read_file(wrapper);
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::string missing = path("missing.bin");
+  const std::vector<Case> cases = {
+      {{"--data", "gone=" + missing}, missing},
+      {{"--data", "a=" + path("blob.bin").string(), "--data", "a=" + path("blob.bin").string()},
+       "'a'"},
+      {{"--lib", "libb=" MAPWRIGHT_FIXTURE_B ":nothere"}, "nothere"},
+      {{"--lib", "loop=" MAPWRIGHT_FIXTURE_A ":loop"}, "loop"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::PrintToString(c.args));
+    std::vector<std::string> args = {"pack", "-o", wrapper, "--progress"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    const Outcome outcome = tool(args);
+    EXPECT_EXIT_CODE(outcome, 3);
+    // The progress bar, if it was drawn, ends its line before the error.
+    const std::string err = outcome.err.substr(outcome.err.rfind('\n', outcome.err.size() - 2) + 1);
+    EXPECT_TRUE(err.starts_with("mapwright: ")) << outcome.describe();
+    EXPECT_THAT(err, HasSubstr(c.says));
+    EXPECT_TRUE(read_file(wrapper) == before);
+  }
+  EXPECT_EXIT_CODE(tool({"pack", "-o", path("no-dir") / "w.mwr"}), 3);
+}
+
+// ---- progress bar -------------------------------------------------------------------------
+
+TEST_F(CliTest, ProgressBarOnlyWhenAskedIntoAPipe) {
+  write_file(path("big.bin"), random_bytes(8u << 20, 4));
+  const std::vector<std::string> base = {"pack",
+                                         "-o",
+                                         path("p.mwr"),
+                                         "--data",
+                                         "big=" + path("big.bin").string(),
+                                         "--lib",
+                                         "liba=" MAPWRIGHT_FIXTURE_A};
+
+  std::vector<std::string> forced = base;
+  forced.push_back("--progress");
+  const Outcome shown = tool(forced);
+  EXPECT_EXIT_CODE(shown, 0);
+  EXPECT_THAT(shown.err, HasSubstr("%"));
+  EXPECT_THAT(shown.err, HasSubstr("100%"));
+  EXPECT_THAT(shown.err, HasSubstr("\r"));
+  EXPECT_TRUE(shown.err.ends_with("\n")) << shown.err;
+  EXPECT_EQ(std::count(shown.err.begin(), shown.err.end(), '\n'), 1) << "one line, redrawn";
+  EXPECT_THAT(shown.out, HasSubstr("p.mwr"));
+
+  std::vector<std::string> off = base;
+  off.push_back("--no-progress");
+  const Outcome quiet = tool(off);
+  EXPECT_EXIT_CODE(quiet, 0);
+  EXPECT_EQ(quiet.err, "");
+
+  const Outcome automatic = tool(base);  // stderr is a pipe, not a terminal
+  EXPECT_EXIT_CODE(automatic, 0);
+  EXPECT_EQ(automatic.err, "");
+}
+
+}  // namespace
+}  // namespace mapwright

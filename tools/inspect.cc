@@ -1,0 +1,132 @@
+// tools/inspect.cc — `mapwright inspect`: a wrapper's header and table of entries, as text
+// for a person or as JSON for a script.
+#include <algorithm>
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "json.h"
+
+namespace mapwright::tool {
+namespace {
+
+struct InspectOptions {
+  std::string file;
+  bool json = false;
+};
+
+std::string join_dependencies(const std::vector<std::string>& names) {
+  if (names.empty()) return "-";
+  std::string joined;
+  for (const std::string& name : names) {
+    if (!joined.empty()) joined += ',';
+    joined += printable(name);
+  }
+  return joined;
+}
+
+void print_text(const Wrapper& wrapper) {
+  const std::vector<WrapperEntry>& entries = wrapper.entries();
+  fmt::print("wrapper {}: format version {}, producer {}, {} bytes, {} {}\n",
+             in_quotes(wrapper.name()), wrapper.format_version(), in_quotes(wrapper.producer()),
+             wrapper.file_size(), entries.size(), entries.size() == 1 ? "entry" : "entries");
+
+  constexpr std::size_t kColumns = 7;
+  // Left-aligned text columns, right-aligned numbers.
+  constexpr std::array<bool, kColumns> kRight = {false, false, true, true, true, false, false};
+  using Row = std::array<std::string, kColumns>;
+  std::vector<Row> rows;
+  rows.push_back({"NAME", "KIND", "OFFSET", "SIZE", "CHUNKS", "DIGEST", "DEPENDENCIES"});
+  for (const WrapperEntry& entry : entries) {
+    rows.push_back({printable(entry.name), to_string(entry.kind), std::to_string(entry.offset),
+                    std::to_string(entry.size), std::to_string(entry.chunks.size()),
+                    entry.digest.hex(), join_dependencies(entry.dependencies)});
+  }
+  // Cells are printable() already: one column per code point.
+  const auto width = [](const std::string& cell) {
+    return static_cast<std::size_t>(std::count_if(cell.begin(), cell.end(), [](char c) {
+      return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    }));
+  };
+  std::array<std::size_t, kColumns> widths{};
+  for (const Row& row : rows) {
+    for (std::size_t i = 0; i < kColumns; ++i) widths[i] = std::max(widths[i], width(row[i]));
+  }
+  for (const Row& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < kColumns; ++i) {
+      const std::string padding(widths[i] - width(row[i]), ' ');
+      if (i > 0) line += "  ";
+      if (kRight[i]) {
+        line += padding + row[i];
+      } else if (i + 1 < kColumns) {
+        line += row[i] + padding;
+      } else {
+        line += row[i];  // no trailing blanks
+      }
+    }
+    fmt::print("{}\n", line);
+  }
+}
+
+void print_json(const Wrapper& wrapper) {
+  std::string out = "{\n";
+  out += fmt::format("  \"format_version\": {},\n", wrapper.format_version());
+  out += fmt::format("  \"producer\": {},\n", json_string(wrapper.producer()));
+  out += fmt::format("  \"file_size\": {},\n", wrapper.file_size());
+  out += "  \"entries\": [";
+  bool first = true;
+  for (const WrapperEntry& entry : wrapper.entries()) {
+    out += first ? "\n" : ",\n";
+    first = false;
+    std::string dependencies;
+    for (const std::string& name : entry.dependencies) {
+      if (!dependencies.empty()) dependencies += ", ";
+      dependencies += json_string(name);
+    }
+    out += fmt::format(
+        "    {{\"name\": {}, \"kind\": \"{}\", \"offset\": {}, \"size\": {}, \"digest\": \"{}\", "
+        "\"dependencies\": [{}], \"chunks\": {}}}",
+        json_string(entry.name), to_string(entry.kind), entry.offset, entry.size,
+        entry.digest.hex(), dependencies, entry.chunks.size());
+  }
+  out += first ? "]\n}\n" : "\n  ]\n}\n";
+  fmt::print("{}", out);
+}
+
+int inspect(const InspectOptions& options) {
+  const Wrapper wrapper = open_wrapper(options.file);
+  if (options.json) {
+    print_json(wrapper);
+  } else {
+    print_text(wrapper);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Subcommand add_inspect(CLI::App& app) {
+  CLI::App* command = app.add_subcommand(
+      "inspect", "Show a wrapper's format version, producer, size and table of entries");
+  auto options = std::make_shared<InspectOptions>();
+  command->add_option("FILE", options->file, "The wrapper file")->required();
+  command->add_flag("--json", options->json,
+                    "Print JSON for scripts: {\"format_version\", \"producer\", \"file_size\", "
+                    "\"entries\": [{\"name\", \"kind\", \"offset\", \"size\", \"digest\", "
+                    "\"dependencies\", \"chunks\"}]}");
+  command->footer(
+      std::string("The structure is checked when the file is opened; the digests are not "
+                  "(use `mapwright verify`).\n"
+                  "The digest is XXH3-128 in hex, as xxh128sum prints it for the extracted "
+                  "entry.\n\n") +
+      kExitCodesHelp);
+  return {command, [options] { return inspect(*options); }};
+}
+
+}  // namespace mapwright::tool

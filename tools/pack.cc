@@ -1,0 +1,201 @@
+// tools/pack.cc — `mapwright pack`: a wrapper file from shared libraries and data files.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "progress.h"
+
+namespace mapwright::tool {
+namespace {
+
+struct PackOptions {
+  std::string output;
+  std::vector<std::string> libraries;  // NAME=PATH[:DEP,...], bound only to count them
+  std::vector<std::string> data;       // NAME=PATH
+  std::string producer = "mapwright " MAPWRIGHT_VERSION;
+  std::uint64_t chunk_bytes = kDefaultChunkBytes;
+  bool progress = false;
+  bool no_progress = false;
+  bool no_sync = false;
+};
+
+// One --lib or --data, in command-line order.
+struct PackItem {
+  bool library = false;
+  std::string name;
+  std::filesystem::path path;
+  std::vector<std::string> depends;
+};
+
+constexpr const char* kPackFooter =
+    "Entries are added in command-line order. NAME is everything before the first '=';\n"
+    "for --lib, the rest is PATH when it names an existing file (so a PATH may contain\n"
+    "':'); otherwise it is split at its LAST ':' into PATH and a comma-separated list of\n"
+    "the library entries it depends on (loaded before it by `mapwright run`):\n"
+    "  --lib liba=build/liba.so --lib libb=build/libb.so:liba --data config=app.json\n";
+
+// NAME=REST with a non-empty NAME and REST; "" if `spec` is one, else what is wrong.
+std::string check_spec(const std::string& spec, const char* form) {
+  const std::size_t equals = spec.find('=');
+  if (equals == std::string::npos || equals == 0 || equals + 1 == spec.size()) {
+    return fmt::format("expected {}, got '{}'", form, spec);
+  }
+  return {};
+}
+
+std::vector<std::string> split_names(std::string_view list) {
+  std::vector<std::string> names;
+  while (!list.empty()) {
+    const std::size_t comma = list.find(',');
+    const std::string_view name = list.substr(0, comma);
+    if (!name.empty()) names.emplace_back(name);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return names;
+}
+
+PackItem parse_library(const std::string& spec) {
+  const std::size_t equals = spec.find('=');
+  PackItem item;
+  item.library = true;
+  item.name = spec.substr(0, equals);
+  const std::string rest = spec.substr(equals + 1);
+  std::error_code error;
+  const std::size_t colon = rest.rfind(':');
+  if (std::filesystem::exists(rest, error) || colon == std::string::npos) {
+    item.path = rest;
+  } else {
+    item.path = rest.substr(0, colon);
+    item.depends = split_names(std::string_view(rest).substr(colon + 1));
+  }
+  return item;
+}
+
+PackItem parse_data(const std::string& spec) {
+  const std::size_t equals = spec.find('=');
+  PackItem item;
+  item.name = spec.substr(0, equals);
+  item.path = spec.substr(equals + 1);
+  return item;
+}
+
+// The --lib and --data values in the order they were given.
+std::vector<PackItem> items_in_order(const CLI::App& command, const CLI::Option* libraries,
+                                     const CLI::Option* data) {
+  std::vector<PackItem> items;
+  std::size_t next_library = 0;
+  std::size_t next_data = 0;
+  for (const CLI::Option* option : command.parse_order()) {
+    if (option == libraries) {
+      items.push_back(parse_library(libraries->results().at(next_library++)));
+    } else if (option == data) {
+      items.push_back(parse_data(data->results().at(next_data++)));
+    }
+  }
+  return items;
+}
+
+int pack(const PackOptions& options, const std::vector<PackItem>& items) {
+  // The percentage's denominator; a file that cannot be sized fails in add_*() below.
+  std::uint64_t total_bytes = 0;
+  for (const PackItem& item : items) {
+    std::error_code error;
+    const std::uintmax_t size = std::filesystem::file_size(item.path, error);
+    if (!error) total_bytes += size;
+  }
+  const ProgressBar::Mode mode = options.progress      ? ProgressBar::Mode::kOn
+                                 : options.no_progress ? ProgressBar::Mode::kOff
+                                                       : ProgressBar::Mode::kAuto;
+  ProgressBar bar(mode, total_bytes);  // outlives the writer, which calls it
+
+  WrapperWriterOptions writer_options;
+  writer_options.producer = options.producer;
+  writer_options.chunk_bytes = options.chunk_bytes;
+  writer_options.durable = !options.no_sync;
+  if (mode != ProgressBar::Mode::kOff) {
+    writer_options.progress = [&bar](const WriteProgress& progress) { bar.update(progress); };
+  }
+  WrapperWriter writer(options.output, std::move(writer_options));
+  for (const PackItem& item : items) {
+    if (item.library) {
+      writer.add_library(item.name, item.path, item.depends);
+    } else {
+      writer.add_data(item.name, item.path);
+    }
+  }
+  const std::uint64_t file_size = writer.publish();
+  bar.finish();
+  fmt::print("wrote {}: {} {}, {} bytes\n", in_quotes(options.output), items.size(),
+             items.size() == 1 ? "entry" : "entries", file_size);
+  return kExitOk;
+}
+
+}  // namespace
+
+Subcommand add_pack(CLI::App& app) {
+  CLI::App* command = app.add_subcommand(
+      "pack", "Write a wrapper file holding shared libraries and data files, published atomically");
+  auto options = std::make_shared<PackOptions>();
+  command
+      ->add_option("-o,--output", options->output,
+                   "The wrapper file to write (replaced atomically)")
+      ->required()
+      ->type_name("OUT");
+  CLI::Option* libraries =
+      command
+          ->add_option("--lib", options->libraries,
+                       "A shared library entry NAME, from PATH, that needs the library entries "
+                       "DEP,... loaded first (see below for PATHs with ':')")
+          ->type_name("NAME=PATH[:DEP,...]")
+          ->check(CLI::Validator(
+              [](std::string& spec) { return check_spec(spec, "NAME=PATH[:DEP,...]"); }, "",
+              "library entry"));
+  CLI::Option* data =
+      command->add_option("--data", options->data, "A data entry NAME, from the file PATH")
+          ->type_name("NAME=PATH")
+          ->check(CLI::Validator([](std::string& spec) { return check_spec(spec, "NAME=PATH"); },
+                                 "", "data entry"));
+  command->add_option("--producer", options->producer, "Recorded in the file; inspect shows it")
+      ->capture_default_str()
+      ->type_name("TEXT");
+  command
+      ->add_option("--chunk-size", options->chunk_bytes,
+                   "Split entries into chunks of this many bytes: a multiple of 4096, at most "
+                   "512 MiB - 4096 (suffixes k, m, g: powers of 1024)")
+      ->capture_default_str()
+      ->transform(CLI::AsSizeValue(false))
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            const std::uint64_t bytes = std::stoull(value);
+            if (bytes == 0 || bytes % 4096 != 0 || bytes > (512ull << 20) - 4096) {
+              return fmt::format("chunk size {} is not a multiple of 4096 between 4096 and {}",
+                                 bytes, (512ull << 20) - 4096);
+            }
+            return {};
+          },
+          "", "chunk size"))
+      ->type_name("BYTES");
+  CLI::Option* on = command->add_flag(
+      "--progress", options->progress,
+      "Draw a progress bar on stderr even when it is not a terminal (default: when it is)");
+  CLI::Option* off =
+      command->add_flag("--no-progress", options->no_progress, "Never draw a progress bar");
+  on->excludes(off);
+  command->add_flag("--no-sync", options->no_sync,
+                    "Do not wait for the disk before publishing (no fsync): still atomic if the "
+                    "process dies, but not if the machine loses power");
+  command->footer(std::string(kPackFooter) + "\n" + kExitCodesHelp);
+  return {command, [options, command, libraries, data] {
+            return pack(*options, items_in_order(*command, libraries, data));
+          }};
+}
+
+}  // namespace mapwright::tool
