@@ -2,7 +2,7 @@
 # mapwright's developer entry point. Installs the Debian packages it needs (as root, with
 # apt-get), configures with a CMake preset, builds, and runs.
 #
-#   ./build.sh demo            build and run the main demonstration (examples/grow_in_place)
+#   ./build.sh demo            build and run the main demonstration (examples/wrapper_demo)
 #   ./build.sh test [PRESET]   build and run the whole test suite; PRESET is one of
 #                              release (default), debug, asan, tsan, clang
 #   ./build.sh build [PRESET]  build only
@@ -14,7 +14,7 @@ command=${1:-test}
 preset=${2:-release}
 
 packages=(cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev libbenchmark-dev
-          libsigsegv-dev capnproto libcapnp-dev)
+          libsigsegv-dev capnproto libcapnp-dev libcli11-dev libfmt-dev libxxhash-dev xxhash)
 if [[ $preset == clang ]]; then packages+=(clang); fi
 
 missing=()
@@ -42,9 +42,9 @@ configure_and_build() {
 
 case $command in
   demo)
-    configure_and_build release grow_in_place
-    out=build/release/grow_in_place.out
-    ./build/release/examples/grow_in_place "$out" 1024
+    configure_and_build release wrapper_demo
+    out=build/release/wrapper_demo.mwr
+    ./build/release/examples/wrapper_demo "$out"  # removes it unless given --keep
     rm -f "$out"
     ;;
   test)

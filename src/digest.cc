@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "os/os.h"
 
@@ -74,7 +75,7 @@ Digest DigestStream::finish() const noexcept {
   return from_hash(XXH3_128bits_digest(&state_->xxh));
 }
 
-DigestPipeline::DigestPipeline(bool threaded) {
+DigestPipeline::DigestPipeline(bool threaded, After after) : after_(std::move(after)) {
   if (threaded) worker_ = std::thread([this] { work(); });
 }
 
@@ -89,7 +90,7 @@ DigestPipeline::~DigestPipeline() {
   worker_.join();
 }
 
-void DigestPipeline::hash_piece(DigestStream& stream, std::span<const std::byte> piece) noexcept {
+void DigestPipeline::hash_piece(std::span<const std::byte> piece) {
   // Whole pages only; a failure (an old kernel, memory that is not a mapping) changes nothing
   // but the speed.
   const std::uint64_t page = os::page_size();
@@ -98,12 +99,13 @@ void DigestPipeline::hash_piece(DigestStream& stream, std::span<const std::byte>
   if (piece.size() >= page) {
     (void)os::madvise(reinterpret_cast<void*>(first), end - first, MADV_POPULATE_READ);
   }
-  stream.update(piece.data(), piece.size());
+  stream_.update(piece.data(), piece.size());
+  if (after_) after_(piece);
 }
 
 void DigestPipeline::submit(const std::byte* data, std::size_t size) {
   if (!worker_.joinable()) {
-    hash_piece(stream_, {data, size});
+    hash_piece({data, size});
     return;
   }
   {
@@ -121,7 +123,7 @@ void DigestPipeline::work() {
     const std::span<const std::byte> piece = queue_.front();
     queue_.pop_front();
     lock.unlock();
-    hash_piece(stream_, piece);
+    hash_piece(piece);
     lock.lock();
   }
 }

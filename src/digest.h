@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -35,11 +36,14 @@ class DigestStream {
 // next (a copy into the wrapper, say). Pieces are hashed in the order submitted; each must
 // stay readable and unchanged until finish(). Before hashing a piece the worker maps it in
 // one call (MADV_POPULATE_READ), cheaper than a page fault per 64 KiB. With threaded ==
-// false, submit() hashes at once on the caller's thread. Without finish(), the destructor
-// abandons what is queued and joins the worker. Not async-signal-safe.
+// false, submit() hashes at once on the caller's thread. `after`, if set, runs after each
+// piece is hashed, on the same thread (the writer starts the piece's write-back there, off
+// the copying thread). Without finish(), the destructor abandons what is queued and joins the
+// worker. Not async-signal-safe.
 class DigestPipeline {
  public:
-  explicit DigestPipeline(bool threaded);
+  using After = std::function<void(std::span<const std::byte>)>;
+  explicit DigestPipeline(bool threaded, After after = {});
   ~DigestPipeline();
   DigestPipeline(const DigestPipeline&) = delete;
   DigestPipeline& operator=(const DigestPipeline&) = delete;
@@ -50,9 +54,10 @@ class DigestPipeline {
 
  private:
   void work();
-  static void hash_piece(DigestStream& stream, std::span<const std::byte> piece) noexcept;
+  void hash_piece(std::span<const std::byte> piece);
 
   DigestStream stream_;
+  After after_;
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<std::span<const std::byte>> queue_;  // guarded by mutex_

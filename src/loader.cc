@@ -252,6 +252,21 @@ int dlopen_flags(const LoadOptions& options) {
               std::string("(") + (text != nullptr ? text : "dlopen failed") + hint + ")");
 }
 
+// LoadOptions::check over `size` bytes of `fd` from offset 0, mapped read-only for the call.
+void run_check(int fd, std::uint64_t size, const LoadOptions& options, const std::string& name) {
+  if (!options.check) return;
+  const void* address = nullptr;
+  if (const int err = os::map_readonly(fd, size, &address); err != 0) {
+    throw Error(err, "checking library", name, "(mmap of the copy)");
+  }
+  struct Unmap {
+    const void* address;
+    std::uint64_t size;
+    ~Unmap() { os::munmap(address, size); }
+  } unmap{address, size};
+  options.check(std::span<const std::byte>(static_cast<const std::byte*>(address), size));
+}
+
 // dlopen("/proc/self/fd/N") of an fd the caller owns; the fd goes to the Library.
 Library open_through_proc(OwnedFd fd, const Source& source, const LoadOptions& options,
                           const std::string& name, LoadReport report) {
@@ -264,6 +279,7 @@ Library open_through_proc(OwnedFd fd, const Source& source, const LoadOptions& o
     fd.reset(higher);
     path = proc_path(fd.get());
   }
+  run_check(fd.get(), source.size, options, name);
   dlerror();
   void* handle = dlopen(path.c_str(), dlopen_flags(options));
   if (handle == nullptr) throw_dlerror(name, source.hint);
@@ -320,6 +336,12 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
         throw;
       }
       report.bytes_written_to_disk = report.bytes_copied;
+      try {
+        run_check(fd.get(), source.size, options, name);
+      } catch (...) {
+        os::unlink(path.c_str());
+        throw;
+      }
       dlerror();
       void* handle = dlopen(path.c_str(), dlopen_flags(options));
       os::unlink(path.c_str());

@@ -309,6 +309,16 @@ Library Wrapper::load_library(std::string_view name, LoadOptions options) const 
     throw Error(EINVAL, "loading library", options.name, "(it is a data entry, not a library)");
   }
   if (e.size == 0) throw Error(EINVAL, "loading library", options.name, "(the entry is empty)");
+  // What is loaded is what the digest describes: the sealed copy is hashed just before
+  // dlopen(), so a file changed after open() or verify() cannot slip anything in.
+  options.check = [digest = e.digest, user = std::move(options.check),
+                   label = options.name](std::span<const std::byte> bytes) {
+    if (digest_of(bytes) != digest) {
+      throw Error(EBADMSG, "loading library", label,
+                  "(its bytes do not match the entry's digest " + digest.hex() + ")");
+    }
+    if (user) user(bytes);
+  };
   if (e.contiguous()) return mapwright::load_library(fd(), e.offset, e.size, options);
   // Chunks with gaps between them (files over 4 GiB): gather them into a sealed memfd.
   RegionOptions region_options;

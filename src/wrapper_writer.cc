@@ -102,8 +102,16 @@ struct WrapperWriter::State {
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
            std::vector<std::string> depends, Write&& write) {
     Pending entry{std::string(name), kind, size, {}, std::move(depends), {}};
+    detail::DigestPipeline::After start_writeback;
+    if (options.durable) {  // a hint: the final fsync then has less to wait for
+      start_writeback = [this](std::span<const std::byte> piece) {
+        (void)os::start_writeback(region.fd(), static_cast<std::uint64_t>(piece.data() - region.data()),
+                                  piece.size());
+      };
+    }
     detail::DigestPipeline digest(options.parallel_digest && size >= kParallelDigestBytes &&
-                                  std::thread::hardware_concurrency() > 1);
+                                      std::thread::hardware_concurrency() > 1,
+                                  std::move(start_writeback));
     const std::uint64_t total_before = total_done;
     try {
       for (std::uint64_t offset = 0; offset < size;) {
@@ -115,9 +123,6 @@ struct WrapperWriter::State {
           const std::uint64_t piece = std::min(kPiece, length - done);
           write(std::span<std::byte>(first + done, piece), offset + done);
           digest.submit(first + done, piece);
-          if (options.durable) {  // a hint: the final fsync then has less to wait for
-            (void)os::start_writeback(region.fd(), static_cast<std::uint64_t>(first - region.data()) + done, piece);
-          }
           done += piece;
           total_done += piece;
           report(name, offset + done, size);

@@ -492,5 +492,29 @@ TEST(LoaderLadder, CopyFileRangeRefusedStillCopiesIntoAMemfd) {
   ::close(fd);
 }
 
+TEST(Loader, CheckSeesTheBytesDlopenWillReadAndCanRefuse) {
+  const std::vector<std::byte>& bytes = fixture_a();
+  std::vector<std::byte> seen;
+  LoadOptions options;
+  options.check = [&](std::span<const std::byte> copy) { seen.assign(copy.begin(), copy.end()); };
+  {
+    const Library library = load_library(std::span<const std::byte>(bytes), options);
+    EXPECT_EQ(library.function<int()>("fixture_answer")(), 42);
+  }
+  EXPECT_EQ(seen, bytes);
+
+  seen.clear();
+  const SealedImage image = sealed(bytes);
+  {
+    const Library library = load_library(image, options);  // step 1: the image itself
+    EXPECT_EQ(library.strategy(), LoadStrategy::kSealedMemfd);
+  }
+  EXPECT_EQ(seen, bytes);
+
+  options.check = [](std::span<const std::byte>) { throw std::runtime_error("refused by check"); };
+  EXPECT_THROW((void)load_library(image, options), std::runtime_error);
+  EXPECT_THROW((void)load_library(std::span<const std::byte>(bytes), options), std::runtime_error);
+}
+
 }  // namespace
 }  // namespace mapwright

@@ -604,6 +604,23 @@ TEST(WrapperLoad, LibrariesLoadWithTheirDependenciesAndWriteNothing) {
   EXPECT_EQ(after, before) << "bytes were written to disk while loading from the wrapper";
 }
 
+TEST(WrapperLoad, ALibraryChangedAfterOpenIsNotLoaded) {
+  // The file is rewritten in place after open() and verify() (what WrapperWriter never does):
+  // the copy that would be loaded no longer matches the digest, and is refused.
+  TempDir dir;
+  const Sample sample = write_sample(dir);
+  const Wrapper wrapper = Wrapper::open(sample.path);
+  wrapper.verify();
+  const WrapperEntry& liba = wrapper.entry("liba");
+  const int fd = ::open(sample.path.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const char junk = 0x55;
+  ASSERT_EQ(::pwrite(fd, &junk, 1, static_cast<off_t>(liba.offset + liba.size - 100)), 1);
+  ::close(fd);
+  expect_error([&] { (void)wrapper.load_library("liba"); }, EBADMSG,
+               {"liba", "do not match the entry's digest"});
+}
+
 TEST(WrapperLoad, WithoutItsDependencyALibraryDoesNotLoad) {
   // In a child: a failed dlopen may leave the dependency search state behind.
   TempDir dir;

@@ -61,6 +61,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -94,6 +95,13 @@ struct LoadOptions {
   Visibility visibility = Visibility::kLocal;
   // Used in error messages; empty gives "sealed image fd N", "fd N at offset O", "memory span".
   std::string name;
+  // Called with the bytes exactly as dlopen() will read them — the sealed memfd (the image
+  // itself in step 1, the sealed copy in step 2) or the temporary file (step 3), mapped
+  // read-only — just before dlopen(). Throw to refuse the load; the exception propagates
+  // and nothing is loaded. With a sealed memfd the bytes cannot change between the check and
+  // the load; a step-3 file is private to this user but not sealed. Wrapper::load_library()
+  // checks the entry's digest here.
+  std::function<void(std::span<const std::byte> bytes)> check = nullptr;
 };
 
 struct LoadReport {

@@ -37,7 +37,10 @@
 //     entry past the new end raises SIGBUS. Publish wrappers by rename (as WrapperWriter
 //     does), never rewrite them in place; or open a SealedImage, which cannot change.
 //   * Spans from entry() are valid while their Wrapper lives (moving a Wrapper keeps them).
-//   * load_library() does not verify: call verify() first (mapwright run does).
+//   * load_library() checks the digest of the bytes it loads (the sealed copy, just before
+//     dlopen()), so a library that does not match its entry is never loaded, even if the
+//     file changed after open(). verify() checks every entry, data included, in one go.
+//   * A Library from load_library() holds its own sealed copy: it may outlive the Wrapper.
 #pragma once
 
 #include <array>
@@ -99,8 +102,10 @@ struct WrapperWriterOptions {
   // Entries larger than this are split into chunks of this size (the last one shorter).
   // A multiple of 4096, at most 512 MiB - 4096.
   std::uint64_t chunk_bytes = kDefaultChunkBytes;
-  // The staged region's options (capacity: the largest file it can write, 64 GiB).
-  RegionOptions region;
+  // The staged region's options (capacity: the largest file it can write, 64 GiB). Growth
+  // steps are capped at 16 MiB: entries are backed with ensure() as they are written, so
+  // bigger steps only allocate disk space that publish() gives back.
+  RegionOptions region{.max_step = 16ull << 20};
   // The message's options (capnp.h). Smaller segments make chunks of one entry land in
   // different segments, with gaps between them, as in files over 4 GiB; tests use that.
   MappedMessageOptions message;
@@ -244,12 +249,15 @@ class Wrapper {
   void verify() const;
 
   // Loads one library entry (kind kSharedLibrary; else Error(EINVAL)): copied in the kernel
-  // from fd() into a sealed memfd and dlopen()ed (loader.h, step 2). Its dependencies must
+  // from fd() into a sealed memfd (loader.h, step 2; on ext4 copy_file_range refuses a
+  // memfd, so it is sendfile: ~3-4 ms per 8 MB here), hashed, and dlopen()ed; a copy that
+  // does not match the entry's digest is refused with Error(EBADMSG). Its dependencies must
   // already be loaded and alive (else the dynamic linker looks for them on disk): use
   // load_with_dependencies() or load_all() to have that done. options.name defaults to
-  // "<wrapper>:<entry>".
+  // "<wrapper>:<entry>"; options.check, if set, runs after the digest check.
   Library load_library(std::string_view name, LoadOptions options = {}) const;
-  // `name`'s dependencies (depth first, each once), then `name`.
+  // `name`'s dependencies (depth first, each once), then `name`. Here options.name, if set,
+  // replaces "<wrapper>" in each library's "<wrapper>:<entry>" name.
   LoadedLibraries load_with_dependencies(std::string_view name, LoadOptions options = {}) const;
   // Every library entry, each after its dependencies.
   LoadedLibraries load_all(LoadOptions options = {}) const;
