@@ -66,6 +66,7 @@ struct Source {
   std::string hint;
 };
 
+constexpr int kPopulateRead = 22;  // MADV_POPULATE_READ (Linux 5.14); glibc 2.36 lacks the name
 constexpr int kAllSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 constexpr int kContentSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 
@@ -264,6 +265,9 @@ void run_check(int fd, std::uint64_t size, const LoadOptions& options, const std
     std::uint64_t size;
     ~Unmap() { os::munmap(address, size); }
   } unmap{address, size};
+  // One call maps every page, instead of a fault per 64 KiB as the check reads (a speed-up
+  // only: on a kernel without it the reads fault the pages in).
+  (void)os::madvise(const_cast<void*>(address), size, kPopulateRead);
   options.check(std::span<const std::byte>(static_cast<const std::byte*>(address), size));
 }
 

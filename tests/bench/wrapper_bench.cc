@@ -345,15 +345,17 @@ void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&
 }
 
 #ifdef MAPWRIGHT_BENCH_CLI
-// (a) The tool.
-void pack_cli(benchmark::State& state) {
+// (a), (a') The tool, durable (the default) or with --no-sync.
+void pack_cli(benchmark::State& state, bool durable) {
   const std::filesystem::path log = scratch_path("wrapper-cli-log");
   const RemoveOnExit cleanup{log};
   pack_loop(
-      state, "cli",
+      state, durable ? "cli" : "cli_nosync",
       [&](const PackInput& in, const std::filesystem::path& out) {
-        run({MAPWRIGHT_BENCH_CLI, "pack", "-o", out.string(), "--data", "blob=" + in.path.string()},
-            log);
+        std::vector<std::string> command{MAPWRIGHT_BENCH_CLI, "pack", "-o", out.string(), "--data",
+                                         "blob=" + in.path.string()};
+        if (!durable) command.emplace_back("--no-sync");
+        run(command, log);
         return 0;
       },
       [](const PackInput& in, const std::filesystem::path& out) {
@@ -577,7 +579,9 @@ void register_benchmarks() {
         ->Unit(benchmark::kMillisecond);
   };
 #ifdef MAPWRIGHT_BENCH_CLI
-  pack("cli", pack_cli);
+  pack("cli", pack_cli, true);
+  pack("cli_nosync", pack_cli, false);
+  compare("pack/cli_nosync", "pack/cp");
   compare("pack/cli", "pack/cp");
   compare("pack/cli", "pack/cp_fsync");
   compare("pack/cli", "pack/inprocess");
