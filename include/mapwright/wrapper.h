@@ -2,7 +2,8 @@
 // written in place and published atomically, opened, verified and loaded at startup.
 //
 // The format is one Cap'n Proto message (schema: mapwright/wrapper.capnp, installed beside
-// this header). Each entry holds a name, a kind (shared library or data), its bytes — in
+// this header). Stock readers (capnp decode) read it; a stock writer (MallocMessageBuilder)
+// cannot make one that open() accepts, since every chunk must start 4096-aligned in the file. Each entry holds a name, a kind (shared library or data), its bytes — in
 // page-aligned chunks written straight into the mapped file — their size, a digest, and for
 // a library the names of the library entries it needs loaded first.
 //
@@ -90,7 +91,7 @@ Digest digest_of(std::span<const std::byte> bytes) noexcept;
 
 // How far a WrapperWriter has got, for progress displays.
 struct WriteProgress {
-  std::string_view entry;         // the entry being written
+  std::string_view entry;         // the entry being written (valid during the call only)
   std::uint64_t entry_done = 0;   // its bytes written so far
   std::uint64_t entry_size = 0;
   std::uint64_t total_done = 0;   // bytes of all entries written so far
@@ -116,7 +117,9 @@ struct WrapperWriterOptions {
   // Hash each entry on a second thread while it is copied (entries of 32 MiB or more, on a
   // machine with more than one CPU). The digest is the same either way.
   bool parallel_digest = true;
-  // Called from the writing thread after every few MiB copied, and at the end of each entry.
+  // Called from the writing thread after every few MiB copied (for add_data with a fill
+  // function: as each chunk's bytes are hashed, after fill returned), and at the end of each
+  // entry.
   // May throw to abandon the write (the exception propagates out of add_*()).
   std::function<void(const WriteProgress&)> progress;
 };
