@@ -1,5 +1,6 @@
 // tools/run.cc — `mapwright run`: verify a wrapper, load a library entry and its dependencies
 // from it (nothing written to disk), and call `int SYMBOL(int argc, char** argv)` in it.
+#include <cerrno>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -63,7 +64,16 @@ int run(const RunOptions& options) {
                     in_quotes(entry->name), in_quotes(wrapper.name()), to_string(entry->kind)));
   }
 
-  const LoadedLibraries libraries = wrapper.load_with_dependencies(options.library);
+  // The loader hashes each library's sealed copy again: a file changed since the check above
+  // is refused there (EBADMSG), and that is damage too.
+  const LoadedLibraries libraries = [&] {
+    try {
+      return wrapper.load_with_dependencies(options.library);
+    } catch (const Error& e) {
+      if (e.error() == EBADMSG) throw ToolError(kExitDamaged, e.what());
+      throw;
+    }
+  }();
   using EntryPoint = int(int, char**);
   EntryPoint* function = nullptr;
   try {
