@@ -97,13 +97,14 @@ std::string describe_socket(int fd) { return "socket fd " + std::to_string(fd); 
 
 namespace detail {
 
-void send_image_fd(int unix_socket, int fd, std::uint64_t size) {
+void send_image_fd(int unix_socket, int fd, std::uint64_t size, std::size_t trailing) {
   ImageMessage message{kImageMagic, size};
-  iovec data{&message, sizeof message};
+  const std::vector<char> zeros(trailing);
+  iovec data[2] = {{&message, sizeof message}, {const_cast<char*>(zeros.data()), trailing}};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr header{};
-  header.msg_iov = &data;
-  header.msg_iovlen = 1;
+  header.msg_iov = data;
+  header.msg_iovlen = trailing != 0 ? 2 : 1;
   header.msg_control = control;
   header.msg_controllen = sizeof control;
   cmsghdr* rights = CMSG_FIRSTHDR(&header);
@@ -116,7 +117,7 @@ void send_image_fd(int unix_socket, int fd, std::uint64_t size) {
     sent = ::sendmsg(unix_socket, &header, MSG_NOSIGNAL);
   } while (sent < 0 && errno == EINTR);
   if (sent < 0) throw Error(errno, "sending image over", describe_socket(unix_socket), "(sendmsg)");
-  if (static_cast<std::size_t>(sent) != sizeof message) {
+  if (static_cast<std::size_t>(sent) != sizeof message + trailing) {
     throw Error(EIO, "sending image over", describe_socket(unix_socket), "(short sendmsg)");
   }
 }
@@ -162,6 +163,8 @@ SealedImage receive_image(int unix_socket) {
   };
   if (got == 0) refuse(ECONNRESET, "(the peer closed the connection)");
   if ((header.msg_flags & MSG_CTRUNC) != 0) refuse(EPROTO, "(control data truncated: too many fds)");
+  // A datagram or seqpacket message longer than ours was cut to our 16 bytes: not ours.
+  if ((header.msg_flags & MSG_TRUNC) != 0) refuse(EPROTO, "(the message is longer than an image message)");
   if (static_cast<std::size_t>(got) != sizeof message || message.magic != kImageMagic) {
     refuse(EPROTO, "(not a mapwright image message)");
   }

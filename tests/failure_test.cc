@@ -9,8 +9,9 @@
 //   * outside guarded(): death by SIGBUS, promptly (never a retry loop), after exactly one
 //     "mapwright: " line on stderr naming the region and the cause;
 //   * region.ensure() past the limit: the same Error, thrown normally.
-// The capacity has no store case: the reservation is exactly capacity() bytes, so a store
-// past it is outside the region's mapping altogether (not a SIGBUS of mapwright's).
+// The capacity's store case is StoreJustPastCapacityIsAFailedGrowth: a 1 MiB unbacked guard
+// zone is reserved past capacity(), so a store just past it is a failed growth (ENOMEM).
+// fault_matrix_test crosses every cause with every region kind and mode.
 // Then: growth that can still partly happen must (a full disk with room left, an
 // RLIMIT_FSIZE that is not a multiple of the page size), and guarded() itself (nesting,
 // exceptions from the body, one recovery chain per thread).

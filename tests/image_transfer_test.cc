@@ -128,6 +128,26 @@ TEST(ImageTransfer, ReceiveRefusesAClosedPeerAndAMessageWithoutFd) {
   ::close(pair[1]);
 }
 
+TEST(ImageTransfer, ReceiveRefusesAMessageLongerThanAnImageMessage) {
+  // On a seqpacket socket the receiver reads 16 bytes; a longer message is cut (MSG_TRUNC)
+  // and must not pass for an image message because its first 16 bytes would.
+  const SealedImage image = make_image(4096);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+  detail::send_image_fd(pair[0], image.fd(), image.size(), 8);
+  try {
+    receive_image(pair[1]);
+    FAIL() << "accepted a truncated message";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.error(), EPROTO) << e.what();
+    EXPECT_NE(std::string(e.what()).find("longer"), std::string::npos) << e.what();
+  }
+  detail::send_image_fd(pair[0], image.fd(), image.size());  // the exact form still works
+  EXPECT_EQ(receive_image(pair[1]).size(), image.size());
+  ::close(pair[0]);
+  ::close(pair[1]);
+}
+
 TEST(ImageTransfer, InProcessRoundTripKeepsTheBytes) {
   const SealedImage image = make_image(100'000);
   int pair[2];

@@ -1,0 +1,518 @@
+// tests/fuzz/drivers.h — what each fuzz target does with one input, shared by the libFuzzer
+// targets (tests/fuzz/*_fuzz.cc) and the regression suite (tests/fuzz_regression_test.cc),
+// so that a saved input goes through exactly the code path that found it.
+//
+// A driver must return normally for every input: the library may refuse the bytes, but only
+// with the errors its headers promise. Anything else is a finding:
+//   * a crash, a sanitizer report, an uncaught exception (a kj::Exception escaping
+//     Wrapper::open, say);
+//   * a broken property, reported through check_failed() (below): an errno the header does
+//     not promise, a span outside the input, an fd left open after the call, a stock Cap'n
+//     Proto reader refusing a message that MappedMessageReader accepted, ...
+//
+// Each program that includes this header defines check_failed(): the fuzz targets print and
+// abort (libFuzzer saves the input), the regression suite throws so that GoogleTest fails
+// the one test.
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <capnp/any.h>
+#include <capnp/serialize.h>
+#include <kj/array.h>
+#include <kj/exception.h>
+
+#include "mapwright/capnp.h"
+#include "mapwright/error.h"
+#include "mapwright/sealed_image.h"
+#include "mapwright/wrapper.h"
+
+namespace mapwright::fuzz {
+
+// Defined by each program that includes this header. Must not return normally.
+[[noreturn]] void check_failed(const char* what, const char* file, int line);
+
+#define MAPWRIGHT_FUZZ_CHECK(condition, what)                                    \
+  do {                                                                           \
+    if (!(condition)) ::mapwright::fuzz::check_failed((what), __FILE__, __LINE__); \
+  } while (false)
+
+using Input = std::span<const std::uint8_t>;
+
+// Keeps the optimiser from dropping reads whose only purpose is to touch the bytes.
+inline void sink(std::uint64_t value) {
+  static volatile std::uint64_t sunk;
+  sunk = sunk + value;
+}
+
+// An owned fd; -1 for none.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) noexcept : fd_(fd) {}
+  Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Fd& operator=(Fd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// The number of open fds, from /proc/self/fd (the directory's own fd included, every time).
+inline int open_fd_count() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int count = 0;
+  while (const dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] != '.') ++count;
+  }
+  ::closedir(dir);
+  return count;
+}
+
+// Checks, when it goes out of scope, that the scope closed every fd it opened. A driver
+// runs millions of times in one fuzzing process: one fd lost per call ends the process.
+class FdLeakCheck {
+ public:
+  FdLeakCheck() : before_(open_fd_count()) {}
+  FdLeakCheck(const FdLeakCheck&) = delete;
+  FdLeakCheck& operator=(const FdLeakCheck&) = delete;
+  void verify() const {
+    MAPWRIGHT_FUZZ_CHECK(open_fd_count() == before_, "an fd opened for this input is still open");
+  }
+
+ private:
+  int before_;
+};
+
+// A memfd (sealing allowed) holding `prefix` then `bytes`. Aborts the run if the system
+// cannot make one: that is the machine, not the input.
+inline Fd memfd_with(Input bytes, std::span<const std::uint8_t> prefix = {}) {
+  Fd fd(::memfd_create("mapwright-fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  MAPWRIGHT_FUZZ_CHECK(fd.get() >= 0, "memfd_create failed");
+  for (const Input part : {prefix, bytes}) {
+    std::size_t done = 0;
+    while (done < part.size()) {
+      const ssize_t n = ::write(fd.get(), part.data() + done, part.size() - done);
+      MAPWRIGHT_FUZZ_CHECK(n > 0, "writing the input into a memfd failed");
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  return fd;
+}
+
+// ---- wrapper_fuzz -----------------------------------------------------------------------
+
+// The input is a whole wrapper file: Wrapper::open over a memfd holding it, then everything a
+// reader of the entries would touch, but not load_library (dlopen of fuzzed bytes is out of
+// scope).
+inline void run_wrapper(Input input) {
+  const FdLeakCheck leaks;
+  {
+    const Fd file = memfd_with(input);
+    std::optional<Wrapper> opened;
+    try {
+      opened.emplace(Wrapper::open(file.get(), {.name = "fuzz input"}));
+    } catch (const Error& e) {
+      // wrapper.h: EINVAL for anything malformed (the memfd itself always opens and maps).
+      MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "Wrapper::open refused with an errno other than EINVAL");
+    }
+    if (opened) {
+      const Wrapper& wrapper = *opened;
+      MAPWRIGHT_FUZZ_CHECK(wrapper.file_size() == input.size(), "file_size() is not the input's size");
+      std::uint64_t sum = 0;
+      bool all_match = true;
+      for (const WrapperEntry& entry : wrapper.entries()) {
+        MAPWRIGHT_FUZZ_CHECK(!entry.name.empty(), "an entry with an empty name was accepted");
+        MAPWRIGHT_FUZZ_CHECK(wrapper.find(entry.name) == &entry, "find() does not give the entry back");
+        std::uint64_t total = 0;
+        for (const auto chunk : entry.chunks) {
+          MAPWRIGHT_FUZZ_CHECK(!chunk.empty(), "an empty chunk was accepted");
+          for (const std::byte b : chunk) sum += static_cast<std::uint8_t>(b);  // every byte
+          total += chunk.size();
+        }
+        MAPWRIGHT_FUZZ_CHECK(total == entry.size, "the chunks do not add up to size");
+        MAPWRIGHT_FUZZ_CHECK(entry.offset % kWrapperAlignment == 0, "an entry's offset is not aligned");
+        if (!entry.chunks.empty()) {
+          // The first chunk is the input's bytes at entry.offset, whatever the mapping.
+          const auto first = entry.chunks.front();
+          MAPWRIGHT_FUZZ_CHECK(entry.offset <= input.size() && first.size() <= input.size() - entry.offset,
+                               "an entry's first chunk lies outside the file");
+          MAPWRIGHT_FUZZ_CHECK(std::memcmp(first.data(), input.data() + entry.offset, first.size()) == 0,
+                               "an entry's first chunk is not the file's bytes at its offset");
+        }
+        for (const std::string& dependency : entry.dependencies) {
+          const WrapperEntry* target = wrapper.find(dependency);
+          MAPWRIGHT_FUZZ_CHECK(target != nullptr && target != &entry &&
+                                   target->kind == EntryKind::kSharedLibrary,
+                               "a dependency that is not another library entry was accepted");
+        }
+        if (entry.contiguous()) {
+          const auto bytes = entry.bytes();
+          MAPWRIGHT_FUZZ_CHECK(bytes.size() == entry.size, "bytes() has the wrong size");
+          if (!bytes.empty()) sum += static_cast<std::uint8_t>(bytes.back());
+        } else {
+          try {
+            sink(entry.bytes().size());
+            MAPWRIGHT_FUZZ_CHECK(false, "bytes() of a non-contiguous entry did not throw");
+          } catch (const Error& e) {
+            MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "bytes() threw an errno other than EINVAL");
+          }
+        }
+        all_match = wrapper.verify_entry(entry) && all_match;
+      }
+      try {
+        wrapper.verify();
+        MAPWRIGHT_FUZZ_CHECK(all_match, "verify() passed but verify_entry() failed for an entry");
+      } catch (const Error& e) {
+        MAPWRIGHT_FUZZ_CHECK(e.error() == EBADMSG, "verify() threw an errno other than EBADMSG");
+        MAPWRIGHT_FUZZ_CHECK(!all_match, "verify() failed but verify_entry() passed every entry");
+      }
+      sink(sum);
+    }
+  }
+  leaks.verify();
+}
+
+// ---- segment_table_fuzz -------------------------------------------------------------------
+
+// The input is a stream-framed Cap'n Proto message, read with MappedMessageReader(fd, offset,
+// 0) at offset 0 and at offset 8 (after an 8-byte prefix), then traversed with
+// AnyPointer::targetSize() (bounded by the traversal limit). Exercises src/capnp_frame.cc.
+inline void read_message_at(Input input, std::uint64_t offset) {
+  static constexpr std::uint8_t kPrefix[8] = {'M', 'W', 'P', 'R', 'E', 'F', 'I', 'X'};
+  const Fd file = memfd_with(input, std::span(kPrefix, offset));
+  try {
+    MappedMessageReader reader(file.get(), offset, 0);
+    // The frame that was accepted describes exactly the input.
+    MAPWRIGHT_FUZZ_CHECK(reader.size() == input.size(), "size() is not the input's size");
+    MAPWRIGHT_FUZZ_CHECK(std::memcmp(reader.data(), input.data(), input.size()) == 0,
+                         "data() is not the input's bytes");
+    const std::uint32_t count = reader.segment_count();
+    MAPWRIGHT_FUZZ_CHECK(count >= 1 && count <= kMaxSegments, "an impossible segment count was accepted");
+    std::uint64_t at = (4 + 4 * std::uint64_t{count} + 7) / 8 * 8;
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const auto segment = reader.getSegment(i);
+      MAPWRIGHT_FUZZ_CHECK(reinterpret_cast<const std::byte*>(segment.begin()) == reader.data() + at,
+                           "a segment does not start where the table says");
+      at += segment.size() * sizeof(::capnp::word);
+      MAPWRIGHT_FUZZ_CHECK(at <= input.size(), "a segment runs past the end of the input");
+    }
+    MAPWRIGHT_FUZZ_CHECK(at == input.size(), "the segments do not end at the end of the input");
+    MAPWRIGHT_FUZZ_CHECK(reader.getSegment(count).size() == 0, "a segment past the count is not empty");
+
+    // A stock reader accepts what MappedMessageReader accepted, and ends where it ends.
+    auto words = kj::heapArray<::capnp::word>(input.size() / sizeof(::capnp::word));
+    std::memcpy(words.begin(), input.data(), input.size());
+    try {
+      ::capnp::FlatArrayMessageReader stock(words);
+      MAPWRIGHT_FUZZ_CHECK(stock.getEnd() == words.end(), "the stock reader ends elsewhere");
+    } catch (const kj::Exception&) {
+      MAPWRIGHT_FUZZ_CHECK(false, "FlatArrayMessageReader refuses a frame MappedMessageReader accepted");
+    }
+
+    try {
+      const auto size = reader.getRoot<::capnp::AnyPointer>().targetSize();
+      sink(size.wordCount + size.capCount);
+    } catch (const kj::Exception&) {
+      // Cap'n Proto's own checks: bad pointers, traversal and nesting limits (capnp.h).
+    }
+  } catch (const Error& e) {
+    MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "MappedMessageReader refused with an errno other than EINVAL");
+  }
+}
+
+inline void run_segment_table(Input input) {
+  const FdLeakCheck leaks;
+  read_message_at(input, 0);
+  read_message_at(input, 8);
+  leaks.verify();
+}
+
+// ---- sealed_image_fuzz --------------------------------------------------------------------
+//
+// The input drives SealedImage::adopt() or receive_image() with fds of every kind:
+//
+//   byte 0   bits 0-2: kind of fd A (FdKind), bits 3-5: kind of fd B,
+//            bits 6-7: fds attached to the message: 0, 1 (A), 2 (A, B), 3 (A ten times)
+//   byte 1   bits 0-3: seals added to fd A if it is kMemfdSeals; bits 4-7: the same for B
+//   byte 2   bits 0-1: socket type (0, 3: SOCK_STREAM; 1: SOCK_SEQPACKET; 2: SOCK_DGRAM)
+//            bit 2: shut the sending end down after sending
+//            bit 3: start the payload with receive_image()'s magic number
+//            bit 4: announce fd A's size in the payload (bytes 8-15)
+//            bit 5: adopt fd A instead of sending anything
+//            bit 6: grow fd A by byte 3 * 256 zero bytes before sealing it
+//            bit 7: send nothing
+//   byte 3   see bit 6
+//   byte 4   payload length (at most what is left)
+//   then     the payload, then the content of every memfd/file (the rest of the input)
+//
+// Missing header bytes read as zero, so every input means something.
+
+enum class FdKind : std::uint8_t {
+  kMemfdSeals = 0,      // a memfd with the seals from byte 1
+  kMemfdSealed = 1,     // a memfd with all four seals: adopt() must take it
+  kMemfdNoSealing = 2,  // a memfd made without MFD_ALLOW_SEALING (it carries F_SEAL_SEAL only)
+  kRegularFile = 3,     // an unnamed regular file (O_TMPFILE) in the temporary directory
+  kPipe = 4,            // the read end of a pipe
+  kSocket = 5,          // one end of a socket pair
+  kInvalid = 6,         // -1
+  kClosed = 7,          // the number of an fd that was just closed (900 or above)
+};
+
+struct MadeFd {
+  Fd fd;
+  int number = -1;  // what to pass on (differs from fd.get() for kInvalid, kClosed)
+  FdKind kind = FdKind::kInvalid;
+  int seals = 0;    // seals requested (kMemfdSeals, kMemfdSealed)
+  std::uint64_t size = 0;
+};
+
+inline void write_all(int fd, Input bytes) {
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    MAPWRIGHT_FUZZ_CHECK(n > 0, "writing fd content failed");
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+inline MadeFd make_fd(FdKind kind, int seals, Input content, std::uint64_t extra) {
+  MadeFd made;
+  made.kind = kind;
+  switch (kind) {
+    case FdKind::kMemfdSeals:
+    case FdKind::kMemfdSealed:
+    case FdKind::kMemfdNoSealing: {
+      const unsigned flags =
+          MFD_CLOEXEC | (kind == FdKind::kMemfdNoSealing ? 0u : unsigned{MFD_ALLOW_SEALING});
+      made.fd = Fd(::memfd_create("mapwright-fuzz", flags));
+      MAPWRIGHT_FUZZ_CHECK(made.fd.get() >= 0, "memfd_create failed");
+      write_all(made.fd.get(), content);
+      made.size = content.size() + extra;
+      if (extra != 0) {
+        MAPWRIGHT_FUZZ_CHECK(::ftruncate(made.fd.get(), static_cast<off_t>(made.size)) == 0, "ftruncate failed");
+      }
+      if (kind == FdKind::kMemfdSealed) seals = kImageSeals;
+      if (kind != FdKind::kMemfdNoSealing) {
+        made.seals = seals & kImageSeals;
+        if (made.seals != 0) {
+          MAPWRIGHT_FUZZ_CHECK(::fcntl(made.fd.get(), F_ADD_SEALS, made.seals) == 0, "F_ADD_SEALS failed");
+        }
+      }
+      break;
+    }
+    case FdKind::kRegularFile: {
+      const std::string dir = std::filesystem::temp_directory_path().string();
+      made.fd = Fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+      MAPWRIGHT_FUZZ_CHECK(made.fd.get() >= 0, "open(O_TMPFILE) failed");
+      write_all(made.fd.get(), content);
+      made.size = content.size();
+      break;
+    }
+    case FdKind::kPipe: {
+      int ends[2];
+      MAPWRIGHT_FUZZ_CHECK(::pipe2(ends, O_CLOEXEC) == 0, "pipe2 failed");
+      ::close(ends[1]);
+      made.fd = Fd(ends[0]);
+      break;
+    }
+    case FdKind::kSocket: {
+      int ends[2];
+      MAPWRIGHT_FUZZ_CHECK(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends) == 0,
+                           "socketpair failed");
+      ::close(ends[1]);
+      made.fd = Fd(ends[0]);
+      break;
+    }
+    case FdKind::kInvalid:
+      made.number = -1;
+      return made;
+    case FdKind::kClosed: {
+      // High up, so that the fds opened next (lowest free number first) do not reuse it.
+      const int fd = ::fcntl(2, F_DUPFD_CLOEXEC, 900);
+      MAPWRIGHT_FUZZ_CHECK(fd >= 0, "F_DUPFD failed");
+      ::close(fd);
+      made.number = fd;
+      return made;
+    }
+  }
+  made.number = made.fd.get();
+  return made;
+}
+
+// What adopt() must do with `made`: 0 for success, else the errno (0 and -1 meaning "either
+// EPERM or EINVAL": a tmpfs file carries F_SEAL_SEAL like a memfd made without sealing).
+inline int expected_adopt_errno(const MadeFd& made) {
+  switch (made.kind) {
+    case FdKind::kMemfdSeals:
+    case FdKind::kMemfdSealed: return made.seals == kImageSeals ? 0 : EPERM;
+    case FdKind::kMemfdNoSealing: return EPERM;
+    case FdKind::kRegularFile: return -1;
+    case FdKind::kPipe:
+    case FdKind::kSocket: return EINVAL;
+    case FdKind::kInvalid:
+    case FdKind::kClosed: return EBADF;
+  }
+  return -1;
+}
+
+inline void check_image(const SealedImage& image, std::uint64_t size) {
+  MAPWRIGHT_FUZZ_CHECK(image.fd() >= 0 && image.size() == size, "the image has the wrong size");
+  const auto bytes = image.map();
+  MAPWRIGHT_FUZZ_CHECK(bytes.size() == size, "map() has the wrong size");
+  std::uint64_t sum = 0;
+  for (const std::byte b : bytes) sum += static_cast<std::uint8_t>(b);
+  sink(sum);
+}
+
+inline void adopt_fd(MadeFd& made, Input content) {
+  const int expected = expected_adopt_errno(made);
+  try {
+    const SealedImage image = SealedImage::adopt(made.number);
+    made.fd.release();  // the image owns it now
+    MAPWRIGHT_FUZZ_CHECK(expected == 0, "adopt() took an fd that is not a sealed memfd");
+    check_image(image, made.size);
+    const auto bytes = image.map();
+    const std::size_t common = std::min(content.size(), bytes.size());
+    MAPWRIGHT_FUZZ_CHECK(common == 0 || std::memcmp(bytes.data(), content.data(), common) == 0,
+                         "the image's bytes are not the memfd's");
+  } catch (const Error& e) {
+    // adopt() leaves a refused fd open and the caller's: made.fd still closes it.
+    if (expected == -1) {
+      MAPWRIGHT_FUZZ_CHECK(e.error() == EPERM || e.error() == EINVAL, "adopt() refused a file with an odd errno");
+    } else {
+      MAPWRIGHT_FUZZ_CHECK(expected != 0, "adopt() refused a sealed memfd");
+      MAPWRIGHT_FUZZ_CHECK(e.error() == expected, "adopt() refused with an unexpected errno");
+    }
+    if (made.fd.get() >= 0) {
+      MAPWRIGHT_FUZZ_CHECK(::fcntl(made.fd.get(), F_GETFD) >= 0, "adopt() closed an fd it refused");
+    }
+  }
+}
+
+inline void send_and_receive(const std::uint8_t* header, Input payload, MadeFd& a, MadeFd& b) {
+  const std::uint8_t flags = header[2];
+  const int types[4] = {SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM, SOCK_STREAM};
+  int ends[2];
+  MAPWRIGHT_FUZZ_CHECK(::socketpair(AF_UNIX, types[flags & 3] | SOCK_CLOEXEC, 0, ends) == 0,
+                       "socketpair failed");
+  Fd sender(ends[0]);
+  const Fd receiver(ends[1]);
+  // Never block: with nothing to read, receive_image() gets EAGAIN and throws.
+  MAPWRIGHT_FUZZ_CHECK(::fcntl(receiver.get(), F_SETFL, O_NONBLOCK) == 0, "O_NONBLOCK failed");
+
+  std::vector<std::uint8_t> message(payload.begin(), payload.end());
+  if ((flags & 0x08) != 0) {
+    constexpr std::uint8_t kMagic[8] = {'P', 'A', 'M', 'W', 'I', 'M', 'G', '1'};
+    message.resize(std::max<std::size_t>(message.size(), 8));
+    std::memcpy(message.data(), kMagic, 8);
+  }
+  if ((flags & 0x10) != 0) {
+    message.resize(std::max<std::size_t>(message.size(), 16));
+    const std::uint64_t size = a.size;  // little-endian, like the sender's struct on x86-64
+    std::memcpy(message.data() + 8, &size, 8);
+  }
+
+  std::vector<int> fds;
+  switch (header[0] >> 6) {
+    case 0: break;
+    case 1: fds = {a.number}; break;
+    case 2: fds = {a.number, b.number}; break;
+    default: fds.assign(10, a.number); break;  // more than receive_image() has room for
+  }
+  bool sent = false;
+  if ((flags & 0x80) == 0) {
+    iovec data{message.data(), message.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(10 * sizeof(int))] = {};
+    msghdr out{};
+    out.msg_iov = &data;
+    out.msg_iovlen = 1;
+    if (!fds.empty()) {
+      out.msg_control = control;
+      out.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
+      cmsghdr* rights = CMSG_FIRSTHDR(&out);
+      rights->cmsg_level = SOL_SOCKET;
+      rights->cmsg_type = SCM_RIGHTS;
+      rights->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+      std::memcpy(CMSG_DATA(rights), fds.data(), fds.size() * sizeof(int));
+    }
+    sent = ::sendmsg(sender.get(), &out, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0;  // EBADF for -1
+  }
+  if ((flags & 0x04) != 0) sender.reset();
+
+  // receive_image() accepts only: one message of exactly 16 bytes (a stream may carry more
+  // after it), the magic number, one fd, all four seals, the announced size.
+  constexpr std::uint64_t kMagic = 0x31474d49'574d4150ull;  // "PAMWIMG1"
+  std::uint64_t magic = 0;
+  std::uint64_t announced = 0;
+  if (message.size() >= 16) {
+    std::memcpy(&magic, message.data(), 8);
+    std::memcpy(&announced, message.data() + 8, 8);
+  }
+  const bool can_succeed = sent && (header[0] >> 6) == 1 && message.size() >= 16 &&
+                           magic == kMagic && announced == a.size && expected_adopt_errno(a) == 0;
+  try {
+    const SealedImage image = receive_image(receiver.get());
+    MAPWRIGHT_FUZZ_CHECK(can_succeed, "receive_image() accepted an image it should have refused");
+    MAPWRIGHT_FUZZ_CHECK(image.fd() != a.number, "the received fd is the sender's number");
+    const int fd_flags = ::fcntl(image.fd(), F_GETFD);
+    MAPWRIGHT_FUZZ_CHECK(fd_flags >= 0 && (fd_flags & FD_CLOEXEC) != 0, "the received fd is not close-on-exec");
+    check_image(image, a.size);
+  } catch (const Error& e) {
+    MAPWRIGHT_FUZZ_CHECK(!can_succeed, "receive_image() refused a well-formed image message");
+    MAPWRIGHT_FUZZ_CHECK(e.error() != 0, "receive_image() threw errno 0");
+  }
+}
+
+inline void run_sealed_image(Input input) {
+  const FdLeakCheck leaks;
+  {
+    std::uint8_t header[5] = {};
+    std::memcpy(header, input.data(), std::min(input.size(), sizeof header));
+    const Input rest = input.subspan(std::min(input.size(), sizeof header));
+    const std::size_t payload_size = std::min<std::size_t>(header[4], rest.size());
+    const Input payload = rest.first(payload_size);
+    const Input content = rest.subspan(payload_size);
+    const std::uint64_t extra = (header[2] & 0x40) != 0 ? std::uint64_t{header[3]} * 256 : 0;
+
+    MadeFd a = make_fd(static_cast<FdKind>(header[0] & 7), header[1] & 0xf, content, extra);
+    if ((header[2] & 0x20) != 0) {
+      adopt_fd(a, content);
+    } else {
+      MadeFd b = make_fd(static_cast<FdKind>((header[0] >> 3) & 7), header[1] >> 4, content, 0);
+      send_and_receive(header, payload, a, b);
+    }
+  }
+  leaks.verify();
+}
+
+}  // namespace mapwright::fuzz

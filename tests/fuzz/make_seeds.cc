@@ -1,0 +1,218 @@
+// tests/fuzz/make_seeds.cc — writes the seed corpora in tests/fuzz/corpus/ (committed; each
+// file a few KiB). The output is deterministic: rerun it after a format change with
+//
+//   ./build.sh build fuzz   (or any preset with MAPWRIGHT_BUILD_FUZZERS=ON)
+//   build/fuzz/tests/fuzz/make_seeds tests/fuzz/corpus
+//
+// and commit what changed. Every file is a real input: wrappers written by WrapperWriter,
+// messages written by capnp::writeMessage, and sealed_image_fuzz inputs in the byte layout
+// drivers.h describes.
+#include <capnp/any.h>
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/io.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mapwright/wrapper.h"
+#include "wrapper.capnp.h"  // the schema's generated C++ (build/*/generated/schema)
+
+namespace {
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<std::uint8_t>;
+
+void write_file(const fs::path& path, const Bytes& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("writing " + path.string());
+  std::printf("%s (%zu bytes)\n", path.c_str(), bytes.size());
+}
+
+Bytes read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::span<const std::byte> as_bytes(const std::string& text) {
+  return std::as_bytes(std::span(text.data(), text.size()));
+}
+
+// A "library" that passes the writer's ELF-magic check; nothing ever loads it.
+std::string fake_elf(const std::string& tag) { return std::string("\x7f" "ELF\x02\x01\x01", 7) + tag; }
+
+std::string pattern(std::size_t size) {
+  std::string bytes(size, '\0');
+  for (std::size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>((i * 31) >> 3);
+  return bytes;
+}
+
+Bytes to_bytes(::capnp::MessageBuilder& message) {
+  kj::VectorOutputStream out;
+  ::capnp::writeMessage(out, message);
+  const auto array = out.getArray();
+  return Bytes(array.begin(), array.end());
+}
+
+// Wrappers of library entries without bytes (so without chunks, which only WrapperWriter can
+// align), written by MallocMessageBuilder: a few hundred bytes each, that reach the
+// dependency checks in a few mutations. `deps[i]` are entry i's dependencies.
+Bytes metadata_only(const std::vector<std::string>& names, const std::vector<std::vector<std::string>>& deps) {
+  ::capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<mapwright::schema::WrapperFile>();
+  root.setMagic(mapwright::kWrapperMagic);
+  root.setFormatVersion(mapwright::kWrapperFormatVersion);
+  root.setProducer("make_seeds");
+  auto list = root.initEntries(static_cast<::capnp::uint>(names.size()));
+  const auto empty = mapwright::digest_of({});
+  for (::capnp::uint i = 0; i < names.size(); ++i) {
+    list[i].setName(names[i]);
+    list[i].setKind(mapwright::schema::Kind::SHARED_LIBRARY);
+    list[i].setDigest(::capnp::Data::Reader(reinterpret_cast<const kj::byte*>(empty.bytes.data()), 16));
+    auto d = list[i].initDependencies(static_cast<::capnp::uint>(deps[i].size()));
+    for (::capnp::uint k = 0; k < deps[i].size(); ++k) d.set(k, deps[i][k]);
+  }
+  return to_bytes(message);
+}
+
+void make_wrappers(const fs::path& dir) {
+  using mapwright::WrapperWriter;
+  using mapwright::WrapperWriterOptions;
+  WrapperWriterOptions quick;
+  quick.durable = false;
+  quick.producer = "make_seeds";
+  {
+    WrapperWriter writer(dir / "empty.mwr", quick);
+    writer.publish();
+  }
+  {
+    WrapperWriter writer(dir / "libraries_and_data.mwr", quick);
+    writer.add_library("liba", as_bytes(fake_elf("liba")));
+    writer.add_library("libb", as_bytes(fake_elf("libb")), {"liba"});
+    writer.add_data("table", as_bytes(pattern(100)));
+    writer.add_data("empty", std::span<const std::byte>());
+    writer.publish();
+  }
+  {
+    WrapperWriterOptions options = quick;
+    options.chunk_bytes = 4096;  // three chunks, back to back
+    WrapperWriter writer(dir / "chunked.mwr", options);
+    writer.add_data("blob", as_bytes(pattern(10000)));
+    writer.publish();
+  }
+  {
+    // Segments of 12 KiB, chunks of 8 KiB: a gap after each chunk (contiguous() is false).
+    WrapperWriterOptions options = quick;
+    options.chunk_bytes = 8192;
+    options.message.segment_words = 12 * 1024 / 8;
+    WrapperWriter writer(dir / "gapped.mwr", options);
+    writer.add_data("blob", as_bytes(pattern(20000)));
+    writer.publish();
+  }
+  write_file(dir / "metadata_chain.bin", metadata_only({"a", "b", "c"}, {{}, {"a"}, {"a", "b"}}));
+  write_file(dir / "metadata_cycle.bin", metadata_only({"a", "b"}, {{"b"}, {"a"}}));
+  write_file(dir / "metadata_missing_dependency.bin", metadata_only({"a"}, {{"z"}}));
+  write_file(dir / "metadata_duplicate_names.bin", metadata_only({"a", "a"}, {{}, {}}));
+}
+
+
+void make_messages(const fs::path& dir, const fs::path& wrappers) {
+  // One segment: a struct with a text, a list of structs and a nested struct.
+  Bytes single;
+  {
+    ::capnp::MallocMessageBuilder message;
+    auto root = message.getRoot<::capnp::AnyPointer>().initAsAnyStruct(2, 3);
+    root.getDataSection()[0] = 0x2a;
+    root.getPointerSection()[0].setAs<::capnp::Text>("hello, segment table");
+    auto list = root.getPointerSection()[1].initAsListOfAnyStruct(1, 1, 3);
+    list[1].getPointerSection()[0].setAs<::capnp::Data>(::capnp::Data::Reader(
+        reinterpret_cast<const kj::byte*>("abcdefgh"), 8));
+    root.getPointerSection()[2].initAsAnyStruct(1, 0);
+    single = to_bytes(message);
+  }
+  write_file(dir / "single_segment.bin", single);
+  // Many small segments joined by far pointers.
+  Bytes multi;
+  {
+    ::capnp::MallocMessageBuilder message(2, ::capnp::AllocationStrategy::FIXED_SIZE);
+    auto root = message.getRoot<::capnp::AnyPointer>().initAsAnyStruct(1, 2);
+    root.getPointerSection()[0].setAs<::capnp::Text>("far away");
+    auto list = root.getPointerSection()[1].initAsAnyList(::capnp::ElementSize::EIGHT_BYTES, 5);
+    (void)list;
+    multi = to_bytes(message);
+  }
+  write_file(dir / "multi_segment.bin", multi);
+  // Truncated: in the table, and in the last segment.
+  write_file(dir / "truncated_header.bin", Bytes(multi.begin(), multi.begin() + 12));
+  write_file(dir / "truncated_segment.bin", Bytes(single.begin(), single.end() - 8));
+  // Three segments, the last two empty (the free slots MappedMessageBuilder leaves).
+  write_file(dir / "empty_segments.bin",
+             Bytes{2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+  // A wrapper is a message too, with 4096-aligned blobs.
+  write_file(dir / "wrapper.bin", read_file(wrappers / "libraries_and_data.mwr"));
+}
+
+// The sealed_image_fuzz layout (drivers.h): 5 header bytes, the payload, the content.
+Bytes image_input(std::uint8_t fds_and_kinds, std::uint8_t seals, std::uint8_t flags,
+                  std::uint8_t grow, std::uint8_t payload_size, const std::string& content) {
+  Bytes input{fds_and_kinds, seals, flags, grow, payload_size};
+  input.resize(input.size() + payload_size, 0);
+  input.insert(input.end(), content.begin(), content.end());
+  return input;
+}
+
+void make_image_inputs(const fs::path& dir) {
+  const std::string content = "sealed image bytes";
+  constexpr std::uint8_t kOneFd = 1 << 6, kTwoFds = 2 << 6, kTenFds = 3 << 6;
+  constexpr std::uint8_t kSealed = 1, kMemfd = 0, kPipe = 4, kFile = 3;
+  constexpr std::uint8_t kSeqpacket = 1, kDgram = 2, kShutdown = 0x04, kMagic = 0x08, kSize = 0x10,
+                         kAdopt = 0x20, kGrow = 0x40, kSendNothing = 0x80;
+  write_file(dir / "transfer_valid", image_input(kOneFd | kSealed, 0, kMagic | kSize, 0, 16, content));
+  write_file(dir / "transfer_seqpacket_grown",
+             image_input(kOneFd | kSealed, 0, kSeqpacket | kMagic | kSize | kGrow, 4, 16, content));
+  write_file(dir / "transfer_dgram_wrong_size", image_input(kOneFd | kSealed, 0, kDgram | kMagic, 0, 16, content));
+  write_file(dir / "transfer_unsealed",
+             image_input(kOneFd | kMemfd, 0x07, kMagic | kSize, 0, 16, content));
+  write_file(dir / "transfer_two_fds",
+             image_input(kTwoFds | kSealed | kSealed << 3, 0, kMagic | kSize, 0, 16, content));
+  write_file(dir / "transfer_ten_fds", image_input(kTenFds | kSealed, 0, kMagic | kSize, 0, 16, content));
+  write_file(dir / "transfer_pipe", image_input(kOneFd | kPipe, 0, kMagic | kSize, 0, 16, content));
+  write_file(dir / "transfer_no_fd", image_input(kSealed, 0, kMagic | kSize, 0, 16, content));
+  write_file(dir / "transfer_eof", image_input(kOneFd | kSealed, 0, kShutdown | kSendNothing, 0, 0, content));
+  write_file(dir / "adopt_sealed", image_input(kSealed, 0, kAdopt | kGrow, 2, 0, content));
+  write_file(dir / "adopt_three_seals", image_input(kMemfd, 0x0e, kAdopt, 0, 0, content));
+  write_file(dir / "adopt_file", image_input(kFile, 0, kAdopt, 0, 0, content));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s CORPUS_DIR   (tests/fuzz/corpus)\n", argv[0]);
+    return 2;
+  }
+  try {
+    const fs::path root = argv[1];
+    for (const char* target : {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz"}) {
+      fs::create_directories(root / target);
+    }
+    make_wrappers(root / "wrapper_fuzz");
+    make_messages(root / "segment_table_fuzz", root / "wrapper_fuzz");
+    make_image_inputs(root / "sealed_image_fuzz");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "make_seeds: %s\n", e.what());
+    return 1;
+  } catch (const kj::Exception& e) {
+    std::fprintf(stderr, "make_seeds: %s\n", e.getDescription().cStr());
+    return 1;
+  }
+  return 0;
+}
