@@ -2,17 +2,19 @@
 // written in place and published atomically, opened, verified and loaded at startup.
 //
 // The format is one Cap'n Proto message (schema: mapwright/wrapper.capnp, installed beside
-// this header). Stock readers (capnp decode) read it; a stock writer (MallocMessageBuilder)
-// cannot make one that open() accepts, since every chunk must start 4096-aligned in the file. Each entry holds a name, a kind (shared library or data), its bytes — in
+// this header). Each entry holds a name, a kind (shared library or data), its bytes — in
 // page-aligned chunks written straight into the mapped file — their size, a digest, and for
-// a library the names of the library entries it needs loaded first.
+// a library the names of the library entries it needs loaded first. Stock readers (capnp
+// decode) read it; a stock writer (MallocMessageBuilder) cannot make one that open()
+// accepts, since every chunk must start 4096-aligned in the file.
 //
 // Writing (WrapperWriter): the file is a staged Region (region.h) beside the target, built
-// front to back by a MappedMessageBuilder (capnp.h): each add_*() copies one entry's bytes
-// into the mapping at once (from a file with copy_file_range(2) in the kernel, from a span
-// with memcpy, or by your callback writing into the mapped span) and hashes them there;
-// publish() writes the metadata after the last blob, then fsyncs, links and renames the
-// file over the target. Until publish() returns, the target is untouched: a crash or a
+// front to back by a MappedMessageBuilder (capnp.h): each add_*() puts one entry's bytes in
+// the file at once — from a file with copy_file_range(2) into the file's pages (in the
+// kernel, no buffer), from a span with memcpy into the mapping, or by your callback writing
+// into the mapped span — and hashes them through the mapping; publish() writes the metadata
+// after the last blob, then (durable, the default) fsyncs, links and renames the file over
+// the target. Until publish() returns, the target is untouched: a crash or a
 // thrown Error leaves the previous file or no file, never a half-written one.
 //
 // Reading (Wrapper): open() maps the file read-only and checks everything a reader relies on
@@ -33,9 +35,9 @@
 // Hazards, plainly:
 //   * A Wrapper maps a file that someone else may still change (an ordinary file is not
 //     sealed). open() checks the structure once; verify() checks the bytes at the time it
-//     runs; load_library() copies from the file when it runs. A file rewritten in place
-//     between those calls defeats the checks — and if it is truncated, touching a mapped
-//     entry past the new end raises SIGBUS. Publish wrappers by rename (as WrapperWriter
+//     runs; spans from entry() show the file as it is when they are read. A file rewritten
+//     in place after verify() changes data entries unchecked — and if it is truncated,
+//     touching a mapped entry past the new end raises SIGBUS. Publish wrappers by rename (as WrapperWriter
 //     does), never rewrite them in place; or open a SealedImage, which cannot change.
 //   * Spans from entry() are valid while their Wrapper lives (moving a Wrapper keeps them).
 //   * load_library() checks the digest of the bytes it loads (the sealed copy, just before
