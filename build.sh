@@ -79,8 +79,10 @@ case $command in
     configure_and_build fuzz
     # handle_sigbus=0 and UBSan's halt_on_error come from tests/support/sanitizer_options.cc,
     # built into each target; leak detection is on by default under libFuzzer.
-    failed=()
-    for target in wrapper_fuzz segment_table_fuzz sealed_image_fuzz; do
+    # The targets run side by side (each single-threaded), so the whole run takes SECONDS.
+    targets=(wrapper_fuzz segment_table_fuzz sealed_image_fuzz)
+    pids=()
+    for target in "${targets[@]}"; do
       run=build/fuzz/run/$target
       rm -rf "$run"
       mkdir -p "$run/corpus"
@@ -90,12 +92,20 @@ case $command in
         cp tests/fuzz/regressions/$target/* "$run/corpus/" 2>/dev/null || true
       fi
       echo "== $target: ${seconds} s, corpus and findings in $run" >&2
-      if ! "build/fuzz/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 \
-             -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$run/" \
-             "$run/corpus" >"$run/log" 2>&1; then
+      "build/fuzz/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$run/" \
+        "$run/corpus" >"$run/log" 2>&1 &
+      pids+=($!)
+    done
+    failed=()
+    for i in "${!targets[@]}"; do
+      target=${targets[$i]}
+      run=build/fuzz/run/$target
+      if ! wait "${pids[$i]}"; then
         tail -n 60 "$run/log" >&2
         failed+=("$target")
       fi
+      echo "== $target:" >&2
       grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)' "$run/log" >&2 || true
     done
     if ((${#failed[@]})); then

@@ -470,7 +470,9 @@ inline void send_and_receive(const std::uint8_t* header, Input payload, MadeFd& 
   if ((flags & 0x04) != 0) sender.reset();
 
   // receive_image() accepts only: one message of exactly 16 bytes (a stream may carry more
-  // after it), the magic number, one fd, all four seals, the announced size.
+  // after it; a longer seqpacket or datagram message is cut, MSG_TRUNC, and refused), the
+  // magic number, one fd, all four seals, the announced size.
+  const bool stream = types[flags & 3] == SOCK_STREAM;
   constexpr std::uint64_t kMagic = 0x31474d49'574d4150ull;  // "PAMWIMG1"
   std::uint64_t magic = 0;
   std::uint64_t announced = 0;
@@ -478,7 +480,8 @@ inline void send_and_receive(const std::uint8_t* header, Input payload, MadeFd& 
     std::memcpy(&magic, message.data(), 8);
     std::memcpy(&announced, message.data() + 8, 8);
   }
-  const bool can_succeed = sent && (header[0] >> 6) == 1 && message.size() >= 16 &&
+  const bool can_succeed = sent && (header[0] >> 6) == 1 &&
+                           (stream ? message.size() >= 16 : message.size() == 16) &&
                            magic == kMagic && announced == a.size && expected_adopt_errno(a) == 0;
   try {
     const SealedImage image = receive_image(receiver.get());
