@@ -734,17 +734,8 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ==== 4. under a seccomp filter made with libseccomp ====================================
 
-std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  const std::vector<char> chars((std::istreambuf_iterator<char>(in)),
-                                std::istreambuf_iterator<char>());
-  std::vector<std::byte> bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
-}
-
 const std::vector<std::byte>& fixture_a() {
-  static const std::vector<std::byte> bytes = read_bytes(MAPWRIGHT_FIXTURE_A);
+  static const std::vector<std::byte> bytes = test::read_file_bytes(MAPWRIGHT_FIXTURE_A);
   return bytes;
 }
 
@@ -824,7 +815,7 @@ TEST(Seccomp, MemfdCreateDenied) {
   expect_clean_exit_unreported(result);
   EXPECT_NE(result.output.find("done"), std::string::npos) << output_of(result);
   // The staged region's bytes are the stores, read from the published file.
-  const std::vector<std::byte> published = read_bytes(dir / "staged.bin");
+  const std::vector<std::byte> published = test::read_file_bytes(dir / "staged.bin");
   ASSERT_EQ(published.size(), 3 * kMiB);
   for (std::uint64_t offset = 0; offset < published.size(); offset += kPage) {
     ASSERT_EQ(static_cast<unsigned char>(published[offset]), byte_pattern(offset)) << offset;

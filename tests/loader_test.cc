@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
+#include "content.h"
 #include "fixture_paths.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
@@ -33,20 +34,12 @@ namespace {
 
 using test::run_in_child;
 
-std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
-}
-
 const std::vector<std::byte>& fixture_a() {
-  static const std::vector<std::byte> bytes = read_bytes(MAPWRIGHT_FIXTURE_A);
+  static const std::vector<std::byte> bytes = test::read_file_bytes(MAPWRIGHT_FIXTURE_A);
   return bytes;
 }
 const std::vector<std::byte>& fixture_b() {
-  static const std::vector<std::byte> bytes = read_bytes(MAPWRIGHT_FIXTURE_B);
+  static const std::vector<std::byte> bytes = test::read_file_bytes(MAPWRIGHT_FIXTURE_B);
   return bytes;
 }
 
@@ -86,17 +79,6 @@ bool fixture_a_loaded() {
   void* handle = dlopen("libmwfixture_a.so", RTLD_LAZY | RTLD_NOLOAD);
   if (handle != nullptr) dlclose(handle);
   return handle != nullptr;
-}
-
-// write_bytes from /proc/self/io, or -1 if unreadable.
-long long write_bytes() {
-  std::ifstream in("/proc/self/io");
-  std::string key;
-  long long value = 0;
-  while (in >> key >> value) {
-    if (key == "write_bytes:") return value;
-  }
-  return -1;
 }
 
 bool directory_empty(const std::filesystem::path& dir) {
@@ -181,7 +163,7 @@ TEST(Loader, SystemLibraryFromSpan) {
     dlclose(handle);
   }
   if (!std::filesystem::exists(libm_path)) GTEST_SKIP() << "no libm at " << libm_path;
-  const std::vector<std::byte> bytes = read_bytes(libm_path);
+  const std::vector<std::byte> bytes = test::read_file_bytes(libm_path);
   const Library library = load_library(std::span<const std::byte>(bytes));
   EXPECT_EQ(library.strategy(), LoadStrategy::kMemfdCopy);
   auto* cosine = library.function<double(double)>("cos");
@@ -191,7 +173,7 @@ TEST(Loader, SystemLibraryFromSpan) {
 
 TEST(Loader, MemfdLoadsWriteNothingToDisk) {
   const SealedImage image = sealed(fixture_a());
-  const long long before = write_bytes();
+  const long long before = test::proc_write_bytes();
   {
     const Library from_image = load_library(image);
     const Library from_span = load_library(std::span<const std::byte>(fixture_a()));
@@ -199,7 +181,7 @@ TEST(Loader, MemfdLoadsWriteNothingToDisk) {
     EXPECT_EQ(from_span.report().bytes_written_to_disk, 0u);
     EXPECT_EQ(from_span.function<int()>("fixture_answer")(), 42);
   }
-  const long long after = write_bytes();
+  const long long after = test::proc_write_bytes();
   if (before < 0 || after < 0) GTEST_SKIP() << "/proc/self/io is not readable here";
   // On tmpfs or overlay write_bytes may stay 0 for disk writes too; the report is the check
   // that does not depend on the filesystem.

@@ -30,14 +30,6 @@ using test::kKiB;
 using test::kMiB;
 using test::TempDir;
 
-std::vector<std::byte> read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::vector<std::byte> bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
-}
-
 void write_file(const std::filesystem::path& path, std::span<const std::byte> bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
@@ -143,8 +135,8 @@ TEST(Wrapper, WhatIsWrittenReadsBackByteForByte) {
   EXPECT_EQ(wrapper.file_size(), std::filesystem::file_size(sample.path));
   ASSERT_EQ(wrapper.entries().size(), 4u);
 
-  const std::vector<std::byte> a = read_file(MAPWRIGHT_FIXTURE_A);
-  const std::vector<std::byte> b = read_file(MAPWRIGHT_FIXTURE_B);
+  const std::vector<std::byte> a = test::read_file_bytes(MAPWRIGHT_FIXTURE_A);
+  const std::vector<std::byte> b = test::read_file_bytes(MAPWRIGHT_FIXTURE_B);
   const WrapperEntry& liba = wrapper.entry("liba");
   const WrapperEntry& libb = wrapper.entry("libb");
   const WrapperEntry& blob = wrapper.entry("blob");
@@ -161,7 +153,7 @@ TEST(Wrapper, WhatIsWrittenReadsBackByteForByte) {
   EXPECT_TRUE(empty.bytes().empty());
 
   // The offsets are file offsets, page-aligned, and the file holds the bytes there.
-  const std::vector<std::byte> file = read_file(sample.path);
+  const std::vector<std::byte> file = test::read_file_bytes(sample.path);
   for (const WrapperEntry* e : {&liba, &libb, &blob}) {
     EXPECT_EQ(e->offset % kWrapperAlignment, 0u) << e->name;
     ASSERT_LE(e->offset + e->size, file.size());
@@ -205,7 +197,7 @@ TEST(Wrapper, ChunksSplitAcrossSegmentsStillReadAndLoad) {
   ASSERT_GT(liba.chunks.size(), 1u);
   EXPECT_FALSE(liba.contiguous());
   expect_error([&] { (void)liba.bytes(); }, EINVAL, {"'liba'", "not contiguous"});
-  EXPECT_EQ(joined(liba), read_file(MAPWRIGHT_FIXTURE_A));
+  EXPECT_EQ(joined(liba), test::read_file_bytes(MAPWRIGHT_FIXTURE_A));
   EXPECT_EQ(joined(wrapper.entry("blob")), sample.blob);
   EXPECT_NO_THROW(wrapper.verify());
   // The loader gets the gathered bytes.
@@ -314,7 +306,7 @@ TEST(WrapperWriter, RefusesBadDependenciesAtPublishAndPublishesNothing) {
       {"data", {{"a", {"d"}}}, true, "entry 'a': depends on 'd', which is a data entry"},
       {"cycle", {{"a", {"b"}}, {"b", {"c"}}, {"c", {"a"}}}, false, "dependency cycle"},
   };
-  const std::vector<std::byte> bytes = read_file(MAPWRIGHT_FIXTURE_A);
+  const std::vector<std::byte> bytes = test::read_file_bytes(MAPWRIGHT_FIXTURE_A);
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
     TempDir dir;
@@ -374,7 +366,7 @@ TEST(WrapperOpen, RefusesFilesThatAreNotWrappers) {
 TEST(WrapperOpen, RefusesATruncatedWrapperAtEveryLength) {
   TempDir dir;
   const Sample sample = write_sample(dir);
-  const std::vector<std::byte> whole = read_file(sample.path);
+  const std::vector<std::byte> whole = test::read_file_bytes(sample.path);
   const std::filesystem::path cut = dir / "cut.mwr";
   for (std::size_t length : {std::size_t{0}, std::size_t{4}, std::size_t{8}, whole.size() / 2,
                              whole.size() - 8, whole.size() - 1}) {
@@ -488,7 +480,7 @@ std::uint64_t blob_pointer(std::size_t at, std::uint64_t target, std::uint64_t c
 TEST(WrapperOpen, RefusesOverlappingAndOutOfBoundsChunksBeforeReadingThem) {
   TempDir dir;
   const Sample sample = write_sample(dir);
-  std::vector<std::byte> file = read_file(sample.path);
+  std::vector<std::byte> file = test::read_file_bytes(sample.path);
   std::uint64_t a_offset, blob_offset, blob_size;
   {
     const Wrapper wrapper = Wrapper::open(sample.path);
@@ -520,7 +512,7 @@ TEST(WrapperOpen, RefusesOverlappingAndOutOfBoundsChunksBeforeReadingThem) {
 TEST(WrapperVerify, AFlippedByteInAnyEntryIsCaughtAndNamed) {
   TempDir dir;
   const Sample sample = write_sample(dir);
-  const std::vector<std::byte> file = read_file(sample.path);
+  const std::vector<std::byte> file = test::read_file_bytes(sample.path);
   std::vector<std::pair<std::string, std::uint64_t>> targets;
   {
     const Wrapper wrapper = Wrapper::open(sample.path);
@@ -565,20 +557,10 @@ TEST(WrapperVerify, ConcurrentVerifiesAgree) {
 
 // ---- loading --------------------------------------------------------------------------------
 
-long long write_bytes() {
-  std::ifstream in("/proc/self/io");
-  std::string key;
-  long long value = 0;
-  while (in >> key >> value) {
-    if (key == "write_bytes:") return value;
-  }
-  return -1;
-}
-
 TEST(WrapperLoad, LibrariesLoadWithTheirDependenciesAndWriteNothing) {
   TempDir dir;
   const Sample sample = write_sample(dir);
-  const long long before = write_bytes();
+  const long long before = test::proc_write_bytes();
   {
     const Wrapper wrapper = Wrapper::open(sample.path);
     wrapper.verify();
@@ -599,7 +581,7 @@ TEST(WrapperLoad, LibrariesLoadWithTheirDependenciesAndWriteNothing) {
     expect_error([&] { (void)wrapper.load_library("blob"); }, EINVAL, {"blob", "data entry"});
     expect_error([&] { (void)wrapper.load_library("ghost"); }, ENOENT, {"'ghost'"});
   }
-  const long long after = write_bytes();
+  const long long after = test::proc_write_bytes();
   if (before < 0 || after < 0) GTEST_SKIP() << "/proc/self/io is not readable here";
   EXPECT_EQ(after, before) << "bytes were written to disk while loading from the wrapper";
 }
@@ -642,7 +624,7 @@ TEST(WrapperLoad, WithoutItsDependencyALibraryDoesNotLoad) {
 TEST(WrapperLoad, ASealedWrapperOpensAndLoads) {
   TempDir dir;
   const Sample sample = write_sample(dir);
-  const std::vector<std::byte> file = read_file(sample.path);
+  const std::vector<std::byte> file = test::read_file_bytes(sample.path);
   Region region = Region::memfd("sealed wrapper");
   region.ensure(file.size());
   std::memcpy(region.data(), file.data(), file.size());

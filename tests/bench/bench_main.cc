@@ -1,6 +1,8 @@
 // tests/bench/bench_main.cc — the shared main() and the RATIO reporter; see bench_main.h.
 #include "bench_main.h"
 
+#include <link.h>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -266,6 +268,17 @@ void write_all(int fd, const void* data, std::uint64_t size) {
     p += n;
     size -= static_cast<std::uint64_t>(n);
   }
+}
+
+std::size_t loaded_objects() {
+  std::size_t count = 0;
+  ::dl_iterate_phdr(
+      [](dl_phdr_info*, std::size_t, void* data) {
+        ++*static_cast<std::size_t*>(data);
+        return 0;
+      },
+      &count);
+  return count;
 }
 
 }  // namespace mapwright::bench

@@ -75,6 +75,10 @@ class ScratchFile {
 // write(2) all of [data, data + size) to `fd`, retrying partial writes. Throws std::system_error.
 void write_all(int fd, const void* data, std::uint64_t size);
 
+// The objects the dynamic linker has loaded now (dl_iterate_phdr): a load that really
+// happened adds one, its dlclose takes it away.
+std::size_t loaded_objects();
+
 // Runs `body`, turning an exception into state.SkipWithError(what) so that one failing
 // benchmark (a full disk, a missing directory) is reported instead of ending the program.
 // Single-threaded benchmarks only.

@@ -102,18 +102,6 @@ std::vector<std::byte> read_bytes(const char* path) {
   return bytes;
 }
 
-// The objects the dynamic linker has loaded now.
-std::size_t loaded_objects() {
-  std::size_t count = 0;
-  ::dl_iterate_phdr(
-      [](dl_phdr_info*, std::size_t, void* data) {
-        ++*static_cast<std::size_t*>(data);
-        return 0;
-      },
-      &count);
-  return count;
-}
-
 // /proc/self/io.
 struct IoCounters {
   std::uint64_t wchar = 0;

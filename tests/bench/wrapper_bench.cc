@@ -478,17 +478,6 @@ const StartupWrapper& startup_wrapper() {
   return wrapper;
 }
 
-std::size_t loaded_objects() {
-  std::size_t count = 0;
-  ::dl_iterate_phdr(
-      [](dl_phdr_info*, std::size_t, void* data) {
-        ++*static_cast<std::size_t*>(data);
-        return 0;
-      },
-      &count);
-  return count;
-}
-
 std::optional<std::uint64_t> io_write_bytes() {
   std::ifstream in("/proc/self/io");
   std::string key;

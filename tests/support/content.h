@@ -4,7 +4,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 namespace mapwright::test {
 
@@ -33,5 +35,12 @@ std::size_t pread_all(int fd, void* buffer, std::size_t length, std::uint64_t of
 // Checks words [first, last) of the file behind `fd` against the pattern, by pread.
 // Returns "" or a description of the first mismatch (or short read).
 std::string check_words(int fd, std::uint64_t first, std::uint64_t last, std::uint64_t seed);
+
+// The whole file's bytes (none if it cannot be read).
+std::vector<std::byte> read_file_bytes(const std::filesystem::path& path);
+
+// write_bytes from /proc/self/io: the bytes this process has caused to be sent to storage;
+// -1 if it cannot be read.
+long long proc_write_bytes();
 
 }  // namespace mapwright::test
