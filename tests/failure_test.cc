@@ -60,20 +60,6 @@ constexpr std::uint64_t kPrefix = 256 * kKiB;
 
 // ---- helpers usable in a child ---------------------------------------------------------
 
-volatile unsigned char* bytes_of(const Region& region) {
-  return reinterpret_cast<volatile unsigned char*>(region.data());
-}
-
-void store(const Region& region, std::uint64_t offset, unsigned char value) {
-  bytes_of(region)[offset] = value;
-}
-
-// Stores then reads back one byte at `offset`: the region covers it now.
-void check_store_works(const Region& region, std::uint64_t offset) {
-  store(region, offset, byte_pattern(offset));
-  CHILD_CHECK(bytes_of(region)[offset] == byte_pattern(offset));
-}
-
 void write_prefix(const Region& region) {
   for (std::uint64_t i = 0; i < kPrefix; ++i) store(region, i, byte_pattern(i));
 }

@@ -240,20 +240,6 @@ struct Cell {
 
 // ---- helpers usable in a child -----------------------------------------------------------
 
-volatile unsigned char* bytes_of(const Region& region) {
-  return reinterpret_cast<volatile unsigned char*>(region.data());
-}
-
-void store(const Region& region, std::uint64_t offset, unsigned char value) {
-  bytes_of(region)[offset] = value;
-}
-
-void check_store_works(const Region& region, std::uint64_t offset) {
-  store(region, offset, byte_pattern(offset));
-  CHILD_CHECK_MSG(bytes_of(region)[offset] == byte_pattern(offset),
-                  "offset " + std::to_string(offset));
-}
-
 void check_prefix_by_pread(const Region& region) {
   const std::string problem = check_words(region.fd(), 0, kPrefix / 8, kSeed);
   CHILD_CHECK_MSG(problem.empty(), "the bytes written before the failure: " + problem);

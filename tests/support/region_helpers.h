@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
+#include "content.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
 
@@ -61,6 +62,24 @@ void on_disk_file(const std::string& name, const RegionOptions& options, Check&&
 template <class Check>
 void on_disk_file(const std::string& name, Check&& check) {
   on_disk_file(name, RegionOptions{}, check);
+}
+
+// The region's bytes, for single stores that the compiler may not merge or drop.
+inline volatile unsigned char* bytes_of(const Region& region) {
+  return reinterpret_cast<volatile unsigned char*>(region.data());
+}
+
+// One byte stored at `offset` (usable in a child).
+inline void store(const Region& region, std::uint64_t offset, unsigned char value) {
+  bytes_of(region)[offset] = value;
+}
+
+// Stores then reads back the test pattern's byte at `offset`: the region covers it now. Ends
+// a child that finds otherwise (CHILD_CHECK).
+inline void check_store_works(const Region& region, std::uint64_t offset) {
+  store(region, offset, byte_pattern(offset));
+  CHILD_CHECK_MSG(bytes_of(region)[offset] == byte_pattern(offset),
+                  "offset " + std::to_string(offset));
 }
 
 }  // namespace mapwright::test
