@@ -43,11 +43,6 @@ std::shared_ptr<const void> map_fd(int fd, std::uint64_t offset, std::uint64_t l
 }
 
 // Closes an fd on every path out of a scope.
-struct FdCloser {
-  int fd;
-  ~FdCloser() { os::close(fd); }
-};
-
 }  // namespace
 
 MappedMessageReader::Parsed MappedMessageReader::parse(std::shared_ptr<const void> keep_alive,
@@ -91,7 +86,7 @@ MappedMessageReader::MappedMessageReader(const std::filesystem::path& path,
             std::uint64_t size = 0;
             std::shared_ptr<const void> mapping;
             {
-              const FdCloser closer{fd};  // the mapping does not need the fd
+              const os::OwnedFd closer(fd);  // the mapping does not need the fd
               if (const int err = os::file_size(fd, &size); err != 0) {
                 throw Error(err, kOperation, name, "(fstat)");
               }

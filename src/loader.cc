@@ -70,27 +70,6 @@ constexpr int kPopulateRead = 22;  // MADV_POPULATE_READ (Linux 5.14); glibc 2.3
 constexpr int kAllSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 constexpr int kContentSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
 
-// Closes an fd unless released.
-class OwnedFd {
- public:
-  explicit OwnedFd(int fd) noexcept : fd_(fd) {}
-  OwnedFd(OwnedFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  OwnedFd(const OwnedFd&) = delete;
-  OwnedFd& operator=(const OwnedFd&) = delete;
-  ~OwnedFd() {
-    if (fd_ >= 0) os::close(fd_);
-  }
-  int get() const noexcept { return fd_; }
-  int release() noexcept { return std::exchange(fd_, -1); }
-  void reset(int fd) noexcept {
-    if (fd_ >= 0) os::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_;
-};
-
 std::string proc_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
 
 std::string describe(const char* call, int err) {
@@ -272,7 +251,7 @@ void run_check(int fd, std::uint64_t size, const LoadOptions& options, const std
 }
 
 // dlopen("/proc/self/fd/N") of an fd the caller owns; the fd goes to the Library.
-Library open_through_proc(OwnedFd fd, const Source& source, const LoadOptions& options,
+Library open_through_proc(os::OwnedFd fd, const Source& source, const LoadOptions& options,
                           const std::string& name, LoadReport report) {
   std::string path = proc_path(fd.get());
   // A stale name left by someone who closed the fd of a still-loaded library: move up.
@@ -313,7 +292,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
     // An unnamed file, loaded through /proc: nothing is ever visible in the directory.
     int raw = -1;
     if (int err = os::open_tmpfile(dir.c_str(), 0700, &raw); err == 0) {
-      OwnedFd fd(raw);
+      os::OwnedFd fd(raw);
       if (proc_usable(fd.get())) {
         fill(fd.get(), source, report, name);
         report.bytes_written_to_disk = report.bytes_copied;
@@ -328,7 +307,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
         why += "; " + dir + ": " + std::strerror(err);
         break;
       }
-      OwnedFd fd(raw);
+      os::OwnedFd fd(raw);
       if (name_in_use(path)) {  // a deleted earlier file's name, still loaded under it
         os::unlink(path.c_str());
         continue;
@@ -371,7 +350,7 @@ Library load_copy(const Source& source, const LoadOptions& options, const std::s
     add_reason(report, describe("memfd_create", err));
     return load_from_temp_file(source, options, name, std::move(report));
   }
-  OwnedFd fd(raw);
+  os::OwnedFd fd(raw);
   if (!proc_usable(fd.get())) {
     add_reason(report, "/proc not mounted");
     return load_from_temp_file(source, options, name, std::move(report));
@@ -394,7 +373,7 @@ Library load_fd(Source source, bool whole_sealed, const LoadOptions& options,
     if (int err = os::dup_cloexec(source.fd, 3, &raw); err != 0) {
       throw Error(err, "loading library", name, "(dup)");
     }
-    OwnedFd fd(raw);
+    os::OwnedFd fd(raw);
     if (proc_usable(fd.get())) {
       report.strategy = LoadStrategy::kSealedMemfd;
       return open_through_proc(std::move(fd), source, options, name, std::move(report));

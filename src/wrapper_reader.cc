@@ -80,7 +80,7 @@ const Library& LoadedLibraries::at(std::string_view name) const {
 
 struct Wrapper::State {
   std::string name;
-  int fd = -1;
+  os::OwnedFd fd;                                 // when opened from a path or an fd
   std::optional<SealedImage> image;               // when opened from one
   std::unique_ptr<MappedMessageReader> reader;    // owns the mapping the spans point into
   std::uint32_t version = 0;
@@ -90,17 +90,12 @@ struct Wrapper::State {
   std::unordered_map<std::string_view, std::size_t> index;  // views into entries' names
   std::vector<std::vector<std::size_t>> edges;              // direct dependencies
 
-  ~State() {
-    reader.reset();
-    if (fd >= 0) os::close(fd);
-  }
-
   [[noreturn]] void refuse(const std::string& what) const { throw Error(EINVAL, kOpen, name, what); }
 
   void map() {
     try {
       reader = image ? std::make_unique<MappedMessageReader>(*image)
-                     : std::make_unique<MappedMessageReader>(fd, 0, 0);
+                     : std::make_unique<MappedMessageReader>(fd.get(), 0, 0);
     } catch (const Error& e) {
       // The frame checks name the fd; say which wrapper, and keep the cause.
       if (e.error() == EINVAL) refuse("(not a wrapper: " + e.detail() + ")");
@@ -243,9 +238,11 @@ Wrapper::~Wrapper() = default;
 Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions options) {
   auto state = std::make_unique<State>();
   state->name = options.name.empty() ? path.string() : std::move(options.name);
-  if (const int err = os::open(path.c_str(), O_RDONLY, 0, &state->fd); err != 0) {
+  int raw = -1;
+  if (const int err = os::open(path.c_str(), O_RDONLY, 0, &raw); err != 0) {
     throw Error(err, kOpen, state->name);
   }
+  state->fd.reset(raw);
   state->check();
   return Wrapper(std::move(state));
 }
@@ -253,9 +250,11 @@ Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions opti
 Wrapper Wrapper::open(int fd, WrapperOpenOptions options) {
   auto state = std::make_unique<State>();
   state->name = options.name.empty() ? "wrapper fd " + std::to_string(fd) : std::move(options.name);
-  if (const int err = os::dup_cloexec(fd, 0, &state->fd); err != 0) {
+  int raw = -1;
+  if (const int err = os::dup_cloexec(fd, 0, &raw); err != 0) {
     throw Error(err, kOpen, state->name, "(dup)");
   }
+  state->fd.reset(raw);
   state->check();
   return Wrapper(std::move(state));
 }
@@ -273,7 +272,7 @@ const std::string& Wrapper::name() const noexcept { return state_->name; }
 std::uint32_t Wrapper::format_version() const noexcept { return state_->version; }
 const std::string& Wrapper::producer() const noexcept { return state_->producer; }
 std::uint64_t Wrapper::file_size() const noexcept { return state_->file_size; }
-int Wrapper::fd() const noexcept { return state_->image ? state_->image->fd() : state_->fd; }
+int Wrapper::fd() const noexcept { return state_->image ? state_->image->fd() : state_->fd.get(); }
 const std::vector<WrapperEntry>& Wrapper::entries() const noexcept { return state_->entries; }
 
 const WrapperEntry* Wrapper::find(std::string_view name) const noexcept {

@@ -32,13 +32,6 @@ constexpr std::uint64_t kParallelDigestBytes = 32ull << 20;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
 
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) os::close(fd);
-  }
-};
-
 }  // namespace
 
 struct WrapperWriter::State {
@@ -159,7 +152,7 @@ struct WrapperWriter::State {
     if (const int err = os::open(source.c_str(), O_RDONLY, 0, &fd); err != 0) {
       refuse(err, name, "opening " + source);
     }
-    const FdCloser closer{fd};
+    const os::OwnedFd closer(fd);
     struct stat info {};
     if (::fstat(fd, &info) != 0) refuse(errno, name, "fstat of " + source);
     if (!S_ISREG(info.st_mode)) refuse(EINVAL, name, source + " is not a regular file");

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 namespace mapwright::os {
 
@@ -132,5 +133,30 @@ int file_size_limit(std::uint64_t* bytes) noexcept;
 // The page size (sysconf(_SC_PAGESIZE)), cached by the first call. Async-signal-safe once
 // cached; the handler is installed only after a call from ordinary code has cached it.
 std::uint64_t page_size() noexcept;
+
+// Closes an fd on destruction unless released: the one fd owner of src/. Its destructor and
+// reset() only call close() (async-signal-safe); the class itself is for ordinary code.
+class OwnedFd {
+ public:
+  OwnedFd() noexcept = default;
+  explicit OwnedFd(int fd) noexcept : fd_(fd) {}
+  OwnedFd(OwnedFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  OwnedFd& operator=(OwnedFd&& other) noexcept {
+    if (this != &other) reset(std::exchange(other.fd_, -1));
+    return *this;
+  }
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  ~OwnedFd() { reset(-1); }
+  int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset(int fd) noexcept {
+    if (fd_ >= 0) close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
 
 }  // namespace mapwright::os
