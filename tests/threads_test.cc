@@ -206,12 +206,19 @@ TEST(Threads, ConcurrentEnsureNeverShrinks) {
   constexpr unsigned kEnsurers = 4;
 
   std::atomic<bool> done{false};
+  // The others start only once the observer has looked once: on a loaded machine (CI under
+  // ASan) the observer could otherwise be scheduled only after they had all finished.
+  std::atomic<bool> observing{false};
+  const auto wait_for_observer = [&] {
+    while (!observing.load(std::memory_order_acquire)) std::this_thread::yield();
+  };
   std::vector<std::string> results(kEnsurers + 2);
   std::latch start(kEnsurers + 2);
   std::vector<std::thread> workers;
   for (unsigned t = 0; t < kEnsurers; ++t) {
     workers.emplace_back([&, t] {
       start.arrive_and_wait();
+      wait_for_observer();
       try {
         std::uint64_t state = 0x12345 + t;
         for (std::uint64_t n = 1 + t; n < limit; n += 1 + state % (64 * kKiB)) {
@@ -233,6 +240,7 @@ TEST(Threads, ConcurrentEnsureNeverShrinks) {
   // A thread storing (and so faulting) at growing offsets at the same time.
   workers.emplace_back([&] {
     start.arrive_and_wait();
+    wait_for_observer();
     auto* words = reinterpret_cast<std::uint64_t*>(region.data());
     for (std::uint64_t offset = 0; offset < limit; offset += 64 * kKiB + 8) {
       words[offset / 8] = pattern(offset / 8, 7);
@@ -256,6 +264,7 @@ TEST(Threads, ConcurrentEnsureNeverShrinks) {
       }
       last = now;
       ++observations;
+      observing.store(true, std::memory_order_release);
     }
     if (observations == 0) results[kEnsurers + 1] = "no observation";
   });
