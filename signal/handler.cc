@@ -1,30 +1,32 @@
 #include "handler.h"
 
-#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <setjmp.h>
 #include <signal.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
-#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
+#include "block.h"
+#include "chain.h"
 #include "line.h"
 #include "os/os.h"
-#include "range_table.h"
+#include "owner_lock.h"
+#include "recovery.h"
 
 namespace mapwright::detail {
 namespace {
 
-// The disposition SIGBUS had before ours; written once, before our handler is installed,
-// and only read afterwards.
-constinit struct sigaction g_previous{};
 constinit std::atomic<bool> g_installed{false};
-constinit std::mutex g_install_mutex;
-
-// This thread's innermost guarded() frame. initial-exec TLS: a fixed offset from the thread
-// pointer, never allocated lazily, so reading it in the handler is async-signal-safe.
-constinit thread_local RecoveryPoint* t_recovery [[gnu::tls_model("initial-exec")]] = nullptr;
+// Not a std::mutex: a fork() while another thread installs would leave a child whose every
+// Region creation hangs. An OwnerLock held by a thread of the parent is free in the child.
+constinit OwnerLock g_install_lock;
 
 class ErrnoSaver {
  public:
@@ -37,133 +39,170 @@ class ErrnoSaver {
   int saved_;
 };
 
-// Ends the process by `sig` with the default action, as the kernel would have.
-[[noreturn]] void die_by(int sig) noexcept {
-  struct sigaction dfl{};
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  sigaction(sig, &dfl, nullptr);
-  sigset_t only;
-  sigemptyset(&only);
-  sigaddset(&only, sig);
-  raise(sig);
-  pthread_sigmask(SIG_UNBLOCK, &only, nullptr);  // the pending signal is delivered here
-  _exit(128 + sig);                              // unreachable unless SIGBUS is unkillable
-}
-
-// Gives the signal to the disposition that was there before ours. Returns if that
-// disposition returns (or ignores the signal).
-void chain(int sig, siginfo_t* info, void* context) noexcept {
-  const struct sigaction& previous = g_previous;
-  // Run a handler the way the kernel would have: with its sa_mask (and, unless SA_NODEFER,
-  // the signal itself) blocked; the mask is restored when it returns.
-  const auto with_its_mask = [&](auto call) noexcept {
-    sigset_t block = previous.sa_mask;
-    if ((previous.sa_flags & SA_NODEFER) == 0) sigaddset(&block, sig);
-    sigset_t saved;
-    pthread_sigmask(SIG_BLOCK, &block, &saved);
-    call();
-    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
-  };
-  if ((previous.sa_flags & SA_SIGINFO) != 0) {
-    if (previous.sa_sigaction != nullptr) {
-      with_its_mask([&] { previous.sa_sigaction(sig, info, context); });
-    }
-    return;
-  }
-  if (previous.sa_handler == SIG_IGN) {
-    // The kernel does not let a fault be ignored: it resets SIGBUS to SIG_DFL and delivers.
-    // A SIGBUS sent with kill() or raise() (si_code <= 0) is ignored, as before.
-    if (info != nullptr && info->si_code > 0) die_by(sig);
-    return;
-  }
-  if (previous.sa_handler == SIG_DFL) die_by(sig);
-  with_its_mask([&] { previous.sa_handler(sig); });
-}
-
 void on_sigbus(int sig, siginfo_t* info, void* context) {
   const ErrnoSaver saved;
-  FaultFailure failure;
-  switch (dispatch_fault(sig, info, &failure)) {
+  FaultReport report;
+  RangeTable::Pin pin(fault_table());
+  switch (dispatch_fault(sig, info, pin, &report)) {
     case Dispatch::kResolved:
       return;  // the store retries and succeeds
     case Dispatch::kFailed:
       // ---- riskier from here: control may leave the handler for good ----
-      recover_or_report(failure);  // returns only outside guarded()
+      recover_or_report(report, pin);  // returns only outside guarded(), unpinned
       // A crash reporter installed before us sees the fault; if it returns, retrying the
       // store would fault again forever (invariant 1), so die as the kernel would have.
-      if ((g_previous.sa_flags & SA_SIGINFO) != 0 ||
-          (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != SIG_IGN)) {
-        chain(sig, info, context);
-      }
+      if (previous_is_function()) chain(sig, info, context);
       die_by(sig);
     case Dispatch::kForeign:
+      pin.release();
       chain(sig, info, context);
       return;
   }
 }
 
+// Calls once, from ordinary code, every libc function the handler path may call, so that
+// the dynamic linker binds them now: lazy binding inside the handler would run the
+// resolver, which saves the whole extended register state on the stack (~1.4 KiB past a
+// 4 KiB sigaltstack on an AVX-512 machine). With harmless arguments throughout.
+void bind_handler_path() noexcept {
+  const int saved = errno;
+  (void)os::page_size();
+  std::uint64_t value = 0;
+  (void)os::file_size(-1, &value);
+  (void)os::ftruncate(-1, 0);
+  (void)os::fallocate(-1, 0, 0, 1);
+  (void)os::madvise(nullptr, 0, MADV_NORMAL);
+  (void)os::file_size_limit(&value);
+  os::SignalSet set = 0;
+  (void)os::set_signal_mask(SIG_BLOCK, 0, &set);
+  (void)os::pending_signals(&set);
+  (void)os::discard_pending(SIGKILL);  // never pending for a wait: EAGAIN at once
+  struct sigaction action{};
+  (void)os::get_action(SIGBUS, &action);
+  (void)os::send_to_this_thread(0);  // signal 0: checks, sends nothing
+  struct iovec none{};
+  (void)os::write_iov(-1, &none, 1);  // EBADF, but writev is bound
+  (void)::strerrordesc_np(EIO);
+  char from[64] = {1};
+  char to[64];
+  volatile std::size_t n = sizeof to;
+  std::memcpy(to, from, n);
+  (void)std::strlen(to + 63);
+  (void)::sched_yield();
+  sigjmp_buf env;
+  if (sigsetjmp(env, 1) == 0) siglongjmp(env, 1);
+  errno = saved;
+}
+
+void before_fork() { fault_table().before_fork(); }
+void after_fork_in_parent() { fault_table().after_fork_in_parent(); }
+void after_fork_in_child() {
+  next_fork_generation();  // owner locks held by the parent's other threads are free here
+  fault_table().after_fork_in_child();
+}
+
+// The pthread_atfork handlers are registered when the library is loaded, before any thread
+// of the program can fork or install the handler: registering them at installation would
+// race with a fork() on another thread (a child could inherit "registered" with no handlers).
+[[gnu::constructor]] void register_fork_handlers() {
+  (void)os::at_fork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
 }  // namespace
 
-Dispatch dispatch_fault(int sig, const siginfo_t* info, FaultFailure* failure) noexcept {
+Dispatch dispatch_fault(int sig, const siginfo_t* info, const RangeTable::Pin& pin,
+                        FaultReport* report) noexcept {
   if (sig != SIGBUS || info == nullptr || info->si_code != BUS_ADRERR) return Dispatch::kForeign;
   const auto address = reinterpret_cast<std::uintptr_t>(info->si_addr);
-  RangeTable::Pin pin(fault_table());
   const RangeTable::Found found = pin.find(address);
   if (found.owner == nullptr) return Dispatch::kForeign;
-  const FaultOutcome outcome = found.owner->on_fault(address, failure);
-  pin.release();  // before anything that may not return
+  const FaultOutcome outcome = found.owner->on_fault({address, info->si_code}, report);
   return outcome == FaultOutcome::kResolved ? Dispatch::kResolved : Dispatch::kFailed;
 }
 
-void recover_or_report(const FaultFailure& failure) noexcept {
-  if (RecoveryPoint* point = t_recovery; point != nullptr) {
-    point->failure = failure;
+void recover_or_report(const FaultReport& report, RangeTable::Pin& pin) noexcept {
+  if (RecoveryPoint* point = current_recovery(); point != nullptr) {
+    record_failure(report, &point->failure);  // in guarded()'s frame, on the thread's stack
+    pin.release();                            // before leaving for good
     siglongjmp(point->env, 1);
   }
-  char buffer[512];
-  LineWriter line(buffer, sizeof buffer);
-  line.text("mapwright: ").text(failure.operation);
-  if (failure.subject[0] != '\0') line.text(" '").text(failure.subject).text("'");
-  if (failure.detail[0] != '\0') line.text(" ").text(failure.detail);
-  line.text(": ").error_text(failure.error).text("\n");
-  os::write_all(STDERR_FILENO, line.c_str(), line.size());
+  char numbers[64];
+  LineWriter detail(numbers, sizeof numbers);
+  describe_detail(report, false, detail);
+  const bool named = report.subject != nullptr && report.subject[0] != '\0';
+  const bool explained = report.reason != nullptr;
+  const char* cause = ::strerrordesc_np(report.error);
+  // The pieces go straight into iovecs: no copy of the line on a stack that may be small.
+  struct iovec io[12];
+  int count = 0;
+  const auto piece = [&](const char* text) {
+    const std::size_t length = text == nullptr ? 0 : std::strlen(text);
+    if (length != 0) io[count++] = {const_cast<char*>(text), length};
+  };
+  piece("mapwright: ");
+  piece(report.operation);
+  if (named) {
+    piece(" '");
+    piece(report.subject);
+    piece("'");
+  }
+  if (detail.size() != 0 || explained) piece(" ");
+  piece(numbers);
+  if (explained) {
+    if (detail.size() != 0) piece(": ");
+    piece(report.reason);
+  }
+  piece(": ");
+  piece(cause != nullptr ? cause : "unknown error");
+  piece("\n");
+  // SIGPIPE stays blocked for the write (as it is in mapwright's own handler), and one that
+  // the write raises on a broken pipe is taken away again: the process must die by SIGBUS.
+  os::SignalSet pending = 0;
+  (void)os::pending_signals(&pending);
+  os::SignalSet mask = 0;
+  (void)os::set_signal_mask(SIG_BLOCK, os::signal_bit(SIGPIPE), &mask);
+  const int err = os::write_iov(STDERR_FILENO, io, count);
+  if (err == EPIPE && (pending & os::signal_bit(SIGPIPE)) == 0) (void)os::discard_pending(SIGPIPE);
+  (void)os::set_signal_mask(SIG_SETMASK, mask, nullptr);
+  pin.release();
 }
 
 int install_handler() noexcept {
   if (g_installed.load(std::memory_order_acquire)) return 0;
-  const std::lock_guard lock(g_install_mutex);
-  if (g_installed.load(std::memory_order_relaxed)) return 0;
-  (void)os::page_size();  // cache it outside any handler
-
-  struct sigaction ours{};
-  ours.sa_sigaction = on_sigbus;
-  sigemptyset(&ours.sa_mask);  // SIGBUS itself is blocked while we run (no SA_NODEFER)
-  ours.sa_flags = SA_SIGINFO    // we need si_code and si_addr
-                  | SA_ONSTACK  // use the thread's sigaltstack if it has one
-                  | SA_RESTART; // a kill()-sent SIGBUS must not make read(2) fail with EINTR
-  // Record the previous disposition before ours can run, then install; if another
-  // sigaction slipped in between, the kernel's answer is the one to chain to.
-  struct sigaction before{};
-  if (sigaction(SIGBUS, nullptr, &before) != 0) return errno;
-  g_previous = before;
-  struct sigaction replaced{};
-  if (sigaction(SIGBUS, &ours, &replaced) != 0) return errno;
-  if (replaced.sa_sigaction != before.sa_sigaction || replaced.sa_flags != before.sa_flags) {
-    g_previous = replaced;
+  const SignalBlocker blocked;  // the OwnerLock's rule
+  g_install_lock.lock();
+  int err = 0;
+  if (!g_installed.load(std::memory_order_relaxed)) {
+    bind_handler_path();
+    struct sigaction ours{};
+    ours.sa_sigaction = on_sigbus;
+    sigfillset(&ours.sa_mask);    // every signal blocked while we run (see handler.h)
+    ours.sa_flags = SA_SIGINFO    // we need si_code and si_addr
+                    | SA_ONSTACK  // use the thread's sigaltstack if it has one
+                    | SA_RESTART; // a kill()-sent SIGBUS must not make read(2) fail with EINTR
+    // Record the previous disposition before ours can run, then install; if another
+    // sigaction slipped in between, the kernel's answer is the one to chain to. Ours may be
+    // there already: a thread of the parent process installed it and this is a fork()ed
+    // child; the previous disposition is recorded then.
+    struct sigaction before{};
+    err = os::get_action(SIGBUS, &before);
+    const auto is_ours = [](const struct sigaction& a) {
+      return (a.sa_flags & SA_SIGINFO) != 0 && a.sa_sigaction == on_sigbus;
+    };
+    if (err == 0 && !is_ours(before)) {
+      remember_previous(before);
+      struct sigaction replaced{};
+      err = os::set_action(SIGBUS, ours, &replaced);
+      if (err == 0 && !is_ours(replaced) &&
+          (replaced.sa_sigaction != before.sa_sigaction || replaced.sa_flags != before.sa_flags)) {
+        remember_previous(replaced);
+      }
+    }
+    if (err == 0) g_installed.store(true, std::memory_order_release);
   }
-  g_installed.store(true, std::memory_order_release);
-  return 0;
+  g_install_lock.unlock();
+  return err;
 }
-
-// ---- the public entry points that live beside the handler -----------------------------
-
-void enter_recovery(RecoveryPoint& point) noexcept {
-  point.previous = t_recovery;
-  t_recovery = &point;
-}
-
-void leave_recovery(RecoveryPoint& point) noexcept { t_recovery = point.previous; }
 
 }  // namespace mapwright::detail
 
@@ -172,17 +211,27 @@ namespace mapwright {
 bool handle_fault(int sig, siginfo_t* info, void* ucontext) noexcept {
   (void)ucontext;
   const detail::ErrnoSaver saved;
-  detail::FaultFailure failure;
-  switch (detail::dispatch_fault(sig, info, &failure)) {
+  // The caller's handler may run with signals enabled: block them all while an owner may
+  // hold its lock and the table is pinned, as mapwright's own handler does (guarded()'s
+  // siglongjmp restores the mask it saved).
+  os::SignalSet mask = 0;
+  (void)os::set_signal_mask(SIG_BLOCK, os::kAllSignals, &mask);
+  detail::FaultReport report;
+  detail::RangeTable::Pin pin(detail::fault_table());
+  bool resolved = false;
+  switch (detail::dispatch_fault(sig, info, pin, &report)) {
     case detail::Dispatch::kResolved:
-      return true;
+      resolved = true;
+      break;
     case detail::Dispatch::kFailed:
-      detail::recover_or_report(failure);  // siglongjmps inside guarded()
-      return false;
+      detail::recover_or_report(report, pin);  // siglongjmps inside guarded()
+      break;
     case detail::Dispatch::kForeign:
-      return false;
+      break;
   }
-  return false;
+  pin.release();
+  (void)os::set_signal_mask(SIG_SETMASK, mask, nullptr);
+  return resolved;
 }
 
 }  // namespace mapwright

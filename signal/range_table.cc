@@ -1,5 +1,6 @@
 #include "range_table.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <time.h>
 
@@ -106,47 +107,54 @@ void RangeTable::wait_for_readers(unsigned index) const noexcept {
   }
 }
 
-RangeTable::Reservation RangeTable::prepare(const Copy& copy) {
-  Reservation reservation;
-  if (copy.spare == nullptr) reservation.spare = std::make_unique<Block>();
+RangeTable::Needs RangeTable::needs_of(const Copy& copy, const Reservation& have) noexcept {
+  Needs needs;
+  needs.spare = copy.spare == nullptr && !have.spare;
   if (copy.count + 1 > copy.capacity) {
-    reservation.capacity = copy.capacity == 0 ? 16 : copy.capacity * 2;
-    reservation.mins = std::make_unique<std::uintptr_t[]>(reservation.capacity);
-    reservation.blocks = std::make_unique<Block*[]>(reservation.capacity);
+    const std::uint32_t wanted = copy.capacity == 0 ? 16 : copy.capacity * 2;
+    if (have.capacity < wanted) needs.capacity = wanted;
   }
-  return reservation;
+  return needs;
 }
 
-void RangeTable::install(Copy& copy, Reservation reservation) noexcept {
-  if (reservation.spare) copy.spare = reservation.spare.release();
-  if (reservation.capacity == 0) return;
+void RangeTable::allocate(const Needs& needs, Reservation& reservation) {
+  if (needs.spare) reservation.spare = std::make_unique<Block>();
+  if (needs.capacity != 0) {
+    reservation.mins = std::make_unique<std::uintptr_t[]>(needs.capacity);
+    reservation.blocks = std::make_unique<Block*[]>(needs.capacity);
+    reservation.capacity = needs.capacity;
+  }
+}
+
+void RangeTable::install(Copy& copy, Reservation& reservation) noexcept {
+  if (copy.spare == nullptr && reservation.spare) copy.spare = reservation.spare.release();
+  if (copy.count + 1 <= copy.capacity || reservation.capacity <= copy.capacity) return;
   std::uintptr_t* mins = reservation.mins.release();
   Block** blocks = reservation.blocks.release();
+  const std::uint32_t capacity = reservation.capacity;
   if (copy.count != 0) {
     std::memcpy(mins, copy.mins, copy.count * sizeof *mins);
     std::memcpy(blocks, copy.blocks, copy.count * sizeof *blocks);
   }
-  delete[] copy.mins;
-  delete[] copy.blocks;
+  // The old arrays leave with the reservation, to be freed after the lock.
+  reservation.mins.reset(copy.mins);
+  reservation.blocks.reset(copy.blocks);
+  reservation.capacity = 0;
   copy.mins = mins;
   copy.blocks = blocks;
-  copy.capacity = reservation.capacity;
+  copy.capacity = capacity;
 }
 
-void RangeTable::check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) {
-  if (begin >= end) throw std::invalid_argument("range table: empty range");
+bool RangeTable::is_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) noexcept {
   // No range may contain `begin`, and none may start in (begin, end).
-  if (find_in(copy, begin).owner != nullptr) {
-    throw std::invalid_argument("range table: overlapping range");
-  }
+  if (find_in(copy, begin).owner != nullptr) return false;
   const std::uint32_t blocks = count_at_or_below(copy.mins, copy.count, end - 1);
   if (blocks != 0) {
     const Block& block = *copy.blocks[blocks - 1];
     const std::uint32_t below = count_at_or_below(block.begin, block.count, end - 1);
-    if (below != 0 && block.begin[below - 1] >= begin) {
-      throw std::invalid_argument("range table: overlapping range");
-    }
+    if (below != 0 && block.begin[below - 1] >= begin) return false;
   }
+  return true;
 }
 
 void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t end,
@@ -197,7 +205,7 @@ void RangeTable::insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t en
   ++copy.entries;
 }
 
-bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
+bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin, Block** freed) noexcept {
   if (copy.count == 0) return false;
   const std::uint32_t b = block_for(copy.mins, copy.count, begin);
   Block* block = copy.blocks[b];
@@ -215,7 +223,7 @@ bool RangeTable::erase_from(Copy& copy, std::uintptr_t begin) noexcept {
     if (copy.spare == nullptr) {
       copy.spare = block;
     } else {
-      delete block;
+      *freed = block;
     }
     std::memmove(copy.mins + b, copy.mins + b + 1, (copy.count - b - 1) * sizeof *copy.mins);
     std::memmove(copy.blocks + b, copy.blocks + b + 1, (copy.count - b - 1) * sizeof *copy.blocks);
@@ -235,41 +243,87 @@ void RangeTable::free_copy(Copy& copy) noexcept {
 }
 
 void RangeTable::insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* owner) {
-  const SignalBlocker blocked;
-  const std::lock_guard lock(writer_);
-  const std::uint64_t v = version_.load(std::memory_order_relaxed);
-  const unsigned active = static_cast<unsigned>(v & 1);
-  const unsigned inactive = active ^ 1;
+  if (begin >= end) throw std::invalid_argument("range table: empty range");
+  // Memory for both copies, allocated with signals enabled and no lock held; freed (with
+  // whatever install() replaced) when these go out of scope, after the lock.
+  Reservation for_copy[2];
+  for (;;) {
+    Needs needs[2];
+    bool overlaps = false;
+    {
+      const SignalBlocker blocked;
+      const std::lock_guard lock(writer_);
+      const std::uint64_t v = version_.load(std::memory_order_relaxed);
+      const unsigned active = static_cast<unsigned>(v & 1);
+      const unsigned inactive = active ^ 1;
+      overlaps = !is_free(copies_[active], begin, end);
+      needs[0] = needs_of(copies_[0], for_copy[0]);
+      needs[1] = needs_of(copies_[1], for_copy[1]);
+      const bool ready = !needs[0].spare && needs[0].capacity == 0 && !needs[1].spare &&
+                         needs[1].capacity == 0;
+      if (!overlaps && ready) {
+        wait_for_readers(inactive);
+        install(copies_[inactive], for_copy[inactive]);
+        insert_into(copies_[inactive], begin, end, owner);
+        version_.store(v + 1, std::memory_order_seq_cst);
 
-  // Everything that can fail happens before either copy changes.
-  check_free(copies_[active], begin, end);
-  Reservation for_inactive = prepare(copies_[inactive]);
-  Reservation for_active = prepare(copies_[active]);
-
-  wait_for_readers(inactive);
-  install(copies_[inactive], std::move(for_inactive));
-  insert_into(copies_[inactive], begin, end, owner);
-  version_.store(v + 1, std::memory_order_seq_cst);
-
-  wait_for_readers(active);
-  install(copies_[active], std::move(for_active));
-  insert_into(copies_[active], begin, end, owner);
+        wait_for_readers(active);
+        install(copies_[active], for_copy[active]);
+        insert_into(copies_[active], begin, end, owner);
+        return;
+      }
+    }
+    if (overlaps) throw std::invalid_argument("range table: overlapping range");
+    allocate(needs[0], for_copy[0]);
+    allocate(needs[1], for_copy[1]);
+  }
 }
 
 bool RangeTable::erase(std::uintptr_t begin) noexcept {
-  const SignalBlocker blocked;
-  const std::lock_guard lock(writer_);
-  const std::uint64_t v = version_.load(std::memory_order_relaxed);
-  const unsigned active = static_cast<unsigned>(v & 1);
-  const unsigned inactive = active ^ 1;
+  Block* freed[2] = {nullptr, nullptr};
+  bool erased = false;
+  {
+    const SignalBlocker blocked;
+    const std::lock_guard lock(writer_);
+    const std::uint64_t v = version_.load(std::memory_order_relaxed);
+    const unsigned active = static_cast<unsigned>(v & 1);
+    const unsigned inactive = active ^ 1;
 
-  wait_for_readers(inactive);
-  if (!erase_from(copies_[inactive], begin)) return false;
-  version_.store(v + 1, std::memory_order_seq_cst);
-  // Handlers that found the owner through the old copy are counted in its reader slots.
-  wait_for_readers(active);
-  erase_from(copies_[active], begin);
-  return true;
+    wait_for_readers(inactive);
+    erased = erase_from(copies_[inactive], begin, &freed[0]);
+    if (erased) {
+      version_.store(v + 1, std::memory_order_seq_cst);
+      // Handlers that found the owner through the old copy are counted in its reader slots.
+      wait_for_readers(active);
+      erase_from(copies_[active], begin, &freed[1]);
+    }
+  }
+  delete freed[0];  // signals are enabled again
+  delete freed[1];
+  return erased;
+}
+
+void RangeTable::before_fork() noexcept {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &fork_mask_);
+  writer_.lock();
+}
+
+void RangeTable::after_fork_in_parent() noexcept {
+  writer_.unlock();
+  pthread_sigmask(SIG_SETMASK, &fork_mask_, nullptr);
+}
+
+void RangeTable::after_fork_in_child() noexcept {
+  // Only the forking thread exists here, and it holds no Pin: handlers release theirs
+  // before anything that could fork. Counts left by the parent's other threads are stale.
+  for (ReaderSlot& slot : readers_) {
+    slot.count[0].store(0, std::memory_order_relaxed);
+    slot.count[1].store(0, std::memory_order_relaxed);
+  }
+  writer_.unlock();
+  pthread_sigmask(SIG_SETMASK, &fork_mask_, nullptr);
 }
 
 std::size_t RangeTable::size() const {

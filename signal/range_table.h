@@ -29,6 +29,15 @@
 // After step 3 no handler can still hold an owner that erase() removed (invariant 4): the
 // caller may unmap the range and destroy the owner.
 //
+// Nothing allocates or frees with signals blocked: a store into memory that an allocator
+// got from a Region may fault, and a fault while SIGBUS is blocked kills the process. An
+// insert learns under the lock what memory it needs, lets go, allocates, and tries again;
+// memory a change frees is handed back and freed after the lock is released.
+//
+// fork(): pthread_atfork handlers (registered with the SIGBUS handler) take the writer lock
+// around fork(), so a child never inherits a half-applied change, and the child clears the
+// reader counts that threads which do not exist in it left behind.
+//
 // Memory orders are sequentially consistent on the version and the counters: a reader's
 // "count, then re-check the version" and a writer's "flip, then check the count" must not
 // both miss each other.
@@ -46,6 +55,8 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+
+#include <signal.h>
 
 #include "fault_owner.h"
 
@@ -66,8 +77,9 @@ class RangeTable {
 
   // Maps [begin, end) to `owner`. Throws std::invalid_argument if the range is empty or
   // overlaps one already present, std::bad_alloc if memory runs out; the table is
-  // unchanged then. Blocks all signals while it holds the writer lock; may wait for handlers
-  // still reading the copy it updates. Not async-signal-safe.
+  // unchanged then. Blocks all signals while it holds the writer lock (and allocates only
+  // outside it); may wait for handlers still reading the copy it updates.
+  // Not async-signal-safe.
   void insert(std::uintptr_t begin, std::uintptr_t end, FaultOwner* owner);
 
   // Removes the range that starts at `begin`; returns false if there is none. Returns only
@@ -76,6 +88,13 @@ class RangeTable {
 
   // Number of ranges. Not async-signal-safe (takes the writer lock).
   std::size_t size() const;
+
+  // The pthread_atfork handlers: before_fork() blocks every signal and takes the writer
+  // lock; after_fork_in_parent() and after_fork_in_child() let go and restore the mask, and
+  // the child's also zeroes the reader counts. Not async-signal-safe.
+  void before_fork() noexcept;
+  void after_fork_in_parent() noexcept;
+  void after_fork_in_child() noexcept;
 
   struct Found {
     FaultOwner* owner = nullptr;  // null: no range contains the address
@@ -127,25 +146,37 @@ class RangeTable {
   // The memory one insert may need in one copy (a spare block for a split, larger arrays),
   // allocated before either copy changes, so that an insert either throws with the table
   // unchanged or completes in both copies.
+  // install() swaps the copy's old arrays into it, so that they are freed with it, after
+  // the writer lock is released and signals are unblocked.
   struct Reservation {
     std::unique_ptr<Block> spare;
     std::unique_ptr<std::uintptr_t[]> mins;
     std::unique_ptr<Block*[]> blocks;
     std::uint32_t capacity = 0;
   };
+  // What needs_of() found missing in a copy: read under the writer lock, allocated outside.
+  struct Needs {
+    bool spare = false;
+    std::uint32_t capacity = 0;  // 0: the arrays are big enough
+  };
 
   // Async-signal-safe.
   static Found find_in(const Copy& copy, std::uintptr_t address) noexcept;
-  // Not async-signal-safe, nor is anything below. Allocates; reads only the writer-owned
-  // sizes of `copy`, so it may run while readers search it.
-  static Reservation prepare(const Copy& copy);
-  // Installs what prepare() allocated; `copy` must have no readers.
-  static void install(Copy& copy, Reservation reservation) noexcept;
-  static void check_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end);
+  // Not async-signal-safe, nor is anything below. What an insert into `copy` needs beyond
+  // what `have` holds; reads only the writer-owned sizes of `copy`, under the writer lock.
+  static Needs needs_of(const Copy& copy, const Reservation& have) noexcept;
+  // Allocates what `needs` says into `reservation` (signals enabled, no lock held).
+  static void allocate(const Needs& needs, Reservation& reservation);
+  // Installs what allocate() got; `copy` must have no readers. The copy's replaced arrays
+  // go into `reservation`, to be freed by its destructor later.
+  static void install(Copy& copy, Reservation& reservation) noexcept;
+  static bool is_free(const Copy& copy, std::uintptr_t begin, std::uintptr_t end) noexcept;
   // Never fails once install() gave the copy its reservation.
   static void insert_into(Copy& copy, std::uintptr_t begin, std::uintptr_t end,
                           FaultOwner* owner) noexcept;
-  static bool erase_from(Copy& copy, std::uintptr_t begin) noexcept;
+  // Removes the entry; a block it empties that is not kept as the spare goes to `freed`,
+  // for the caller to delete once signals are unblocked.
+  static bool erase_from(Copy& copy, std::uintptr_t begin, Block** freed) noexcept;
   static void free_copy(Copy& copy) noexcept;
   void wait_for_readers(unsigned index) const noexcept;
   std::uint64_t readers(unsigned index) const noexcept;
@@ -159,6 +190,7 @@ class RangeTable {
   };
   mutable ReaderSlot readers_[kReaderSlots] = {};
   mutable std::mutex writer_;
+  sigset_t fork_mask_{};  // the mask before_fork() found, restored after the fork
 };
 
 // The process-wide table the SIGBUS handler searches. Constant-initialized and never

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,10 +10,12 @@
 #include <utility>
 
 #include "growth.h"
-#include "handler.h"
+#include "line.h"
 #include "mapwright/error.h"
+#include "mapwright/fault.h"
 #include "os/os.h"
-#include "range_table.h"
+#include "recovery.h"
+#include "registration.h"
 #include "sealed_image_state.h"
 
 namespace mapwright {
@@ -25,8 +28,9 @@ enum class RegionKind {
   kStagedNamed,    // fallback: hidden named temporary file, not yet published
 };
 
-// Everything a Region owns. Lives on the heap so that the GrowthOwner registered in the
-// range table keeps its address when the Region is moved.
+// Everything a Region owns. Lives on the heap so that the owner registered in the range
+// table keeps its address when the Region is moved. Members are destroyed in reverse
+// order: the registration first (invariant 4), then the owner; release() unmaps and closes.
 struct RegionState {
   RegionKind kind = RegionKind::kMemfd;
   std::string name;                // memfd name or path, for messages
@@ -36,21 +40,16 @@ struct RegionState {
   std::byte* base = nullptr;
   std::uint64_t capacity = 0;  // what the file may grow to
   std::uint64_t mapped = 0;    // capacity + kGuardBytes: what is reserved and registered
-  std::unique_ptr<GrowthOwner> owner;
-  bool registered = false;
+  std::unique_ptr<UpwardGrowth> owner;
+  Registration registration;
 
   RegionState() = default;
   RegionState(const RegionState&) = delete;
   RegionState& operator=(const RegionState&) = delete;
   ~RegionState() { release(); }
 
-  void unregister() noexcept {
-    // Waits until no handler still uses `owner` (invariant 4), so unmapping is safe after.
-    if (registered) fault_table().erase(reinterpret_cast<std::uintptr_t>(base));
-    registered = false;
-  }
   void release() noexcept {
-    unregister();
+    registration.reset();  // waits until no handler still uses `owner`
     if (base != nullptr) os::munmap(base, mapped);
     base = nullptr;
     if (fd >= 0) os::close(fd);
@@ -59,6 +58,12 @@ struct RegionState {
     temp_path.clear();
   }
 };
+
+[[noreturn]] void throw_report(const FaultReport& report) {
+  FailureRecord record;
+  record_failure(report, &record);
+  throw Error(record.error, record.operation, record.subject, record.detail);
+}
 
 }  // namespace detail
 
@@ -76,27 +81,64 @@ std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
 
+std::string describe_bytes(std::uint64_t bytes) {
+  char text[64];
+  detail::LineWriter(text, sizeof text).bytes(bytes);
+  return text;
+}
+
+// The automatic capacity (RegionOptions::capacity == 0): 64 GiB, or a quarter of what
+// RLIMIT_AS leaves, so that a process under `ulimit -v` can still make several regions.
+std::uint64_t automatic_capacity(const std::string& name) {
+  constexpr std::uint64_t kDefault = 64ull << 30;
+  std::uint64_t limit = UINT64_MAX;
+  if (os::address_space_limit(&limit) != 0 || limit == UINT64_MAX) return kDefault;
+  std::uint64_t used = 0;
+  (void)os::address_space_used(&used);
+  const std::uint64_t room = limit > used + kGuardBytes ? limit - used - kGuardBytes : 0;
+  const std::uint64_t page = os::page_size();
+  const std::uint64_t quarter = room / 4 / page * page;
+  if (quarter < page) {
+    throw Error(ENOMEM, "creating region", name,
+                "(RLIMIT_AS is " + describe_bytes(limit) + " and " + describe_bytes(used) +
+                    " of it is in use: no address space is left to reserve; raise `ulimit -v`)");
+  }
+  return quarter < kDefault ? quarter : kDefault;
+}
+
+// Every option value either works or is refused here, by name.
 detail::GrowthPolicy checked_policy(const RegionOptions& options, const std::string& name) {
   const std::uint64_t page = os::page_size();
-  if (options.capacity == 0 || options.min_step == 0 || options.max_step < options.min_step) {
-    throw Error(EINVAL, "creating region", name,
-                "(RegionOptions: capacity and min_step must be non-zero, max_step >= min_step)");
+  const auto refuse = [&](const std::string& why) {
+    throw Error(EINVAL, "creating region", name, "(RegionOptions: " + why + ")");
+  };
+  constexpr std::uint64_t kMaxCapacity = 1ull << 47;
+  if (options.capacity > kMaxCapacity) {
+    refuse("capacity " + std::to_string(options.capacity) +
+           " is larger than the 128 TiB address space");
   }
-  if (options.capacity > (1ull << 47)) {
-    throw Error(EINVAL, "creating region", name,
-                "(RegionOptions: capacity is larger than the address space)");
+  if (options.min_step == 0) refuse("min_step must not be 0");
+  if (options.max_step < options.min_step) {
+    refuse("max_step (" + std::to_string(options.max_step) + ") is smaller than min_step (" +
+           std::to_string(options.min_step) + ")");
   }
   detail::GrowthPolicy policy;
-  policy.capacity = round_up(options.capacity, page);
-  policy.min_step = round_up(options.min_step, page);
-  policy.max_step = round_up(options.max_step, page);
+  policy.capacity = options.capacity == 0 ? automatic_capacity(name)
+                                          : round_up(options.capacity, page);
+  // Steps larger than the capacity mean "all of it at once": clamp before rounding, so that
+  // UINT64_MAX (a natural "no cap") cannot wrap.
+  const auto step = [&](std::uint64_t value) {
+    return value >= policy.capacity ? policy.capacity : round_up(value, page);
+  };
+  policy.min_step = step(options.min_step);
+  policy.max_step = step(options.max_step);
   policy.grow_on_fault = options.grow_on_fault;
   return policy;
 }
 
 // Maps and registers `state`, whose kind, name and fd are set. `size` is the file's size.
 void map_and_register(RegionState& state, const detail::GrowthPolicy& policy, std::uint64_t size,
-                      detail::Backing backing) {
+                      detail::FileKind kind) {
   if (size > policy.capacity) {
     throw Error(EFBIG, "opening region", state.name,
                 "(the file is " + std::to_string(size) + " bytes, more than the capacity of " +
@@ -106,17 +148,28 @@ void map_and_register(RegionState& state, const detail::GrowthPolicy& policy, st
   void* base = nullptr;
   const std::uint64_t mapped = policy.capacity + kGuardBytes;
   if (const int err = os::map_shared(state.fd, mapped, &base); err != 0) {
-    throw Error(err, "reserving address space for region", state.name,
-                "(" + std::to_string(policy.capacity) + " bytes)");
+    std::string detail = "(" + describe_bytes(policy.capacity) + ")";
+    std::uint64_t limit = UINT64_MAX;
+    if (err == ENOMEM && os::address_space_limit(&limit) == 0 && limit != UINT64_MAX) {
+      std::uint64_t used = 0;
+      (void)os::address_space_used(&used);
+      detail = "(" + describe_bytes(policy.capacity) + ", but RLIMIT_AS is " +
+               describe_bytes(limit) + " with " + describe_bytes(used) +
+               " in use: lower RegionOptions::capacity or raise `ulimit -v`)";
+    }
+    throw Error(err, "reserving address space for region", state.name, detail);
   }
   state.base = static_cast<std::byte*>(base);
   state.capacity = policy.capacity;
   state.mapped = mapped;
-  state.owner = std::make_unique<detail::GrowthOwner>(state.name, state.fd, state.base, policy,
-                                                      backing, size);
+  state.owner = std::make_unique<detail::UpwardGrowth>(state.name, state.fd, state.base, policy,
+                                                       kind, size);
+  if (kind == detail::FileKind::kDisk && size % os::page_size() != 0) {
+    state.owner->reserve_tail_buffer();
+  }
   const auto begin = reinterpret_cast<std::uintptr_t>(state.base);
-  detail::fault_table().insert(begin, begin + mapped, state.owner.get());
-  state.registered = true;
+  state.registration = detail::Registration(begin, begin + mapped, state.owner.get(),
+                                            state.name.c_str());
 }
 
 int open_or_throw(const std::filesystem::path& path, int flags, const char* operation) {
@@ -159,7 +212,7 @@ Region Region::memfd(std::string_view name, RegionOptions options) {
   if (const int err = os::memfd_create(state->name.c_str(), &state->fd); err != 0) {
     throw Error(err, "creating memfd for region", state->name);
   }
-  map_and_register(*state, policy, 0, detail::Backing::kMemory);
+  map_and_register(*state, policy, 0, detail::FileKind::kMemory);
   return Region(std::move(state));
 }
 
@@ -169,7 +222,7 @@ Region Region::file(const std::filesystem::path& path, RegionOptions options) {
   state->name = path.string();
   const detail::GrowthPolicy policy = checked_policy(options, state->name);
   state->fd = open_or_throw(path, O_RDWR | O_CREAT | O_TRUNC, "creating region file");
-  map_and_register(*state, policy, 0, detail::Backing::kDisk);
+  map_and_register(*state, policy, 0, detail::FileKind::kDisk);
   return Region(std::move(state));
 }
 
@@ -183,7 +236,13 @@ Region Region::open(const std::filesystem::path& path, RegionOptions options) {
   if (const int err = os::file_size(state->fd, &size); err != 0) {
     throw Error(err, "opening region file", state->name, "(fstat)");
   }
-  map_and_register(*state, policy, size, detail::Backing::kDisk);
+  map_and_register(*state, policy, size, detail::FileKind::kDisk);
+  // A sparse file's holes would be allocated at the first store into each, where a full
+  // disk can only fail the page fault (EFAULT): allocate them now, so ENOSPC is said here.
+  detail::FaultReport report;
+  if (state->owner->allocate_holes(&report) != detail::FaultOutcome::kResolved) {
+    detail::throw_report(report);
+  }
   return Region(std::move(state));
 }
 
@@ -215,7 +274,7 @@ Region Region::staged(const std::filesystem::path& target, RegionOptions options
   } else {
     throw Error(err, "creating staging file for region", state->name, "(O_TMPFILE in " + dir.string() + ")");
   }
-  map_and_register(*state, policy, 0, detail::Backing::kDisk);
+  map_and_register(*state, policy, 0, detail::FileKind::kDisk);
   return Region(std::move(state));
 }
 
@@ -231,9 +290,9 @@ const std::string& Region::name() const noexcept {
 
 void Region::ensure(std::uint64_t bytes) {
   if (!state_) throw Error(EINVAL, "growing region", "", "(the region was moved or sealed)");
-  detail::FaultFailure failure;
-  if (state_->owner->grow(bytes, &failure) != detail::FaultOutcome::kResolved) {
-    detail::throw_fault(failure);
+  detail::FaultReport report;
+  if (state_->owner->grow(bytes, &report) != detail::FaultOutcome::kResolved) {
+    detail::throw_report(report);
   }
 }
 
@@ -243,8 +302,12 @@ void Region::finish(std::uint64_t used) {
     throw Error(EINVAL, "finishing region", state_->name,
                 "at " + std::to_string(used) + " bytes (more than its capacity)");
   }
-  if (const int err = state_->owner->truncate(used); err != 0) {
-    throw Error(err, "finishing region", state_->name, "at " + std::to_string(used) + " bytes");
+  // An unaligned end of a disk file needs the tail buffer at the next growth: get it here,
+  // in ordinary code, never in the handler.
+  if (used % os::page_size() != 0) state_->owner->reserve_tail_buffer();
+  detail::FaultReport report;
+  if (state_->owner->truncate(used, &report) != detail::FaultOutcome::kResolved) {
+    detail::throw_report(report);
   }
 }
 
@@ -304,28 +367,29 @@ SealedImage Region::seal() && {
                 "(only memfd regions can be sealed)");
   }
   RegionState& s = *state_;
+  // No growth may slip in from here on (a load past the end by another thread would grow
+  // the file under the image); the region stays registered, so such a fault is reported,
+  // and on failure it is put back as it was.
+  s.owner->set_frozen(true);
   const std::uint64_t size = s.owner->committed();
-  // No handler may grow the file from here on; then no shared writable mapping may remain.
-  s.unregister();
+  // No shared writable mapping may remain: replace it in place by a read-only view.
   if (const int err = os::remap_private_readonly(s.base, s.mapped, s.fd); err != 0) {
-    const auto begin = reinterpret_cast<std::uintptr_t>(s.base);
-    detail::fault_table().insert(begin, begin + s.mapped, s.owner.get());
-    s.registered = true;
+    s.owner->set_frozen(false);
     throw Error(err, "sealing region", s.name, "(replacing the writable mapping)");
   }
   if (const int err = os::add_seals(s.fd, kImageSeals); err != 0) {
-    // Put the region back as it was.
     const int back = os::remap_shared_writable(s.base, s.mapped, s.fd);
-    if (back == 0) {
-      const auto begin = reinterpret_cast<std::uintptr_t>(s.base);
-      detail::fault_table().insert(begin, begin + s.mapped, s.owner.get());
-      s.registered = true;
+    s.owner->set_frozen(false);
+    std::string why = err == EBUSY ? "(another writable shared mapping of the memfd exists)"
+                                   : "(F_ADD_SEALS)";
+    if (back != 0) {
+      why += "; restoring the writable mapping failed too (" +
+             std::string(::strerrordesc_np(back)) + "): the region is now read-only";
     }
-    throw Error(err, "sealing region", s.name,
-                err == EBUSY ? "(another writable shared mapping of the memfd exists)"
-                             : "(F_ADD_SEALS)");
+    throw Error(err, "sealing region", s.name, why);
   }
   // The read-only view of [0, size) becomes the image's cached mapping; the rest goes.
+  s.registration.reset();
   auto image = std::make_shared<SealedImage::State>();
   image->fd = s.fd;
   image->size = size;

@@ -20,6 +20,7 @@
 // with exit code 1 and a message naming the failed condition.
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -237,9 +238,14 @@ Region make_truncated(const std::string& name) {
   return region;
 }
 
+// A kernel without MADV_POPULATE_WRITE (before 5.14), made by a seccomp filter: madvise with
+// that advice fails with EINVAL, so the fstat-based fallback decides.
+void without_populate_write() {
+  CHILD_CHECK(deny_syscall_when(SYS_madvise, EINVAL, 2, 23 /* MADV_POPULATE_WRITE */));
+}
+
 Region make_truncated_memfd_without_populate(const std::string& name) {
-  // A kernel without MADV_POPULATE_WRITE (before 5.14): the fstat-based fallback decides.
-  detail::GrowthOwner::set_populate_supported_for_testing(false);
+  without_populate_write();
   Region region = Region::memfd(name, options_with_capacity(64 * kMiB));
   truncate_behind_its_back(region);
   return region;
@@ -256,30 +262,45 @@ void carry_on_truncated(Region& region) {
   CHILD_CHECK(bytes_of(region)[kMiB - 1] == 0);  // the lost part came back as zeros
 }
 
-// A sparse 8 MiB file on the 4 MiB tmpfs, its first 4 MiB written: the filesystem is full,
-// and a store into a hole below size() cannot get a page. Not a growth; the page fault fails.
-Region make_hole_on_full_disk(const std::string& name) {
-  const int fd = ::open(name.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+// Fills the filesystem of `directory` up: a filler file takes whatever space is left.
+void fill_up(const std::string& directory, const char* filler) {
+  const std::string path = directory + "/" + filler;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   CHILD_CHECK(fd >= 0);
-  CHILD_CHECK(::ftruncate(fd, static_cast<off_t>(2 * kLimit)) == 0);
+  std::vector<char> chunk(4 * kKiB, 'f');
+  while (::write(fd, chunk.data(), chunk.size()) > 0) {
+  }
+  CHILD_CHECK(errno == ENOSPC);
   ::close(fd);
-  Region region = Region::open(name, options_with_capacity(64 * kMiB));
-  CHILD_CHECK(region.size() == 2 * kLimit);
+}
+
+// A 3 MiB file on the full 4 MiB tmpfs, with a 64 KiB hole punched at 2 MiB behind the
+// region's back and the space it freed taken again: a store into the hole, below size(),
+// cannot get a page. Not a growth; the page fault fails, and mapwright says why (ENOSPC: it
+// asks the filesystem for the page with fallocate, where the fault itself only says EFAULT).
+Region make_hole_on_full_disk(const std::string& name) {
+  Region region = Region::file(name, options_with_capacity(64 * kMiB));
   write_prefix(region);
-  for (std::uint64_t offset = kPrefix; offset < kLimit; offset += 4 * kKiB) store(region, offset, 1);
+  region.finish(3 * kMiB);
+  const std::string directory = std::filesystem::path(name).parent_path().string();
+  fill_up(directory, "filler-1");
+  CHILD_CHECK(::fallocate(region.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          static_cast<off_t>(2 * kMiB), static_cast<off_t>(64 * kKiB)) == 0);
+  fill_up(directory, "filler-2");
   return region;
 }
 
 Region make_hole_on_full_disk_without_populate(const std::string& name) {
   // Without MADV_POPULATE_WRITE the handler cannot tell this from a race with another
-  // thread's growth; it retries a bounded number of times, then reports.
-  detail::GrowthOwner::set_populate_supported_for_testing(false);
+  // thread's growth by the page fault alone; asking the filesystem for the page tells.
+  without_populate_write();
   return make_hole_on_full_disk(name);
 }
 
 void carry_on_hole_on_full_disk(Region& region) {
-  check_store_works(region, kLimit - 1);  // pages that have room are fine
-  CHILD_CHECK(region.size() == 2 * kLimit);
+  check_store_works(region, 2 * kMiB - 1);  // pages that have blocks are fine
+  check_store_works(region, 2 * kMiB + 64 * kKiB);
+  CHILD_CHECK(region.size() == 3 * kMiB);
 }
 
 const Cause kCauses[] = {
@@ -299,10 +320,10 @@ const Cause kCauses[] = {
     {"TruncatedWithoutPopulateWrite", "truncated-memfd-region", false, false, EFAULT,
      "truncated behind the region's back", make_truncated_memfd_without_populate, 768 * kKiB,
      0, carry_on_truncated},
-    {"HoleOnFullDisk", "hole-region.mwr", true, true, EFAULT, "cannot be backed",
-     make_hole_on_full_disk, 6 * kMiB, 0, carry_on_hole_on_full_disk},
-    {"HoleOnFullDiskWithoutPopulateWrite", "hole-region.mwr", true, true, EFAULT,
-     "keeps faulting", make_hole_on_full_disk_without_populate, 6 * kMiB, 0,
+    {"HoleOnFullDisk", "hole-region.mwr", true, true, ENOSPC, "cannot be backed",
+     make_hole_on_full_disk, 2 * kMiB + 100, 0, carry_on_hole_on_full_disk},
+    {"HoleOnFullDiskWithoutPopulateWrite", "hole-region.mwr", true, true, ENOSPC,
+     "cannot be backed", make_hole_on_full_disk_without_populate, 2 * kMiB + 100, 0,
      carry_on_hole_on_full_disk},
 };
 

@@ -19,7 +19,10 @@ namespace {
 
 // Owners are only compared by address here; the table never calls them.
 struct FakeOwner final : FaultOwner {
-  FaultOutcome on_fault(std::uintptr_t, FaultFailure*) noexcept override {
+  FaultOutcome on_fault(const FaultContext&, FaultReport*) noexcept override {
+    return FaultOutcome::kResolved;
+  }
+  FaultOutcome commit(std::uintptr_t, std::uintptr_t, FaultReport*) noexcept override {
     return FaultOutcome::kResolved;
   }
 };

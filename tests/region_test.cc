@@ -550,9 +550,6 @@ TEST(Region, OpenMissingFileIsEnoentAndCreatesNothing) {
 std::vector<RegionOptions> bad_options() {
   std::vector<RegionOptions> all;
   RegionOptions o;
-  o.capacity = 0;
-  all.push_back(o);
-  o = {};
   o.min_step = 0;
   all.push_back(o);
   o = {};
@@ -596,7 +593,7 @@ TEST(Region, FileWithBadOptionsLeavesAnExistingFileUntouched) {
   const std::filesystem::path path = dir / "precious.bin";
   write_file(path, "precious contents", 17);
   RegionOptions options;
-  options.capacity = 0;
+  options.min_step = 0;
   const auto error = error_from([&] { (void)Region::file(path, options); });
   ASSERT_TRUE(error.has_value());
   EXPECT_EQ(error->error(), EINVAL);

@@ -16,9 +16,9 @@
 #pragma once
 
 #include <signal.h>
-#include <setjmp.h>
 
 #include <functional>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -70,43 +70,34 @@ void install_fault_handler();
 
 namespace detail {
 
-// What the handler knows about a growth that failed; plain data, filled in the handler.
-struct FaultFailure {
-  int error = 0;                  // errno value
-  const char* operation = "";     // a string literal, e.g. "growing region"
-  char subject[192] = {};         // the region's name, truncated to fit
-  char detail[192] = {};          // e.g. "to 8 GiB (store at offset 8589938688)"
-};
+// Runs body(context) under a recovery point on this thread: a growth that fails inside it
+// makes it throw Error (see guarded()). Not async-signal-safe.
+void run_guarded(void (*body)(void*), void* context);
 
-// One guarded() frame on this thread's chain of recovery points.
-struct RecoveryPoint {
-  sigjmp_buf env;
-  RecoveryPoint* previous = nullptr;
-  FaultFailure failure;
-};
-
-void enter_recovery(RecoveryPoint& point) noexcept;
-void leave_recovery(RecoveryPoint& point) noexcept;
-[[noreturn]] void throw_fault(const FaultFailure& failure);
-
-struct RecoveryExit {
-  RecoveryPoint& point;
-  ~RecoveryExit() { leave_recovery(point); }
-};
+template <class Call>
+void call_it(void* call) {
+  (*static_cast<Call*>(call))();
+}
 
 }  // namespace detail
 
 template <class F>
 decltype(auto) guarded(F&& body) {
-  detail::RecoveryPoint point;
-  if (sigsetjmp(point.env, 1) != 0) {
-    // Landed here from the signal handler: the body was abandoned at the faulting store.
-    detail::leave_recovery(point);
-    detail::throw_fault(point.failure);
+  using Result = std::invoke_result_t<F&&>;
+  if constexpr (std::is_void_v<Result>) {
+    auto call = [&body] { std::invoke(std::forward<F>(body)); };
+    detail::run_guarded(&detail::call_it<decltype(call)>, &call);
+  } else if constexpr (std::is_reference_v<Result>) {
+    std::add_pointer_t<Result> result = nullptr;
+    auto call = [&] { result = &std::invoke(std::forward<F>(body)); };
+    detail::run_guarded(&detail::call_it<decltype(call)>, &call);
+    return static_cast<Result>(*result);
+  } else {
+    std::optional<Result> result;
+    auto call = [&] { result.emplace(std::invoke(std::forward<F>(body))); };
+    detail::run_guarded(&detail::call_it<decltype(call)>, &call);
+    return Result(std::move(*result));
   }
-  detail::enter_recovery(point);
-  detail::RecoveryExit exit{point};
-  return std::invoke(std::forward<F>(body));
 }
 
 }  // namespace mapwright

@@ -30,8 +30,23 @@
 //     kernel may start at any time) discards them. Call ensure() before appending there.
 //   * Do not shrink the file behind the region's back (ftruncate on fd()). A store into the
 //     lost part is reported as a failed fault, never retried forever.
-//   * After a fork(), the child shares the mappings (MAP_SHARED); growing a region from both
-//     processes at once is not supported.
+//   * A store past size() while SIGBUS is BLOCKED on the storing thread (a sigwait() server
+//     thread, code inside a signal handler whose sa_mask blocks SIGBUS, a SignalBlocker of
+//     your own) cannot grow the region: the kernel does not deliver a fault's signal that is
+//     blocked, it kills the process by SIGBUS at once — no line on stderr, and guarded()
+//     cannot catch it. Nothing in a library can change that. Remedy: call ensure() for
+//     everything such code will touch before it runs.
+//   * fork(): the child can create and destroy regions of its own (pthread_atfork handlers
+//     keep the range table consistent, and locks that the parent's other threads held are
+//     taken over). A region inherited from the parent is the same MAP_SHARED mapping of the
+//     same file: in the child it still grows on a store past its end and its bytes are the
+//     parent's, but growing it from both processes is not supported (each keeps its own
+//     size), and destroying it in the child closes only the child's copies. A child made
+//     without pthread_atfork handlers (vfork, clone(2) directly) must only exec or _exit.
+//   * vm.overcommit_memory=2 (strict accounting): the reservation itself is not charged (a
+//     MAP_SHARED mapping of a file is not committed memory, and MAP_NORESERVE is ignored in
+//     that mode anyway), but a memfd's pages are charged as they are first touched; when the
+//     commit limit is reached, that touch is a failed fault ("the page cannot be backed").
 #pragma once
 
 #include <cstddef>
@@ -46,12 +61,17 @@
 namespace mapwright {
 
 struct RegionOptions {
-  // The virtual reservation: the most the region can hold. Costs address space only
-  // (MAP_NORESERVE); 64 GiB by default.
-  std::uint64_t capacity = 64ull << 30;
-  // The smallest growth step. Rounded up to the page size.
+  // The virtual reservation: the most the region can hold, rounded up to the page size; at
+  // most 2^47 (128 TiB). Costs address space only (MAP_NORESERVE), but address space is
+  // what RLIMIT_AS (`ulimit -v`) limits. 0, the default, is automatic: 64 GiB, or a quarter
+  // of the address space RLIMIT_AS leaves free when the region is made, whichever is less.
+  // When even that cannot be reserved, the Error names RLIMIT_AS and this option.
+  std::uint64_t capacity = 0;
+  // The smallest growth step; not 0. Rounded up to the page size; a value past the
+  // capacity means the capacity (the first growth takes it all).
   std::uint64_t min_step = 1ull << 20;
-  // Growth doubles the size each step, but never by more than this.
+  // Growth doubles the size each step, but never by more than this; not below min_step. A
+  // value past the capacity (UINT64_MAX included) means "no cap".
   std::uint64_t max_step = 1ull << 30;
   // false: only ensure() grows the region, and a store past size() is a failed fault (a
   // crash outside guarded()), for callers who want every growth to be explicit.

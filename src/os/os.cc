@@ -277,6 +277,25 @@ int remap_shared_writable(void* address, std::uint64_t length, int fd) noexcept 
   });
 }
 
+int map_shared_fixed(void* address, std::uint64_t length, int fd, std::uint64_t offset) noexcept {
+  if (offset > static_cast<std::uint64_t>(LLONG_MAX)) return EINVAL;
+  return retry([&] {
+    void* p = ::mmap(address, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+                     static_cast<off_t>(offset));
+    return p == MAP_FAILED ? -1 : 0;
+  });
+}
+
+int reserve(std::uint64_t length, void** address) noexcept {
+  void* p = MAP_FAILED;
+  const int err = retry([&] {
+    p = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? -1 : 0;
+  });
+  if (err == 0) *address = p;
+  return err;
+}
+
 int map_readonly(int fd, std::uint64_t length, const void** address) noexcept {
   void* p = MAP_FAILED;
   const int err = retry([&] {
@@ -322,6 +341,33 @@ int file_size_limit(std::uint64_t* bytes) noexcept {
                                                : static_cast<std::uint64_t>(limit.rlim_cur);
   }
   return err;
+}
+
+int address_space_limit(std::uint64_t* bytes) noexcept {
+  struct rlimit64 limit;
+  const int err = retry([&] { return ::getrlimit64(RLIMIT_AS, &limit); });
+  if (err == 0) {
+    *bytes = limit.rlim_cur == RLIM64_INFINITY ? UINT64_MAX
+                                               : static_cast<std::uint64_t>(limit.rlim_cur);
+  }
+  return err;
+}
+
+int address_space_used(std::uint64_t* bytes) noexcept {
+  int fd = -1;
+  if (const int err = open("/proc/self/statm", O_RDONLY, 0, &fd); err != 0) return err;
+  char text[128];
+  std::size_t got = 0;
+  const int err = pread_full(fd, text, sizeof text - 1, 0, &got);
+  close(fd);
+  if (err != 0) return err;
+  text[got] = '\0';
+  std::uint64_t pages = 0;
+  std::size_t i = 0;
+  for (; i < got && text[i] >= '0' && text[i] <= '9'; ++i) pages = pages * 10 + (text[i] - '0');
+  if (i == 0) return EINVAL;
+  *bytes = pages * page_size();
+  return 0;
 }
 
 std::uint64_t page_size() noexcept {

@@ -14,7 +14,9 @@
 // message that names the operation and the path is the caller's job (see mapwright::Error).
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -113,6 +115,13 @@ int map_shared(int fd, std::uint64_t length, void** address) noexcept;
 int remap_private_readonly(void* address, std::uint64_t length, int fd) noexcept;
 // The inverse: puts a MAP_SHARED read-write view of `fd` back at `address` (MAP_FIXED).
 int remap_shared_writable(void* address, std::uint64_t length, int fd) noexcept;
+// Maps [offset, offset + length) of `fd` MAP_SHARED read-write at `address` (MAP_FIXED, over
+// a reservation this process owns). Not async-signal-safe.
+int map_shared_fixed(void* address, std::uint64_t length, int fd, std::uint64_t offset) noexcept;
+// Reserves `length` bytes of address space with no access (PROT_NONE, MAP_PRIVATE |
+// MAP_ANONYMOUS | MAP_NORESERVE): nothing is committed, a touch is a SIGSEGV.
+// Not async-signal-safe.
+int reserve(std::uint64_t length, void** address) noexcept;
 // mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0). Not async-signal-safe.
 int map_readonly(int fd, std::uint64_t length, const void** address) noexcept;
 // mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, offset); `offset` must be a multiple of the
@@ -124,12 +133,55 @@ int msync(void* address, std::uint64_t length) noexcept;         // MS_SYNC. Asy
 // madvise(2). MADV_POPULATE_WRITE returns EFAULT instead of raising SIGBUS when a page
 // cannot be faulted in, and EINVAL on kernels older than 5.14. Async-signal-safe.
 int madvise(void* address, std::uint64_t length, int advice) noexcept;
+// The advice values of Linux 5.14 that glibc 2.36's headers lack.
+inline constexpr int kMadvPopulateRead = 22;   // MADV_POPULATE_READ
+inline constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE
+
+// ---- signals (src/os/signals.cc) -------------------------------------------------------
+//
+// The handler path needs masks that cost nothing to copy: a SignalSet is the kernel's own
+// 64-bit mask (bit sig - 1), passed to rt_sigprocmask and friends directly, where glibc's
+// sigset_t is 128 bytes a copy, on stacks that may be a 4 KiB sigaltstack. glibc's two
+// internal signals (32 and 33: thread cancellation and setxid) are never blocked by these
+// calls, as pthread_sigmask never blocks them.
+using SignalSet = std::uint64_t;
+constexpr SignalSet signal_bit(int sig) noexcept { return SignalSet{1} << (sig - 1); }
+// Every signal but glibc's internal ones (and SIGKILL/SIGSTOP, which cannot be blocked).
+inline constexpr SignalSet kAllSignals = ~(signal_bit(32) | signal_bit(33));
+// The 64 bits of a sigset_t that the kernel uses (a ucontext's uc_sigmask, an sa_mask).
+// Async-signal-safe.
+SignalSet signal_set_of(const sigset_t& set) noexcept;
+
+// rt_sigprocmask(how, set, old) on the calling thread. Async-signal-safe.
+int set_signal_mask(int how, SignalSet set, SignalSet* old) noexcept;
+// rt_sigpending: the signals pending for this thread or the process. Async-signal-safe.
+int pending_signals(SignalSet* set) noexcept;
+// Takes a pending, blocked `sig` away without running anything (rt_sigtimedwait with a zero
+// timeout). Returns 0 if one was taken, EAGAIN if none was pending. Async-signal-safe.
+int discard_pending(int sig) noexcept;
+// sigaction(2). Async-signal-safe.
+int get_action(int sig, struct sigaction* action) noexcept;
+int set_action(int sig, const struct sigaction& action, struct sigaction* old) noexcept;
+// Sends `sig` to the calling thread only (tgkill). Async-signal-safe.
+int send_to_this_thread(int sig) noexcept;
+// pthread_atfork(3). Not async-signal-safe.
+int at_fork(void (*prepare)(), void (*parent)(), void (*child)()) noexcept;
+
+// writev(2) until every byte is written; the iovecs are advanced in place past what was
+// written. One call when the kernel takes it all, as it does for a line shorter than
+// PIPE_BUF into a pipe. Async-signal-safe.
+int write_iov(int fd, struct iovec* io, int count) noexcept;
 
 // ---- process ---------------------------------------------------------------------------
 
 // The soft RLIMIT_FSIZE in bytes; UINT64_MAX when unlimited. Reads it afresh with the
 // prlimit64 system call each time. Async-signal-safe.
 int file_size_limit(std::uint64_t* bytes) noexcept;
+// The soft RLIMIT_AS in bytes (UINT64_MAX when unlimited), and the address space the process
+// uses now (the first field of /proc/self/statm, in bytes; EACCES/ENOENT without /proc).
+// Not async-signal-safe.
+int address_space_limit(std::uint64_t* bytes) noexcept;
+int address_space_used(std::uint64_t* bytes) noexcept;
 // The page size (sysconf(_SC_PAGESIZE)), cached by the first call. Async-signal-safe once
 // cached; the handler is installed only after a call from ordinary code has cached it.
 std::uint64_t page_size() noexcept;

@@ -227,4 +227,22 @@ bool deny_syscall(long nr, int error, int arg, unsigned long mask) {
   return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
 }
 
+bool deny_syscall_when(long nr, int error, int arg, unsigned value) {
+  const unsigned kErrno = SECCOMP_RET_ERRNO | (static_cast<unsigned>(error) & SECCOMP_RET_DATA);
+  const auto arg_offset = static_cast<unsigned>(offsetof(seccomp_data, args) + 8 * arg);
+  sock_filter equal[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<unsigned>(nr), 0, 3),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, arg_offset),  // low 32 bits (little-endian)
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, value, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, kErrno),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{};
+  program.len = sizeof equal / sizeof equal[0];
+  program.filter = equal;
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+  return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+}
+
 }  // namespace mapwright::test

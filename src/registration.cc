@@ -1,0 +1,38 @@
+#include "registration.h"
+
+#include <cerrno>
+#include <new>
+#include <stdexcept>
+#include <utility>
+
+#include "mapwright/error.h"
+#include "range_table.h"
+
+namespace mapwright::detail {
+
+Registration::Registration(std::uintptr_t begin, std::uintptr_t end, FaultOwner* owner,
+                           const char* name) {
+  try {
+    fault_table().insert(begin, end, owner);
+  } catch (const std::invalid_argument& e) {
+    throw Error(EEXIST, "registering region", name, std::string("(") + e.what() + ")");
+  } catch (const std::bad_alloc&) {
+    throw Error(ENOMEM, "registering region", name, "(the range table could not grow)");
+  }
+  begin_ = begin;
+}
+
+Registration& Registration::operator=(Registration&& other) noexcept {
+  if (this != &other) {
+    reset();
+    begin_ = std::exchange(other.begin_, 0);
+  }
+  return *this;
+}
+
+void Registration::reset() noexcept {
+  if (begin_ != 0) fault_table().erase(begin_);
+  begin_ = 0;
+}
+
+}  // namespace mapwright::detail
