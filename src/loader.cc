@@ -66,9 +66,8 @@ struct Source {
   std::string hint;
 };
 
-constexpr int kPopulateRead = 22;  // MADV_POPULATE_READ (Linux 5.14); glibc 2.36 lacks the name
-constexpr int kAllSeals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
-constexpr int kContentSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+using os::kAllSeals;
+using os::kContentSeals;
 
 std::string proc_path(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
 
@@ -150,9 +149,7 @@ void check_elf(Source& source, const std::string& name) {
   }
 }
 
-bool is_refusal(int err) {
-  return err == EXDEV || err == ENOSYS || err == EPERM || err == EOPNOTSUPP || err == EINVAL;
-}
+bool is_refusal(int err) { return os::is_copy_refusal(err); }
 
 // Copies the whole source into `out` (from its offset 0). Throws Error on failure, or if the
 // source ends early.
@@ -246,7 +243,7 @@ void run_check(int fd, std::uint64_t size, const LoadOptions& options, const std
   } unmap{address, size};
   // One call maps every page, instead of a fault per 64 KiB as the check reads (a speed-up
   // only: on a kernel without it the reads fault the pages in).
-  (void)os::madvise(const_cast<void*>(address), size, kPopulateRead);
+  (void)os::madvise(const_cast<void*>(address), size, os::kMadvPopulateRead);
   options.check(std::span<const std::byte>(static_cast<const std::byte*>(address), size));
 }
 

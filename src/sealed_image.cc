@@ -35,7 +35,7 @@ std::string missing_seals(int seals) {
 
 }  // namespace
 
-static_assert(kImageSeals == (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE));
+static_assert(kImageSeals == os::kAllSeals);
 
 SealedImage::State::~State() {
   if (mapping != nullptr && mapping_length != 0) os::munmap(mapping, mapping_length);
@@ -100,24 +100,13 @@ namespace detail {
 void send_image_fd(int unix_socket, int fd, std::uint64_t size, std::size_t trailing) {
   ImageMessage message{kImageMagic, size};
   const std::vector<char> zeros(trailing);
-  iovec data[2] = {{&message, sizeof message}, {const_cast<char*>(zeros.data()), trailing}};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr header{};
-  header.msg_iov = data;
-  header.msg_iovlen = trailing != 0 ? 2 : 1;
-  header.msg_control = control;
-  header.msg_controllen = sizeof control;
-  cmsghdr* rights = CMSG_FIRSTHDR(&header);
-  rights->cmsg_level = SOL_SOCKET;
-  rights->cmsg_type = SCM_RIGHTS;
-  rights->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
-  ssize_t sent = -1;
-  do {
-    sent = ::sendmsg(unix_socket, &header, MSG_NOSIGNAL);
-  } while (sent < 0 && errno == EINTR);
-  if (sent < 0) throw Error(errno, "sending image over", describe_socket(unix_socket), "(sendmsg)");
-  if (static_cast<std::size_t>(sent) != sizeof message + trailing) {
+  const iovec data[2] = {{&message, sizeof message}, {const_cast<char*>(zeros.data()), trailing}};
+  std::size_t sent = 0;
+  if (const int err = os::send_with_fd(unix_socket, data, trailing != 0 ? 2 : 1, fd, &sent);
+      err != 0) {
+    throw Error(err, "sending image over", describe_socket(unix_socket), "(sendmsg)");
+  }
+  if (sent != sizeof message + trailing) {
     throw Error(EIO, "sending image over", describe_socket(unix_socket), "(short sendmsg)");
   }
 }
@@ -131,41 +120,28 @@ void send_image(int unix_socket, const SealedImage& image) {
 
 SealedImage receive_image(int unix_socket) {
   ImageMessage message{};
-  iovec data{&message, sizeof message};
   // Room for several fds, so that a sender passing more than one is seen (and refused).
-  alignas(cmsghdr) char control[CMSG_SPACE(8 * sizeof(int))] = {};
-  msghdr header{};
-  header.msg_iov = &data;
-  header.msg_iovlen = 1;
-  header.msg_control = control;
-  header.msg_controllen = sizeof control;
-  ssize_t got = -1;
-  do {
-    got = ::recvmsg(unix_socket, &header, MSG_CMSG_CLOEXEC);
-  } while (got < 0 && errno == EINTR);
+  int received[8];
+  std::size_t got = 0;
+  std::size_t count = 0;
+  int flags = 0;
   const std::string subject = describe_socket(unix_socket);
-  if (got < 0) throw Error(errno, "receiving image over", subject, "(recvmsg)");
-
-  // Collect every fd that arrived, so that each is closed on any refusal.
-  std::vector<int> fds;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (std::size_t i = 0; i < count; ++i) {
-      int fd = -1;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds.push_back(fd);
-    }
+  if (const int err = os::receive_with_fds(unix_socket, &message, sizeof message, received, 8,
+                                           &got, &count, &flags);
+      err != 0) {
+    throw Error(err, "receiving image over", subject, "(recvmsg)");
   }
+  // Every fd that arrived is closed on any refusal.
+  const std::vector<int> fds(received, received + count);
   const auto refuse = [&](int error, const std::string& why) {
     for (const int fd : fds) os::close(fd);
     throw Error(error, "receiving image over", subject, why);
   };
   if (got == 0) refuse(ECONNRESET, "(the peer closed the connection)");
-  if ((header.msg_flags & MSG_CTRUNC) != 0) refuse(EPROTO, "(control data truncated: too many fds)");
+  if ((flags & MSG_CTRUNC) != 0) refuse(EPROTO, "(control data truncated: too many fds)");
   // A datagram or seqpacket message longer than ours was cut to our 16 bytes: not ours.
-  if ((header.msg_flags & MSG_TRUNC) != 0) refuse(EPROTO, "(the message is longer than an image message)");
-  if (static_cast<std::size_t>(got) != sizeof message || message.magic != kImageMagic) {
+  if ((flags & MSG_TRUNC) != 0) refuse(EPROTO, "(the message is longer than an image message)");
+  if (got != sizeof message || message.magic != kImageMagic) {
     refuse(EPROTO, "(not a mapwright image message)");
   }
   if (fds.size() != 1) {

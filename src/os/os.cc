@@ -22,6 +22,10 @@
 #endif
 
 namespace mapwright::os {
+
+static_assert(kContentSeals == (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE));
+static_assert(kAllSeals == (kContentSeals | F_SEAL_SEAL));
+
 namespace {
 
 // Runs `call` until it does not fail with EINTR. Returns 0, or the errno it failed with.

@@ -18,6 +18,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <utility>
@@ -98,7 +99,20 @@ int dir_is_noexec(const char* dir, bool* noexec) noexcept;
 // rewritten in place with the name chosen), mode 0600. Not async-signal-safe.
 int make_temp_file(char* path_template, int* fd) noexcept;
 
+// The errno values with which copy_file_range(2), sendfile(2) and friends say "not between
+// these two files, not on this kernel, not under this filter": the caller falls back to
+// another way of copying. Async-signal-safe.
+constexpr bool is_copy_refusal(int err) noexcept {
+  return err == EXDEV || err == ENOSYS || err == EPERM || err == EOPNOTSUPP || err == EINVAL;
+}
+
 // ---- seals -----------------------------------------------------------------------------
+
+// F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE: the content can no longer change.
+inline constexpr int kContentSeals = 0x0002 | 0x0004 | 0x0008;
+// kContentSeals | F_SEAL_SEAL: nor can the seals (what SealedImage requires; sealed_image.h's
+// kImageSeals is the same set, checked against <fcntl.h> in os.cc).
+inline constexpr int kAllSeals = kContentSeals | 0x0001;
 
 int add_seals(int fd, int seals) noexcept;   // fcntl(F_ADD_SEALS). Async-signal-safe.
 int get_seals(int fd, int* seals) noexcept;  // fcntl(F_GET_SEALS). Async-signal-safe.
@@ -136,6 +150,21 @@ int madvise(void* address, std::uint64_t length, int advice) noexcept;
 // The advice values of Linux 5.14 that glibc 2.36's headers lack.
 inline constexpr int kMadvPopulateRead = 22;   // MADV_POPULATE_READ
 inline constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE
+
+// ---- sockets (src/os/sockets.cc) --------------------------------------------------------
+
+// sendmsg(2) of `data` with `fd` attached as SCM_RIGHTS (fd < 0: none), MSG_NOSIGNAL (a
+// closed peer is EPIPE, not SIGPIPE). `*sent` is the byte count sendmsg returned.
+// Not async-signal-safe.
+int send_with_fd(int socket, const struct iovec* data, int count, int fd,
+                 std::size_t* sent) noexcept;
+// recvmsg(2) of at most `length` bytes into `buffer`, with MSG_CMSG_CLOEXEC; every fd that
+// arrived as SCM_RIGHTS (up to `max_fds`; more set MSG_CTRUNC) goes to `fds`. On success
+// `*got` is the byte count, `*fd_count` the fds stored, `*flags` the message's msg_flags
+// (MSG_TRUNC, MSG_CTRUNC). The caller owns (and must close) the fds. Not async-signal-safe.
+int receive_with_fds(int socket, void* buffer, std::size_t length, int* fds,
+                     std::size_t max_fds, std::size_t* got, std::size_t* fd_count,
+                     int* flags) noexcept;
 
 // ---- signals (src/os/signals.cc) -------------------------------------------------------
 //

@@ -1,0 +1,78 @@
+// src/os/sockets.cc — passing fds over Unix sockets; see os.h for the contract.
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "os/os.h"
+
+namespace mapwright::os {
+
+int send_with_fd(int socket, const struct iovec* data, int count, int fd,
+                 std::size_t* sent) noexcept {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr header{};
+  header.msg_iov = const_cast<struct iovec*>(data);
+  header.msg_iovlen = static_cast<std::size_t>(count);
+  if (fd >= 0) {
+    header.msg_control = control;
+    header.msg_controllen = sizeof control;
+    cmsghdr* rights = CMSG_FIRSTHDR(&header);
+    rights->cmsg_level = SOL_SOCKET;
+    rights->cmsg_type = SCM_RIGHTS;
+    rights->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
+  }
+  const int saved = errno;
+  ssize_t n = -1;
+  do {
+    n = ::sendmsg(socket, &header, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  const int err = n < 0 ? errno : 0;
+  errno = saved;
+  if (err == 0) *sent = static_cast<std::size_t>(n);
+  return err;
+}
+
+int receive_with_fds(int socket, void* buffer, std::size_t length, int* fds,
+                     std::size_t max_fds, std::size_t* got, std::size_t* fd_count,
+                     int* flags) noexcept {
+  constexpr std::size_t kMaxFds = 16;
+  if (max_fds > kMaxFds) max_fds = kMaxFds;
+  iovec data{buffer, length};
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))] = {};
+  msghdr header{};
+  header.msg_iov = &data;
+  header.msg_iovlen = 1;
+  header.msg_control = control;
+  header.msg_controllen = CMSG_SPACE(max_fds * sizeof(int));
+  const int saved = errno;
+  ssize_t n = -1;
+  do {
+    n = ::recvmsg(socket, &header, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  const int err = n < 0 ? errno : 0;
+  errno = saved;
+  if (err != 0) return err;
+  std::size_t stored = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd = -1;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      if (stored < max_fds) {
+        fds[stored++] = fd;
+      } else {
+        ::close(fd);  // cannot happen: the control buffer holds max_fds at most
+      }
+    }
+  }
+  *got = static_cast<std::size_t>(n);
+  *fd_count = stored;
+  *flags = header.msg_flags;
+  return 0;
+}
+
+}  // namespace mapwright::os
