@@ -256,14 +256,34 @@ int get_seals(int fd, int* seals) noexcept {
   return err;
 }
 
-int map_shared(int fd, std::uint64_t length, void** address) noexcept {
+namespace {
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+// mmap at `at` (MAP_FIXED_NOREPLACE) or anywhere. Kernels before 4.17 ignore the flag and
+// treat `at` as a hint: a mapping placed elsewhere is undone and reported as EEXIST.
+int map_at(void* at, std::uint64_t length, int prot, int flags, int fd, void** address) noexcept {
+  if (at != nullptr) flags |= MAP_FIXED_NOREPLACE;
   void* p = MAP_FAILED;
   const int err = retry([&] {
-    p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+    p = ::mmap(at, length, prot, flags, fd, 0);
     return p == MAP_FAILED ? -1 : 0;
   });
-  if (err == 0) *address = p;
-  return err;
+  if (err != 0) return err;
+  if (at != nullptr && p != at) {
+    ::munmap(p, length);
+    return EEXIST;
+  }
+  *address = p;
+  return 0;
+}
+
+}  // namespace
+
+int map_shared(int fd, std::uint64_t length, void** address, void* at) noexcept {
+  return map_at(at, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, address);
 }
 
 int remap_private_readonly(void* address, std::uint64_t length, int fd) noexcept {
@@ -290,14 +310,8 @@ int map_shared_fixed(void* address, std::uint64_t length, int fd, std::uint64_t 
   });
 }
 
-int reserve(std::uint64_t length, void** address) noexcept {
-  void* p = MAP_FAILED;
-  const int err = retry([&] {
-    p = ::mmap(nullptr, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    return p == MAP_FAILED ? -1 : 0;
-  });
-  if (err == 0) *address = p;
-  return err;
+int reserve(std::uint64_t length, void** address, void* at) noexcept {
+  return map_at(at, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, address);
 }
 
 int map_readonly(int fd, std::uint64_t length, const void** address) noexcept {

@@ -121,8 +121,10 @@ int get_seals(int fd, int* seals) noexcept;  // fcntl(F_GET_SEALS). Async-signal
 
 // Reserves `length` bytes of address space mapped MAP_SHARED | MAP_NORESERVE over `fd` from
 // offset 0, read-write. Pages past the end of the file raise SIGBUS (BUS_ADRERR) when
-// touched. Not async-signal-safe.
-int map_shared(int fd, std::uint64_t length, void** address) noexcept;
+// touched. With `at`, only there (MAP_FIXED_NOREPLACE: EEXIST if any page is taken; a
+// kernel that ignores the flag and places it elsewhere is answered EEXIST too, after
+// unmapping). Not async-signal-safe.
+int map_shared(int fd, std::uint64_t length, void** address, void* at = nullptr) noexcept;
 // Replaces [address, address + length) in place (MAP_FIXED) by a read-only MAP_PRIVATE view
 // of `fd`: the address range stays reserved, but no shared writable mapping of `fd` remains
 // there. Not async-signal-safe.
@@ -135,7 +137,7 @@ int map_shared_fixed(void* address, std::uint64_t length, int fd, std::uint64_t 
 // Reserves `length` bytes of address space with no access (PROT_NONE, MAP_PRIVATE |
 // MAP_ANONYMOUS | MAP_NORESERVE): nothing is committed, a touch is a SIGSEGV.
 // Not async-signal-safe.
-int reserve(std::uint64_t length, void** address) noexcept;
+int reserve(std::uint64_t length, void** address, void* at = nullptr) noexcept;
 // mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, 0). Not async-signal-safe.
 int map_readonly(int fd, std::uint64_t length, const void** address) noexcept;
 // mmap(nullptr, length, PROT_READ, MAP_SHARED, fd, offset); `offset` must be a multiple of the

@@ -1,0 +1,168 @@
+#include "backing.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <utility>
+
+#include "mapwright/error.h"
+#include "os/os.h"
+
+namespace mapwright::detail {
+namespace {
+
+std::filesystem::path directory_of(const std::filesystem::path& target) {
+  std::filesystem::path dir = target.parent_path();
+  return dir.empty() ? std::filesystem::path(".") : dir;
+}
+
+// ".<target>.mapwright-<pid>-<n>" beside the target: the one hidden name staging uses.
+std::filesystem::path hidden_name(const std::filesystem::path& target) {
+  static std::atomic<unsigned> counter{0};
+  return directory_of(target) / ("." + target.filename().string() + ".mapwright-" +
+                                 std::to_string(::getpid()) + "-" + std::to_string(counter++));
+}
+
+int open_or_throw(const std::filesystem::path& path, int flags, const char* operation) {
+  int fd = -1;
+  if (const int err = os::open(path.c_str(), flags, 0666, &fd); err != 0) {
+    throw Error(err, operation, path.string());
+  }
+  return fd;
+}
+
+void fsync_directory(const std::filesystem::path& directory, const std::string& name) {
+  int dir = -1;
+  if (const int err = os::open(directory.c_str(), O_RDONLY | O_DIRECTORY, 0, &dir); err != 0) {
+    throw Error(err, "publishing region", name, "(opening its directory to fsync it)");
+  }
+  const int err = os::fsync(dir);
+  os::close(dir);
+  if (err != 0 && err != EINVAL) {  // some filesystems cannot fsync a directory
+    throw Error(err, "publishing region", name, "(fsync of its directory)");
+  }
+}
+
+}  // namespace
+
+Backing Backing::memfd(const std::string& name) {
+  int fd = -1;
+  if (const int err = os::memfd_create(name.c_str(), &fd); err != 0) {
+    throw Error(err, "creating memfd for region", name);
+  }
+  return Backing(BackingKind::kMemfd, name, fd);
+}
+
+Backing Backing::create_file(const std::filesystem::path& path) {
+  return Backing(BackingKind::kFile, path.string(),
+                 open_or_throw(path, O_RDWR | O_CREAT | O_TRUNC, "creating region file"));
+}
+
+Backing Backing::open_file(const std::filesystem::path& path) {
+  return Backing(BackingKind::kFile, path.string(),
+                 open_or_throw(path, O_RDWR, "opening region file"));
+}
+
+Backing Backing::staged(const std::filesystem::path& target) {
+  const std::filesystem::path dir = directory_of(target);
+  int fd = -1;
+  int err = os::open_tmpfile(dir.c_str(), 0666, &fd);
+  if (err == 0) {
+    Backing backing(BackingKind::kStagedUnnamed, target.string(), fd);
+    backing.target_ = target;
+    return backing;
+  }
+  if (err != EOPNOTSUPP && err != EISDIR) {
+    throw Error(err, "creating staging file for region", target.string(),
+                "(O_TMPFILE in " + dir.string() + ")");
+  }
+  // No O_TMPFILE on this filesystem: a hidden named file beside the target, O_EXCL with
+  // mode 0666 (less the umask), as O_TMPFILE and create_file() make files.
+  std::filesystem::path temp;
+  err = EEXIST;
+  for (int attempt = 0; err == EEXIST && attempt < 100; ++attempt) {
+    temp = hidden_name(target);
+    err = os::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL, 0666, &fd);
+  }
+  if (err != 0) {
+    throw Error(err, "creating staging file for region", target.string(), "in " + dir.string());
+  }
+  Backing backing(BackingKind::kStagedNamed, target.string(), fd);
+  backing.target_ = target;
+  backing.temp_path_ = temp;
+  return backing;
+}
+
+Backing::Backing(Backing&& other) noexcept
+    : kind_(other.kind_),
+      name_(std::move(other.name_)),
+      fd_(std::exchange(other.fd_, -1)),
+      target_(std::move(other.target_)),
+      temp_path_(std::exchange(other.temp_path_, {})) {}
+
+Backing& Backing::operator=(Backing&& other) noexcept {
+  if (this != &other) {
+    this->~Backing();
+    new (this) Backing(std::move(other));
+  }
+  return *this;
+}
+
+Backing::~Backing() {
+  if (fd_ >= 0) os::close(fd_);
+  fd_ = -1;
+  if (kind_ == BackingKind::kStagedNamed && !temp_path_.empty()) os::unlink(temp_path_.c_str());
+  temp_path_.clear();
+}
+
+std::uint64_t Backing::size() const {
+  std::uint64_t size = 0;
+  if (const int err = os::file_size(fd_, &size); err != 0) {
+    throw Error(err, "opening region file", name_, "(fstat)");
+  }
+  return size;
+}
+
+void Backing::fsync() const {
+  if (const int err = os::fsync(fd_); err != 0) {
+    throw Error(err, "syncing region", name_, "(fsync)");
+  }
+}
+
+void Backing::publish(bool durable) {
+  if (!staged()) {
+    throw Error(EINVAL, "publishing region", name_,
+                "(only a staged region that is not yet published can be published)");
+  }
+  if (kind_ == BackingKind::kStagedUnnamed) {
+    // linkat cannot replace an existing name: link under a fresh hidden name, then rename.
+    std::filesystem::path temp;
+    int err = EEXIST;
+    for (int attempt = 0; err == EEXIST && attempt < 100; ++attempt) {
+      temp = hidden_name(target_);
+      err = os::link_fd(fd_, temp.c_str());
+    }
+    if (err != 0) throw Error(err, "publishing region", name_, "(linking the staged file)");
+    if (const int rerr = os::rename(temp.c_str(), target_.c_str()); rerr != 0) {
+      // The O_TMPFILE inode cannot be linked a second time once this name goes (it lost
+      // I_LINKABLE): keep the name as a named staging file, for a retry or the destructor.
+      kind_ = BackingKind::kStagedNamed;
+      temp_path_ = temp;
+      throw Error(rerr, "publishing region", name_, "(renaming over the target)");
+    }
+  } else {
+    if (const int err = os::rename(temp_path_.c_str(), target_.c_str()); err != 0) {
+      throw Error(err, "publishing region", name_, "(renaming over the target)");
+    }
+    temp_path_.clear();
+  }
+  kind_ = BackingKind::kFile;
+  if (durable) fsync_directory(directory_of(target_), name_);
+}
+
+int Backing::add_seals(int seals) const noexcept { return os::add_seals(fd_, seals); }
+
+int Backing::release_fd() noexcept { return std::exchange(fd_, -1); }
+
+}  // namespace mapwright::detail
