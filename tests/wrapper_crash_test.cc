@@ -117,7 +117,12 @@ TEST(WrapperCrash, KilledAtRandomMomentsOfRepeatedPacksAlwaysLeavesAValidWrapper
   pack(target, "v0", 4 * kMiB);
   int killed = 0;
   std::vector<std::string> seen;
-  for (int attempt = 0; attempt < 8; ++attempt) {
+  const auto progressed = [&] {
+    return std::any_of(seen.begin(), seen.end(), [](const std::string& s) { return s != "v0"; });
+  };
+  // At least 8 kills; more (with later deadlines) while no pack was ever published, as on a
+  // machine loaded by other work, where an 8 MiB pack may take longer than 375 ms.
+  for (int attempt = 0; attempt < 8 || (!progressed() && attempt < 24); ++attempt) {
     const ChildResult result = run_in_child(
         [&] {
           for (int version = 1;; ++version) pack(target, "v" + std::to_string(version), 8 * kMiB);
@@ -129,10 +134,9 @@ TEST(WrapperCrash, KilledAtRandomMomentsOfRepeatedPacksAlwaysLeavesAValidWrapper
     ASSERT_EQ(state.rfind('v', 0), 0u) << state;
     seen.push_back(state);
   }
-  EXPECT_EQ(killed, 8);
+  EXPECT_GE(killed, 8);
   // The packs did make progress between kills (the versions are not all v0).
-  EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [](const std::string& s) { return s != "v0"; }))
-      << "no pack was ever published";
+  EXPECT_TRUE(progressed()) << "no pack was ever published";
 }
 
 }  // namespace
