@@ -94,11 +94,26 @@ void bind_handler_path() noexcept {
   errno = saved;
 }
 
+bool is_ours(const struct sigaction& action) noexcept {
+  return (action.sa_flags & SA_SIGINFO) != 0 && action.sa_sigaction == on_sigbus;
+}
+
 void before_fork() { fault_table().before_fork(); }
 void after_fork_in_parent() { fault_table().after_fork_in_parent(); }
 void after_fork_in_child() {
   next_fork_generation();  // owner locks held by the parent's other threads are free here
   fault_table().after_fork_in_child();
+  // fork() copies the signal dispositions before it copies memory (copy_sighand, then
+  // copy_mm): a sigaction() and the store of g_installed by another thread in between leave
+  // a child that believes the handler is installed while SIGBUS is still SIG_DFL (seen: the
+  // first region's store killed 1 child in ~700 forked while the first region was being
+  // made). Check, and let the next region install it again.
+  if (g_installed.load(std::memory_order_acquire)) {
+    struct sigaction now{};
+    if (os::get_action(SIGBUS, &now) == 0 && !is_ours(now)) {
+      g_installed.store(false, std::memory_order_release);
+    }
+  }
 }
 
 // The pthread_atfork handlers are registered when the library is loaded, before any thread
@@ -186,9 +201,6 @@ int install_handler() noexcept {
     // child; the previous disposition is recorded then.
     struct sigaction before{};
     err = os::get_action(SIGBUS, &before);
-    const auto is_ours = [](const struct sigaction& a) {
-      return (a.sa_flags & SA_SIGINFO) != 0 && a.sa_sigaction == on_sigbus;
-    };
     if (err == 0 && !is_ours(before)) {
       remember_previous(before);
       struct sigaction replaced{};

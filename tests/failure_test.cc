@@ -1,14 +1,16 @@
-// Tests of growth that cannot happen (include/mapwright/fault.h, signal/growth.cc): a sealed
-// memfd, RLIMIT_FSIZE, the region's capacity, a full filesystem, grow_on_fault=false, a file
-// truncated behind the region's back, a hole in a sparse file on a full filesystem (the last
-// three also with the pre-5.14 fallback that has no MADV_POPULATE_WRITE).
+// Tests of growth that cannot happen (include/mapwright/fault.h, signal/growth.cc) for the
+// causes that are not a failed growth step: grow_on_fault=false, a file truncated behind the
+// region's back, a hole punched behind its back on a full filesystem (the last two also with
+// the pre-5.14 fallback that has no MADV_POPULATE_WRITE, made by a seccomp filter). The
+// causes of a failed growth step (a seal, RLIMIT_FSIZE, the capacity, a full disk, EIO) are
+// fault_matrix_test's rows, on every kind of region; they are not repeated here.
 //
 // For each cause, from one table:
 //   * inside guarded(): a thrown mapwright::Error with the cause's errno, naming the region;
 //     the process carries on (the bytes already written are intact, smaller growth works);
 //   * outside guarded(): death by SIGBUS, promptly (never a retry loop), after exactly one
 //     "mapwright: " line on stderr naming the region and the cause;
-//   * region.ensure() past the limit: the same Error, thrown normally.
+//   (ensure() past a limit is fault_matrix_test's Ensure column.)
 // The capacity's store case is StoreJustPastCapacityIsAFailedGrowth: a 1 MiB unbacked guard
 // zone is reserved past capacity(), so a store just past it is a failed growth (ENOMEM).
 // fault_matrix_test crosses every cause with every region kind and mode.
@@ -139,75 +141,9 @@ struct Cause {
   // In the child: creates the region, writes the prefix, and arranges for growth to fail.
   Region (*make)(const std::string& name);
   std::uint64_t fail_offset;  // a store here fails (0: a store cannot fail for this cause)
-  std::uint64_t fail_size;    // ensure() of this fails (0: ensure() cannot fail)
   // In the child, after the failure: what still works (the documented way forward).
   void (*carry_on)(Region& region);
 };
-
-Region make_sealed(const std::string& name) {
-  Region region = Region::memfd(name, options_with_capacity(64 * kMiB));
-  write_prefix(region);
-  CHILD_CHECK(region.size() == kMiB);
-  CHILD_CHECK(::fcntl(region.fd(), F_ADD_SEALS, F_SEAL_GROW) == 0);
-  return region;
-}
-
-void carry_on_sealed(Region& region) {
-  region.ensure(kMiB / 2);  // nothing to grow
-  region.ensure(kMiB);
-  CHILD_CHECK(region.size() == kMiB);
-  check_store_works(region, kMiB - 1);
-}
-
-Region make_rlimit(const std::string& name) {
-  rlimit limit{};
-  CHILD_CHECK(::getrlimit(RLIMIT_FSIZE, &limit) == 0);
-  limit.rlim_cur = kLimit;
-  CHILD_CHECK(::setrlimit(RLIMIT_FSIZE, &limit) == 0);
-  // SIGXFSZ keeps its default action (terminate): the library checks the limit first, so
-  // exceeding it must never raise SIGXFSZ. If it did, the child would die by SIGXFSZ.
-  Region region = Region::memfd(name, options_with_capacity(64 * kMiB));
-  write_prefix(region);
-  return region;
-}
-
-void carry_on_rlimit(Region& region) {
-  region.ensure(kLimit);  // exactly the limit is allowed
-  CHILD_CHECK(region.size() == kLimit);
-  check_store_works(region, kLimit - 1);
-  sigset_t pending;
-  CHILD_CHECK(::sigpending(&pending) == 0);
-  CHILD_CHECK(sigismember(&pending, SIGXFSZ) == 0);
-}
-
-Region make_capacity(const std::string& name) {
-  Region region = Region::memfd(name, options_with_capacity(kCapacity));
-  write_prefix(region);
-  return region;
-}
-
-void carry_on_capacity(Region& region) {
-  // Every byte of the reservation can be reached by plain stores.
-  for (std::uint64_t offset = kPrefix; offset < kCapacity; offset += 4 * kKiB) {
-    check_store_works(region, offset);
-  }
-  check_store_works(region, kCapacity - 1);
-  CHILD_CHECK(region.size() == kCapacity);
-  region.ensure(kCapacity);
-}
-
-// The tmpfs path is the region's name (see Cause::file_backed).
-Region make_full_disk(const std::string& name) {
-  Region region = Region::file(name);
-  write_prefix(region);
-  return region;
-}
-
-void carry_on_full_disk(Region& region) {
-  region.ensure(kLimit);  // the whole filesystem, and no more
-  CHILD_CHECK(region.size() == kLimit);
-  check_store_works(region, kLimit - 1);
-}
 
 Region make_no_grow(const std::string& name) {
   Region region = no_grow_region(name);
@@ -304,26 +240,17 @@ void carry_on_hole_on_full_disk(Region& region) {
 }
 
 const Cause kCauses[] = {
-    {"SealedMemfd", "sealed-region", false, false, EPERM, "growing region", make_sealed,
-     kMiB + 100, 2 * kMiB, carry_on_sealed},
-    {"RlimitFsize", "rlimit-region", false, false, EFBIG, "RLIMIT_FSIZE", make_rlimit,
-     kLimit + 100, kLimit + 1, carry_on_rlimit},
-    {"Capacity", "capacity-region", false, false, ENOMEM, "capacity", make_capacity,
-     0 /* the reservation is exactly the capacity: a store past it is not in the region */,
-     kCapacity + 1, carry_on_capacity},
-    {"FullDisk", "full-disk-region.mwr", true, true, ENOSPC, "growing region", make_full_disk,
-     kLimit + 100, 2 * kLimit, carry_on_full_disk},
     {"GrowOnFaultOff", "no-grow-region", false, false, EFAULT, "grow_on_fault is off",
-     make_no_grow, kMiB + 100, 0, carry_on_no_grow},
+     make_no_grow, kMiB + 100, carry_on_no_grow},
     {"TruncatedBehindOurBack", "truncated-region.mwr", true, false, EFAULT,
-     "truncated behind the region's back", make_truncated, 768 * kKiB, 0, carry_on_truncated},
+     "truncated behind the region's back", make_truncated, 768 * kKiB, carry_on_truncated},
     {"TruncatedWithoutPopulateWrite", "truncated-memfd-region", false, false, EFAULT,
      "truncated behind the region's back", make_truncated_memfd_without_populate, 768 * kKiB,
-     0, carry_on_truncated},
+     carry_on_truncated},
     {"HoleOnFullDisk", "hole-region.mwr", true, true, ENOSPC, "cannot be backed",
-     make_hole_on_full_disk, 2 * kMiB + 100, 0, carry_on_hole_on_full_disk},
+     make_hole_on_full_disk, 2 * kMiB + 100, carry_on_hole_on_full_disk},
     {"HoleOnFullDiskWithoutPopulateWrite", "hole-region.mwr", true, true, ENOSPC,
-     "cannot be backed", make_hole_on_full_disk_without_populate, 2 * kMiB + 100, 0,
+     "cannot be backed", make_hole_on_full_disk_without_populate, 2 * kMiB + 100,
      carry_on_hole_on_full_disk},
 };
 
@@ -441,37 +368,6 @@ INSTANTIATE_TEST_SUITE_P(
                        })),
                        ::testing::Values(Mode::kGuarded, Mode::kOutside)),
     case_name);
-
-// ---- ensure() past the limit -----------------------------------------------------------
-
-class EnsureFailure : public ::testing::TestWithParam<Cause> {};
-
-TEST_P(EnsureFailure, ThrowsTheSameError) {
-  const Cause cause = GetParam();
-  const CaseDirectory directory(cause);
-  if (!directory.usable()) GTEST_SKIP() << directory.why();
-  const std::string name = directory.region_name(cause);
-
-  const ChildResult result = run_cause_in_child(cause, name, [&](Region& region) {
-    const std::uint64_t size_before = region.size();
-    std::optional<Error> error;
-    try {
-      region.ensure(cause.fail_size);
-    } catch (const Error& e) {
-      error = e;
-    }
-    check_error_then_carry_on(cause, region, name, size_before, error);
-  });
-  expect_carried_on(result);
-}
-
-INSTANTIATE_TEST_SUITE_P(Causes, EnsureFailure,
-                         ::testing::ValuesIn(causes_where([](const Cause& c) {
-                           return c.fail_size != 0;
-                         })),
-                         [](const ::testing::TestParamInfo<Cause>& info) {
-                           return std::string(info.param.name);
-                         });
 
 // ---- more about growth and failure -----------------------------------------------------
 

@@ -32,9 +32,10 @@
 // an Error, size() did not move, the failure was counted in stats(), and the region carries
 // on as documented (what still fits can be grown to and stored into).
 //
-// tests/failure_test.cc covers the memfd side of several causes in more depth (truncation
-// behind the region's back, holes on a full disk, grow_on_fault=false, nesting of
-// guarded()); this matrix adds disk-file and staged regions, EIO, and checks by pread.
+// This matrix is the one table of failed growth steps. tests/failure_test.cc has the causes
+// that are not a growth step (truncation and holes behind the region's back,
+// grow_on_fault=false), partial growth on a full disk or an unaligned RLIMIT_FSIZE, and
+// guarded() itself (nesting, exceptions, threads).
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/loop.h>

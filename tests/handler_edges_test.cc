@@ -267,9 +267,8 @@ TEST(HandlerEdges, ForkWhileOtherThreadsFaultAndRegisterLeavesAWorkingChild) {
 #endif
   const ChildResult result = run_in_child(
       [] {
-        // Installed first: a fork() racing the very first installation is not covered here
-        // (see the closing note of issue 10).
-        install_fault_handler();
+        // Not installed yet: the threads' first regions install the handler while the first
+        // forks happen (fork copies dispositions before memory; see handler.cc).
         std::atomic<bool> stop{false};
         std::vector<std::thread> threads;
         for (int t = 0; t < 3; ++t) {
