@@ -1,32 +1,30 @@
 // signal/block.h — blocking every signal around a critical section.
 //
-// Locks that the SIGBUS handler may also take (the range table's writer side, a region's
-// growth lock) are held only inside a SignalBlocker, so a handler can never interrupt the
-// thread that holds them (invariant 2). Synchronous faults cannot be blocked; code inside a
-// SignalBlocker must therefore never touch region memory that could fault.
+// Locks that the SIGBUS handler may also take (the range table's writer side, an owner's
+// lock) are held only inside a SignalBlocker, so a handler can never interrupt the thread
+// that holds them (invariant 2). Synchronous faults cannot be blocked; code inside a
+// SignalBlocker must therefore never touch region memory that could fault, and never
+// allocate (an allocator's memory may be a region's).
 #pragma once
 
-#include <pthread.h>
 #include <signal.h>
+
+#include "os/os.h"
 
 namespace mapwright::detail {
 
 class SignalBlocker {
  public:
-  // Blocks all signals on this thread. pthread_sigmask is async-signal-safe, so this may be
-  // used in a handler too.
-  SignalBlocker() noexcept {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &saved_);
-  }
+  // Blocks every signal but glibc's internal ones on this thread (os::kAllSignals).
+  // Async-signal-safe, so it may be used in a handler too.
+  SignalBlocker() noexcept { (void)os::set_signal_mask(SIG_BLOCK, os::kAllSignals, &saved_); }
   // Restores the mask the constructor found. Async-signal-safe.
-  ~SignalBlocker() { pthread_sigmask(SIG_SETMASK, &saved_, nullptr); }
+  ~SignalBlocker() { (void)os::set_signal_mask(SIG_SETMASK, saved_, nullptr); }
   SignalBlocker(const SignalBlocker&) = delete;
   SignalBlocker& operator=(const SignalBlocker&) = delete;
 
  private:
-  sigset_t saved_;
+  os::SignalSet saved_ = 0;
 };
 
 }  // namespace mapwright::detail

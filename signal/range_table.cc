@@ -1,6 +1,5 @@
 #include "range_table.h"
 
-#include <pthread.h>
 #include <sched.h>
 #include <time.h>
 
@@ -9,6 +8,7 @@
 #include <stdexcept>
 
 #include "block.h"
+#include "os/os.h"
 
 namespace mapwright::detail {
 namespace {
@@ -304,15 +304,13 @@ bool RangeTable::erase(std::uintptr_t begin) noexcept {
 }
 
 void RangeTable::before_fork() noexcept {
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &fork_mask_);
+  (void)os::set_signal_mask(SIG_BLOCK, os::kAllSignals, &fork_mask_);
   writer_.lock();
 }
 
 void RangeTable::after_fork_in_parent() noexcept {
   writer_.unlock();
-  pthread_sigmask(SIG_SETMASK, &fork_mask_, nullptr);
+  (void)os::set_signal_mask(SIG_SETMASK, fork_mask_, nullptr);
 }
 
 void RangeTable::after_fork_in_child() noexcept {
@@ -323,7 +321,7 @@ void RangeTable::after_fork_in_child() noexcept {
     slot.count[1].store(0, std::memory_order_relaxed);
   }
   writer_.unlock();
-  pthread_sigmask(SIG_SETMASK, &fork_mask_, nullptr);
+  (void)os::set_signal_mask(SIG_SETMASK, fork_mask_, nullptr);
 }
 
 std::size_t RangeTable::size() const {

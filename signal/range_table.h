@@ -56,8 +56,6 @@
 #include <memory>
 #include <mutex>
 
-#include <signal.h>
-
 #include "fault_owner.h"
 
 namespace mapwright::detail {
@@ -190,7 +188,7 @@ class RangeTable {
   };
   mutable ReaderSlot readers_[kReaderSlots] = {};
   mutable std::mutex writer_;
-  sigset_t fork_mask_{};  // the mask before_fork() found, restored after the fork
+  std::uint64_t fork_mask_ = 0;  // the mask before_fork() found (os::SignalSet), restored after
 };
 
 // The process-wide table the SIGBUS handler searches. Constant-initialized and never

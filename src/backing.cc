@@ -21,7 +21,7 @@ std::filesystem::path directory_of(const std::filesystem::path& target) {
 std::filesystem::path hidden_name(const std::filesystem::path& target) {
   static std::atomic<unsigned> counter{0};
   return directory_of(target) / ("." + target.filename().string() + ".mapwright-" +
-                                 std::to_string(::getpid()) + "-" + std::to_string(counter++));
+                                 std::to_string(os::process_id()) + "-" + std::to_string(counter++));
 }
 
 int open_or_throw(const std::filesystem::path& path, int flags, const char* operation) {

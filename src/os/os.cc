@@ -388,6 +388,8 @@ int address_space_used(std::uint64_t* bytes) noexcept {
   return 0;
 }
 
+int process_id() noexcept { return static_cast<int>(::getpid()); }
+
 std::uint64_t page_size() noexcept {
   static constinit std::atomic<std::uint64_t> cached{0};
   std::uint64_t size = cached.load(std::memory_order_relaxed);

@@ -213,6 +213,8 @@ int file_size_limit(std::uint64_t* bytes) noexcept;
 // Not async-signal-safe.
 int address_space_limit(std::uint64_t* bytes) noexcept;
 int address_space_used(std::uint64_t* bytes) noexcept;
+// getpid(2). Async-signal-safe.
+int process_id() noexcept;
 // The page size (sysconf(_SC_PAGESIZE)), cached by the first call. Async-signal-safe once
 // cached; the handler is installed only after a call from ordinary code has cached it.
 std::uint64_t page_size() noexcept;
