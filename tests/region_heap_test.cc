@@ -32,7 +32,7 @@ std::atomic<bool> g_active{false};         // new allocations come from it
 std::atomic<std::uint64_t> g_used{0};
 std::uint64_t g_arena_capacity = 0;
 
-void* arena_allocate(std::size_t size) {
+[[maybe_unused]] void* arena_allocate(std::size_t size) {
   const std::uint64_t rounded = (size + 15) / 16 * 16;
   const std::uint64_t at = g_used.fetch_add(rounded);
   if (at + rounded > g_arena_capacity) std::abort();
@@ -43,7 +43,7 @@ void* arena_allocate(std::size_t size) {
   return p;
 }
 
-bool from_arena(void* p) {
+[[maybe_unused]] bool from_arena(void* p) {
   std::byte* arena = g_arena.load();
   return arena != nullptr && p >= static_cast<void*>(arena) &&
          p < static_cast<void*>(arena + g_arena_capacity);
