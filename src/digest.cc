@@ -109,7 +109,8 @@ void DigestPipeline::submit(const std::byte* data, std::size_t size) {
     return;
   }
   {
-    const std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
+    space_.wait(lock, [this] { return queue_.size() < kMaxQueued; });
     queue_.emplace_back(data, size);
   }
   ready_.notify_one();
@@ -123,6 +124,7 @@ void DigestPipeline::work() {
     const std::span<const std::byte> piece = queue_.front();
     queue_.pop_front();
     lock.unlock();
+    space_.notify_one();
     hash_piece(piece);
     lock.lock();
   }

@@ -7,6 +7,7 @@
 #include <capnp/serialize.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -344,6 +345,39 @@ TEST(WrapperWriter, UnpublishedLeavesNothingAndPublishReplacesAtomically) {
   // A wrapper opened before keeps its (replaced) file.
   EXPECT_NO_THROW(old_one.verify());
   EXPECT_NE(old_one.find("old"), nullptr);
+}
+
+// A wrapper whose entries span many segments (as a file over 4 GiB does; here 96 KiB
+// segments holding one 64 KiB chunk each) holds disk blocks only for its content: the unused
+// tails of the segments' spans, and the blobs of an entry the writer refused, are holes —
+// although growth allocated them (fallocate) and the refused bytes were written.
+TEST(WrapperWriter, SegmentTailsAndRefusedEntriesHoldNoDiskBlocks) {
+  test::DiskDir dir;
+  ASSERT_TRUE(dir.ok());
+  WrapperWriterOptions options;
+  options.chunk_bytes = 64 * kKiB;
+  options.message.segment_words = 96 * kKiB / 8;
+  const std::vector<std::byte> data = pattern_bytes(kMiB, 6);
+  const std::filesystem::path path = dir / "sparse.mwr";
+  {
+    WrapperWriter writer(path, options);
+    writer.add_data("data", data);
+    expect_error([&] { writer.add_library("bad", pattern_bytes(512 * kKiB, 7)); }, EINVAL,
+                 {"'bad'", "ELF"});
+    writer.publish();
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  const auto allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
+  RecordProperty("file_size", std::to_string(size));
+  RecordProperty("allocated", std::to_string(allocated));
+  EXPECT_GE(size, 24 * 96 * kKiB - 96 * kKiB) << "24 segments: 16 chunks and 8 refused ones";
+  EXPECT_LE(allocated, kMiB + 64 * kKiB) << "file size " << size;
+  const Wrapper wrapper = Wrapper::open(path);
+  EXPECT_EQ(wrapper.entries().size(), 1u);
+  EXPECT_EQ(joined(wrapper.entry("data")), data);
+  EXPECT_NO_THROW(wrapper.verify());
 }
 
 // ---- what open() refuses ----------------------------------------------------------------------

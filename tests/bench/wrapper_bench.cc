@@ -33,6 +33,12 @@
 // (d)'s chunks are not 4096-byte aligned in the file, which Wrapper::open requires: its label
 // says whether Wrapper::open accepts the file.
 //
+// Peak resident set, a figure, never timed: each pack row shows peak_rss_MiB beside
+// input_MiB. For (a) and (c) it is the child's own ru_maxrss (wait4). For (b), (b') and (d)
+// it is measured once per variant, untimed, in a forked child that runs the same pack and
+// reads getrusage(RUSAGE_SELF).ru_maxrss at its end; that includes what the child inherited
+// mapped from this process, shown as rss_at_fork_MiB.
+//
 // RATIO rows: cli and inprocess over cp and over cp_fsync (the target: pack at
 // >= 0.9x the speed of cp, i.e. time x <= 1.111), inprocess_nosync over cp (both without
 // fsync), inprocess over malloc_write, cli over inprocess (the cost of the process).
@@ -58,6 +64,7 @@
 #include <link.h>
 #include <spawn.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -232,7 +239,8 @@ const PackInput& pack_input() {
 }
 
 // Runs argv[0] (searched in PATH) with stdout and stderr into `log`; throws unless it exits 0.
-void run(const std::vector<std::string>& args, const std::filesystem::path& log) {
+// Returns the child's peak resident set in KiB (wait4's ru_maxrss).
+long run(const std::vector<std::string>& args, const std::filesystem::path& log) {
   std::vector<char*> argv;
   for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
@@ -246,8 +254,9 @@ void run(const std::vector<std::string>& args, const std::filesystem::path& log)
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) throw std::system_error(err, std::generic_category(), "posix_spawn " + args[0]);
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) fail_errno("waitpid");
+  rusage usage {};
+  while (::wait4(pid, &status, 0, &usage) < 0) {
+    if (errno != EINTR) fail_errno("wait4");
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     std::ifstream in(log);
@@ -257,7 +266,58 @@ void run(const std::vector<std::string>& args, const std::filesystem::path& log)
     for (const std::string& arg : args) command += (command.empty() ? "" : " ") + arg;
     fail(command + ": exit status " + std::to_string(status) + ": " + output);
   }
+  return usage.ru_maxrss;
 }
+
+// ru_maxrss of this process, in KiB.
+long self_max_rss_kib() {
+  rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+// What a forked child running a pack reports: its peak resident set, and what it had at the
+// fork (inherited mappings of this process), in KiB.
+struct ChildRss {
+  long peak_kib = 0;
+  long at_fork_kib = 0;
+};
+
+// Runs `pack()` in a forked child and returns the child's ru_maxrss at its end. Throws if the
+// child fails.
+template <class Pack>
+ChildRss peak_rss_in_child(Pack&& pack) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) fail_errno("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) fail_errno("fork");
+  if (pid == 0) {
+    ChildRss rss;
+    rss.at_fork_kib = self_max_rss_kib();
+    try {
+      pack();
+    } catch (...) {
+      ::_exit(1);
+    }
+    rss.peak_kib = self_max_rss_kib();
+    const bool sent = ::write(fds[1], &rss, sizeof rss) == static_cast<ssize_t>(sizeof rss);
+    ::_exit(sent ? 0 : 1);
+  }
+  ::close(fds[1]);
+  ChildRss rss;
+  const ssize_t n = ::read(fds[0], &rss, sizeof rss);
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) fail_errno("waitpid");
+  }
+  if (n != static_cast<ssize_t>(sizeof rss) || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail("the pack in a forked child failed (status " + std::to_string(status) + ")");
+  }
+  return rss;
+}
+
+double mib(long kib) { return static_cast<double>(kib) / 1024.0; }
 
 // OUT must be a wrapper with one entry "blob" that holds exactly IN.
 void check_wrapper(const PackInput& in, const std::filesystem::path& out) {
@@ -321,15 +381,23 @@ std::string check_malloc_message(const PackInput& in, const std::filesystem::pat
   }
 }
 
+// How a variant's peak resident set is found: by the variant itself (a child process it
+// runs: `peak_kib` is set by its pack function), or in a forked child (kForked).
+enum class RssBy { kVariant, kForked };
+
 // The loop every packing variant shares: `pack(in, out)` timed; then, untimed, what it
-// returned is destroyed, the check runs once, and OUT is removed.
+// returned is destroyed, the check runs once, and OUT is removed. Then, untimed, the peak
+// resident set: `*peak_kib` as the variant's pack set it, or (RssBy::kForked) one more pack
+// in a forked child, once per variant and process.
 template <class Pack, class Check>
-void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&& check) {
+void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&& check,
+               RssBy rss_by = RssBy::kForked, const long* peak_kib = nullptr) {
   skip_on_error(state, [&] {
     const PackInput& in = pack_input();
     const std::filesystem::path out = scratch_path(std::string("wrapper-out-") + variant);
     const RemoveOnExit cleanup{out};
     static std::map<std::string, std::string> labels;  // one check per variant and process
+    static std::map<std::string, ChildRss> forked;     // one forked measure, likewise
     for (auto _ : state) {
       {
         const auto start = SteadyClock::now();
@@ -341,6 +409,17 @@ void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&
     }
     if (!labels[variant].empty()) state.SetLabel(labels[variant]);
     state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * in.size));
+    state.counters["input_MiB"] = static_cast<double>(in.size >> 20);
+    if (rss_by == RssBy::kVariant) {
+      state.counters["peak_rss_MiB"] = mib(*peak_kib);
+    } else {
+      if (forked.count(variant) == 0) {
+        forked[variant] = peak_rss_in_child([&] { (void)pack(in, out); });
+        std::filesystem::remove(out);
+      }
+      state.counters["peak_rss_MiB"] = mib(forked[variant].peak_kib);
+      state.counters["rss_at_fork_MiB"] = mib(forked[variant].at_fork_kib);
+    }
   });
 }
 
@@ -349,19 +428,21 @@ void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&
 void pack_cli(benchmark::State& state, bool durable) {
   const std::filesystem::path log = scratch_path("wrapper-cli-log");
   const RemoveOnExit cleanup{log};
+  long peak_kib = 0;
   pack_loop(
       state, durable ? "cli" : "cli_nosync",
       [&](const PackInput& in, const std::filesystem::path& out) {
         std::vector<std::string> command{MAPWRIGHT_BENCH_CLI, "pack", "-o", out.string(), "--data",
                                          "blob=" + in.path.string()};
         if (!durable) command.emplace_back("--no-sync");
-        run(command, log);
+        peak_kib = std::max(peak_kib, run(command, log));
         return 0;
       },
       [](const PackInput& in, const std::filesystem::path& out) {
         check_wrapper(in, out);
         return std::string();
-      });
+      },
+      RssBy::kVariant, &peak_kib);
 }
 #endif
 
@@ -387,10 +468,11 @@ void pack_inprocess(benchmark::State& state, bool durable) {
 void pack_cp(benchmark::State& state, bool durable) {
   const std::filesystem::path log = scratch_path("wrapper-cp-log");
   const RemoveOnExit cleanup{log};
+  long peak_kib = 0;
   pack_loop(
       state, durable ? "cp_fsync" : "cp",
       [&](const PackInput& in, const std::filesystem::path& out) {
-        run({"cp", in.path.string(), out.string()}, log);
+        peak_kib = std::max(peak_kib, run({"cp", in.path.string(), out.string()}, log));
         if (durable) {
           fsync_path(out);
           fsync_path(directory_of(out), O_RDONLY | O_DIRECTORY);
@@ -400,7 +482,8 @@ void pack_cp(benchmark::State& state, bool durable) {
       [](const PackInput& in, const std::filesystem::path& out) {
         check_copy(in, out);
         return std::string();
-      });
+      },
+      RssBy::kVariant, &peak_kib);
 }
 
 // (d) MallocMessageBuilder, pread into the chunks, writeMessageToFd, fsync, rename.
