@@ -30,8 +30,50 @@ namespace {
 
 constexpr std::uint64_t kPiece = 8ull << 20;  // copied and hashed at a time; progress step
 constexpr std::uint64_t kParallelDigestBytes = 32ull << 20;
+// Hashed bytes are released (write-back started, pages dropped) in batches of this much.
+constexpr std::uint64_t kReleaseBytes = 8ull << 20;
+// The kernel's fault-around maps up to this much (fault_around_bytes is at most 2 MiB) of
+// cached pages around a read fault: the digest's next read maps back pages just dropped.
+constexpr std::uint64_t kFaultAroundBytes = 2ull << 20;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
+
+// What the writer does with bytes once they are hashed, in batches of kReleaseBytes and at
+// the end of each entry: starts their write-back (durable writers: the final fsync then has
+// less to wait for) and drops their pages from this process's page tables, so that the
+// resident set does not grow with the file (the bytes stay in the page cache and the file).
+// Each drop reaches back kFaultAroundBytes, over pages that the digest's reads mapped again
+// by fault-around. Pieces arrive in file order, on the digest thread; finish() runs on the
+// writer's thread after the digest thread is joined.
+class Release {
+ public:
+  Release(int fd, std::byte* base, bool durable) noexcept
+      : fd_(fd), base_(base), durable_(durable) {}
+
+  void piece(std::span<const std::byte> piece) noexcept {
+    const auto offset = static_cast<std::uint64_t>(piece.data() - base_);
+    if (begin_ == end_) begin_ = offset;
+    end_ = offset + piece.size();
+    if (end_ - begin_ >= kReleaseBytes) finish();
+  }
+
+  void finish() noexcept {
+    if (begin_ == end_) return;
+    if (durable_) (void)os::start_writeback(fd_, begin_, end_ - begin_);
+    const std::uint64_t page = os::page_size();
+    const std::uint64_t from =
+        (begin_ > kFaultAroundBytes ? begin_ - kFaultAroundBytes : 0) / page * page;
+    (void)os::drop_mapped_pages(base_ + from, end_ - from);
+    begin_ = end_;
+  }
+
+ private:
+  const int fd_;
+  std::byte* const base_;
+  const bool durable_;
+  std::uint64_t begin_ = 0;  // [begin_, end_): hashed, not yet released
+  std::uint64_t end_ = 0;
+};
 
 }  // namespace
 
@@ -151,21 +193,12 @@ struct WrapperWriter::State {
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
            std::vector<std::string> depends, Write&& write) {
     Pending entry{std::string(name), kind, size, {}, std::move(depends), PendingBlobs(builder)};
-    const int fd = region.fd();
-    std::byte* const base = region.data();
-    const bool durable = options.durable;
+    Release release(region.fd(), region.data(), options.durable);
     // Declared after `entry`: the digest thread is joined before the blobs are discarded.
     detail::DigestPipeline digest(
         options.parallel_digest && size >= kParallelDigestBytes &&
             std::thread::hardware_concurrency() > 1,
-        [fd, base, durable](std::span<const std::byte> piece) {
-          const auto offset = static_cast<std::uint64_t>(piece.data() - base);
-          // A hint: the final fsync then has less to wait for.
-          if (durable) (void)os::start_writeback(fd, offset, piece.size());
-          const std::uint64_t page = os::page_size();
-          const std::uint64_t first = offset / page * page;
-          (void)os::drop_mapped_pages(base + first, offset + piece.size() - first);
-        });
+        [&release](std::span<const std::byte> piece) { release.piece(piece); });
     const std::uint64_t total_before = total_done;
     try {
       for (std::uint64_t offset = 0; offset < size;) {
@@ -194,6 +227,7 @@ struct WrapperWriter::State {
       throw;
     }
     entry.digest = digest.finish();
+    release.finish();
     if (kind == EntryKind::kSharedLibrary) check_elf(entry);
     if (size == 0) report(name, 0, 0);
     names.insert(entry.name);
