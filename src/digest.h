@@ -45,7 +45,7 @@ class DigestStream {
 class DigestPipeline {
  public:
   using After = std::function<void(std::span<const std::byte>)>;
-  static constexpr std::size_t kMaxQueuedBytes = 32u << 20;
+  static constexpr std::size_t kMaxQueuedBytes = 16u << 20;
   explicit DigestPipeline(bool threaded, After after = {});
   ~DigestPipeline();
   DigestPipeline(const DigestPipeline&) = delete;

@@ -40,10 +40,11 @@
 // Disk and memory. A wrapper costs disk blocks for its bytes and metadata only: the unused
 // tails of Cap'n Proto segments (files over 4 GiB; up to one chunk per 4 GiB) and discarded
 // blobs are holes, so `du` can show less than `ls -l` (capnp.h, "Disk blocks"). The writer's
-// resident set does not grow with the file: each piece it copied or you filled is dropped
-// from its page tables once hashed (the bytes stay in the file and the page cache), and at
-// most a few 8 MiB pieces wait for the digest thread; add_data() with a fill function keeps
-// up to one chunk (chunk_bytes) mapped while the callback writes it.
+// resident set does not grow with the file: what it copied or you filled is dropped from its
+// page tables once hashed, 8 MiB at a time (the bytes stay in the file and the page cache;
+// durable writers start their write-back then too), and at most 16 MiB wait for the digest
+// thread — some 25 MiB mapped at the peak, whatever the size. add_data() with a fill
+// function keeps up to one chunk (chunk_bytes) mapped while the callback writes it.
 //
 // Reading (Wrapper): open() maps the file read-only and checks everything a reader relies on
 // before handing out any byte (the list is in wrapper.capnp); the entries are then plain
