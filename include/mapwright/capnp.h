@@ -66,19 +66,20 @@ struct MappedMessageOptions {
 //     built);
 //   * a new segment is backed for the object that opens it (Cap'n Proto writes its far
 //     pointer's landing pad there at once); the Error comes out of the builder call that
-//     needed the segment (init*, new_aligned_data, adopt...), and Cap'n Proto's state is
-//     unchanged by it;
+//     needed the segment (init*, new_aligned_data, adopt...) before Cap'n Proto allocated
+//     anything;
 //   * new_aligned_data() backs the padding and the blob before it allocates them;
 //     fill_from_fd() backs its range before pread(2); reserve() backs what it is asked to;
 //   * finish() backs the whole message before it writes the table and truncates the region.
-// Stores made through the builders into objects inside a segment (setters, list elements, the
-// bytes of a blob from initData()) grow the region by fault, as any region store: a failure
-// there is a SIGBUS, which guarded() turns into an Error (see fault.h; remember that
-// guarded() abandons its body, so a builder that failed there may hold a half-set object —
-// build something else, or call reserve() first to have no growth inside the body at all).
-// After an Error from the builder itself (not from inside guarded()), the builder stays
-// usable: the failed allocation did not happen, and finish() can be retried once there is
-// room.
+// Everything else Cap'n Proto stores inside a segment — your setters and list elements, the
+// bytes of a blob from initData(), the pointers and tags of objects allocated where the
+// segment already has room, the zeros it writes over an object whose field is initialized
+// again — grows the region by fault, as any region store: a failure there is a SIGBUS, which
+// guarded() turns into an Error (see fault.h; remember that guarded() abandons its body, so a
+// builder that failed there may hold a half-set object — build something else, or call
+// reserve() first to have no growth inside the body at all). After an Error from the builder
+// itself (not from inside guarded()), the builder stays usable: the failed allocation did not
+// happen, and finish() can be retried once there is room.
 //
 // Orphans. An Orphan<T> that is destroyed without being adopted zeroes its object's words
 // (Cap'n Proto's contract). On memory the region has not backed, that store would raise
