@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 
 #include <cerrno>
 #include <climits>
@@ -44,13 +43,6 @@ int punch_hole(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
 int drop_mapped_pages(void* address, std::uint64_t length) noexcept {
   if (length == 0) return 0;
   return retry([&] { return ::madvise(address, length, MADV_DONTNEED); });
-}
-
-int allocated_bytes(int fd, std::uint64_t* bytes) noexcept {
-  struct stat st;
-  const int err = retry([&] { return ::fstat(fd, &st); });
-  if (err == 0) *bytes = static_cast<std::uint64_t>(st.st_blocks) * 512;
-  return err;
 }
 
 }  // namespace mapwright::os

@@ -30,8 +30,4 @@ int punch_hole(int fd, std::uint64_t offset, std::uint64_t length) noexcept;
 // the contents. Not async-signal-safe (not needed there).
 int drop_mapped_pages(void* address, std::uint64_t length) noexcept;
 
-// st_blocks * 512 from fstat(2): the bytes the file really occupies (disk blocks, or memory
-// for tmpfs and memfd), as opposed to its size. Not async-signal-safe by contract.
-int allocated_bytes(int fd, std::uint64_t* bytes) noexcept;
-
 }  // namespace mapwright::os
