@@ -273,15 +273,6 @@ FaultOutcome UpwardGrowth::truncate(std::uint64_t bytes, FaultReport* report) no
   return outcome;
 }
 
-FaultOutcome UpwardGrowth::allocate_holes(FaultReport* report) noexcept {
-  const std::uint64_t size = committed();
-  if (kind_ != FileKind::kDisk || size == 0) return FaultOutcome::kResolved;
-  const int err = os::fallocate(fd_, FALLOC_FL_KEEP_SIZE, 0, size);
-  if (err == 0 || err == EOPNOTSUPP) return FaultOutcome::kResolved;
-  return fail(report, err, "opening region", size, kNoOffset,
-              "allocating blocks for the holes of the file");
-}
-
 // ---- DownwardGrowth ----------------------------------------------------------------------
 
 DownwardGrowth::DownwardGrowth(std::string name, int fd, std::byte* base,

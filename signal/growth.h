@@ -18,9 +18,11 @@
 //     fallocate/ftruncate (invariant 6). The file calls run with SIGXFSZ blocked, and a
 //     SIGXFSZ they raise is taken away: a limit lowered between the check and the call gives
 //     EFBIG, never death by SIGXFSZ.
-//   * On disk, every byte below committed_ has blocks (fallocate at growth, at truncate()
-//     upward, and over the holes of an opened sparse file, see allocate_holes()), so a full
-//     disk is reported at growth, not as a failed page fault later.
+//   * On disk, every byte this owner added below committed_ has blocks (fallocate at growth
+//     and at truncate() upward), so a full disk is reported at growth. Holes it did not make
+//     (an opened sparse file, a hole punched by a builder or behind its back) are asked of
+//     the filesystem when a store faults in one: a full disk is then a failed fault with the
+//     filesystem's ENOSPC, never EFAULT.
 //   * A fault is answered kResolved only if the retried store can succeed: a fault below
 //     committed_ (another thread grew meanwhile) is confirmed with MADV_POPULATE_WRITE, which
 //     reports instead of faulting when the page still cannot be backed (invariant 1).
@@ -70,9 +72,6 @@ class UpwardGrowth final : public FaultOwner {
   // Sets the file size to exactly `bytes`, up (with blocks allocated on disk) or down, and
   // committed_ with it. Past RLIMIT_FSIZE: EFBIG, checked first. Not async-signal-safe.
   FaultOutcome truncate(std::uint64_t bytes, FaultReport* report) noexcept;
-  // Allocates blocks for the holes of the first committed() bytes (disk files only; a
-  // filesystem without fallocate is left as it is). Not async-signal-safe.
-  FaultOutcome allocate_holes(FaultReport* report) noexcept;
   // Gets the one-page buffer that keeps bytes stored past an unaligned end of file across a
   // growth (see region.h). Needed only after an unaligned truncate() or an unaligned open,
   // so it is allocated then, here, in ordinary code (never in the handler, never with

@@ -84,6 +84,7 @@ DigestPipeline::~DigestPipeline() {
   {
     const std::lock_guard lock(mutex_);
     queue_.clear();
+    queued_bytes_ = 0;
     closed_ = true;
   }
   ready_.notify_one();
@@ -109,8 +110,10 @@ void DigestPipeline::submit(const std::byte* data, std::size_t size) {
     return;
   }
   {
-    const std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
+    space_.wait(lock, [this] { return queued_bytes_ < kMaxQueuedBytes; });
     queue_.emplace_back(data, size);
+    queued_bytes_ += size;
   }
   ready_.notify_one();
 }
@@ -122,7 +125,9 @@ void DigestPipeline::work() {
     if (queue_.empty()) return;  // closed, and all done
     const std::span<const std::byte> piece = queue_.front();
     queue_.pop_front();
+    queued_bytes_ -= piece.size();
     lock.unlock();
+    space_.notify_one();
     hash_piece(piece);
     lock.lock();
   }

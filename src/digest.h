@@ -37,12 +37,15 @@ class DigestStream {
 // stay readable and unchanged until finish(). Before hashing a piece the worker maps it in
 // one call (MADV_POPULATE_READ), cheaper than a page fault per 64 KiB. With threaded ==
 // false, submit() hashes at once on the caller's thread. `after`, if set, runs after each
-// piece is hashed, on the same thread (the writer starts the piece's write-back there, off
-// the copying thread). Without finish(), the destructor abandons what is queued and joins the
-// worker. Not async-signal-safe.
+// piece is hashed, on the same thread (the writer starts the piece's write-back there, and
+// drops the pages from its page tables, off the copying thread). At most kMaxQueuedBytes
+// wait: submit() blocks while that much does, so a producer faster than the hash cannot run
+// ahead and keep an unbounded part of the file mapped. Without finish(), the destructor
+// abandons what is queued and joins the worker. Not async-signal-safe.
 class DigestPipeline {
  public:
   using After = std::function<void(std::span<const std::byte>)>;
+  static constexpr std::size_t kMaxQueuedBytes = 16u << 20;
   explicit DigestPipeline(bool threaded, After after = {});
   ~DigestPipeline();
   DigestPipeline(const DigestPipeline&) = delete;
@@ -59,8 +62,10 @@ class DigestPipeline {
   DigestStream stream_;
   After after_;
   std::mutex mutex_;
-  std::condition_variable ready_;
+  std::condition_variable ready_;   // a piece was queued, or the queue closed
+  std::condition_variable space_;   // a piece left the queue
   std::deque<std::span<const std::byte>> queue_;  // guarded by mutex_
+  std::size_t queued_bytes_ = 0;                  // guarded by mutex_
   bool closed_ = false;                           // guarded by mutex_
   std::thread worker_;                            // not joinable when not threaded
 };

@@ -167,14 +167,10 @@ Region Region::open(const std::filesystem::path& path, RegionOptions options) {
   const detail::GrowthPolicy policy = checked_policy(options, path.string());
   Backing backing = Backing::open_file(path);
   const std::uint64_t size = backing.size();
-  auto state = compose(std::move(backing), policy, size, detail::FileKind::kDisk);
-  // A sparse file's holes would be allocated at the first store into each, where a full
-  // disk can only fail the page fault (EFAULT): allocate them now, so ENOSPC is said here.
-  detail::FaultReport report;
-  if (state->owner->allocate_holes(&report) != detail::FaultOutcome::kResolved) {
-    detail::throw_report(report);
-  }
-  return Region(std::move(state));
+  // A sparse file stays sparse (a Cap'n Proto message reopened with kReopen keeps its
+  // unused segment tails as holes): a store into a hole that the filesystem cannot back is
+  // a failed fault, reported with the filesystem's reason (ENOSPC), see signal/growth.h.
+  return Region(compose(std::move(backing), policy, size, detail::FileKind::kDisk));
 }
 
 Region Region::staged(const std::filesystem::path& target, RegionOptions options) {

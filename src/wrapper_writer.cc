@@ -20,6 +20,7 @@
 #include "digest.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
+#include "os/extent.h"
 #include "os/os.h"
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
@@ -29,10 +30,78 @@ namespace {
 
 constexpr std::uint64_t kPiece = 8ull << 20;  // copied and hashed at a time; progress step
 constexpr std::uint64_t kParallelDigestBytes = 32ull << 20;
+// Hashed bytes are released (write-back started, pages dropped) in batches of this much.
+constexpr std::uint64_t kReleaseBytes = 8ull << 20;
+// The kernel's fault-around maps up to this much (fault_around_bytes is at most 2 MiB) of
+// cached pages around a read fault: the digest's next read maps back pages just dropped.
+constexpr std::uint64_t kFaultAroundBytes = 2ull << 20;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
 
+// What the writer does with bytes once they are hashed, in batches of kReleaseBytes and at
+// the end of each entry: starts their write-back (durable writers: the final fsync then has
+// less to wait for) and drops their pages from this process's page tables, so that the
+// resident set does not grow with the file (the bytes stay in the page cache and the file).
+// Each drop reaches back kFaultAroundBytes, over pages that the digest's reads mapped again
+// by fault-around. Pieces arrive in file order, on the digest thread; finish() runs on the
+// writer's thread after the digest thread is joined.
+class Release {
+ public:
+  Release(int fd, std::byte* base, bool durable) noexcept
+      : fd_(fd), base_(base), durable_(durable) {}
+
+  void piece(std::span<const std::byte> piece) noexcept {
+    const auto offset = static_cast<std::uint64_t>(piece.data() - base_);
+    if (begin_ == end_) begin_ = offset;
+    end_ = offset + piece.size();
+    if (end_ - begin_ >= kReleaseBytes) finish();
+  }
+
+  void finish() noexcept {
+    if (begin_ == end_) return;
+    if (durable_) (void)os::start_writeback(fd_, begin_, end_ - begin_);
+    const std::uint64_t page = os::page_size();
+    const std::uint64_t from =
+        (begin_ > kFaultAroundBytes ? begin_ - kFaultAroundBytes : 0) / page * page;
+    (void)os::drop_mapped_pages(base_ + from, end_ - from);
+    begin_ = end_;
+  }
+
+ private:
+  const int fd_;
+  std::byte* const base_;
+  const bool durable_;
+  std::uint64_t begin_ = 0;  // [begin_, end_): hashed, not yet released
+  std::uint64_t end_ = 0;
+};
+
 }  // namespace
+
+// Blobs of the message that are not (or not yet) part of it. They are given up with
+// MappedMessageBuilder::discard() — never by the Orphan destructor, which stores zeros over
+// the blob: a SIGBUS on pages the region does not back (after a failed growth), and a write
+// of every page of a blob that is being thrown away.
+class PendingBlobs {
+ public:
+  explicit PendingBlobs(MappedMessageBuilder& builder) noexcept : builder_(&builder) {}
+  PendingBlobs(PendingBlobs&& other) noexcept
+      : builder_(other.builder_), blobs_(std::move(other.blobs_)) {
+    other.blobs_.clear();
+  }
+  PendingBlobs& operator=(PendingBlobs&&) = delete;
+  ~PendingBlobs() {
+    for (auto& blob : blobs_) builder_->discard(::kj::mv(blob));
+  }
+
+  void add(::capnp::Orphan<::capnp::Data>&& blob) { blobs_.push_back(::kj::mv(blob)); }
+  std::size_t size() const noexcept { return blobs_.size(); }
+  ::capnp::Orphan<::capnp::Data>& operator[](std::size_t i) noexcept { return blobs_[i]; }
+  const ::capnp::Orphan<::capnp::Data>& front() const noexcept { return blobs_.front(); }
+
+ private:
+  MappedMessageBuilder* builder_;
+  std::vector<::capnp::Orphan<::capnp::Data>> blobs_;
+};
 
 struct WrapperWriter::State {
   struct Pending {
@@ -41,7 +110,7 @@ struct WrapperWriter::State {
     std::uint64_t size;
     Digest digest;
     std::vector<std::string> dependencies;
-    std::vector<::capnp::Orphan<::capnp::Data>> chunks;
+    PendingBlobs chunks;
   };
 
   std::filesystem::path target;
@@ -49,11 +118,11 @@ struct WrapperWriter::State {
   WrapperWriterOptions options;
   Region region;
   MappedMessageBuilder builder;
-  // Declared after the builder: the orphans die first.
+  // Declared after the builder: the pending blobs are discarded while it still exists.
   std::vector<Pending> entries;
   std::unordered_set<std::string> names;
   std::uint64_t total_done = 0;
-  bool spent = false;  // publish() ran (or failed after it began writing the metadata)
+  bool spent = false;  // publish() began writing the metadata (or finished)
 
   State(const std::filesystem::path& path, WrapperWriterOptions opts)
       : target(path),
@@ -61,6 +130,29 @@ struct WrapperWriter::State {
         options(std::move(opts)),
         region(Region::staged(path, options.region)),
         builder(region, options.message) {}
+
+  // At least the bytes publish() allocates for the metadata: the root, the entry structs,
+  // their texts, digests and pointer lists, with room for a far pointer (a landing pad, or a
+  // double-far pad when a chunk is adopted out of a full segment) per object.
+  std::uint64_t metadata_bound_bytes() const {
+    using File = schema::WrapperFile::_capnpPrivate;
+    using Entry = schema::Entry::_capnpPrivate;
+    const auto text_words = [](std::size_t bytes) -> std::uint64_t { return (bytes + 1 + 7) / 8; };
+    constexpr std::uint64_t kFar = 3;  // words a far pointer may add to an object
+    std::uint64_t words = File::dataWordSize + File::pointerCount + kFar +
+                          text_words(options.producer.size()) + kFar + 1 + kFar;
+    for (const Pending& entry : entries) {
+      words += Entry::dataWordSize + Entry::pointerCount;
+      words += text_words(entry.name.size()) + kFar;
+      words += 2 + kFar;  // the digest
+      words += entry.dependencies.size() + kFar;
+      for (const std::string& dependency : entry.dependencies) {
+        words += text_words(dependency.size()) + kFar;
+      }
+      words += entry.chunks.size() * (1 + kFar) + kFar;
+    }
+    return words * sizeof(::capnp::word);
+  }
 
   [[noreturn]] void refuse(int error, std::string_view name, const std::string& what) const {
     throw Error(error, "writing wrapper", subject,
@@ -90,28 +182,36 @@ struct WrapperWriter::State {
   }
 
   // Allocates the entry's chunks one after another and hands each to `write(bytes, offset)`,
-  // which must fill all of it; hashes what was written. Adds the entry only if all went well.
+  // which must fill all of it; hashes what was written. Adds the entry only if all went well;
+  // otherwise its blobs are discarded (zero, no blocks) and the exception propagates.
+  //
+  // Each chunk is backed by new_aligned_data() before anything is written into it, so a full
+  // disk or RLIMIT_FSIZE is an Error from there, never a fault or a SIGXFSZ. After a piece is
+  // hashed its pages are dropped from this process's page tables (and, durable, its
+  // write-back is started): the resident set stays at a few pieces, whatever the entry's size.
   template <class Write>
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
            std::vector<std::string> depends, Write&& write) {
-    Pending entry{std::string(name), kind, size, {}, std::move(depends), {}};
-    detail::DigestPipeline::After start_writeback;
-    if (options.durable) {  // a hint: the final fsync then has less to wait for
-      start_writeback = [this](std::span<const std::byte> piece) {
-        (void)os::start_writeback(region.fd(), static_cast<std::uint64_t>(piece.data() - region.data()),
-                                  piece.size());
-      };
-    }
-    detail::DigestPipeline digest(options.parallel_digest && size >= kParallelDigestBytes &&
-                                      std::thread::hardware_concurrency() > 1,
-                                  std::move(start_writeback));
+    Pending entry{std::string(name), kind, size, {}, std::move(depends), PendingBlobs(builder)};
+    Release release(region.fd(), region.data(), options.durable);
+    // Declared after `entry`: the digest thread is joined before the blobs are discarded.
+    detail::DigestPipeline digest(
+        options.parallel_digest && size >= kParallelDigestBytes &&
+            std::thread::hardware_concurrency() > 1,
+        [&release](std::span<const std::byte> piece) { release.piece(piece); });
     const std::uint64_t total_before = total_done;
     try {
       for (std::uint64_t offset = 0; offset < size;) {
         const std::uint64_t length = std::min(options.chunk_bytes, size - offset);
-        auto orphan = builder.new_aligned_data(length, kWrapperAlignment);
-        std::byte* first = reinterpret_cast<std::byte*>(orphan.get().begin());
-        region.ensure(static_cast<std::uint64_t>(first - region.data()) + length);
+        try {
+          entry.chunks.add(builder.new_aligned_data(length, kWrapperAlignment));
+        } catch (const Error& e) {
+          // The region could not grow (ENOSPC, EFBIG, ENOMEM): say which entry needed it.
+          refuse(e.error(), name,
+                 e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
+        }
+        std::byte* first =
+            reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
         for (std::uint64_t done = 0; done < length;) {
           const std::uint64_t piece = std::min(kPiece, length - done);
           write(std::span<std::byte>(first + done, piece), offset + done);
@@ -120,14 +220,14 @@ struct WrapperWriter::State {
           total_done += piece;
           report(name, offset + done, size);
         }
-        entry.chunks.push_back(std::move(orphan));
         offset += length;
       }
     } catch (...) {
-      total_done = total_before;  // the abandoned blobs stay behind as zero words
+      total_done = total_before;
       throw;
     }
     entry.digest = digest.finish();
+    release.finish();
     if (kind == EntryKind::kSharedLibrary) check_elf(entry);
     if (size == 0) report(name, 0, 0);
     names.insert(entry.name);
@@ -135,7 +235,7 @@ struct WrapperWriter::State {
   }
 
   // The bytes of a library entry start with the ELF magic number. The blobs of a refused
-  // entry stay behind as unused words, as after any failed add.
+  // entry are discarded, as after any failed add: zero, and no blocks where they cover pages.
   void check_elf(const Pending& entry) const {
     static constexpr unsigned char kMagic[4] = {0x7f, 'E', 'L', 'F'};
     const bool elf = entry.size >= sizeof kMagic &&
@@ -161,6 +261,14 @@ struct WrapperWriter::State {
     add(name, kind, size, std::move(depends), [&](std::span<std::byte> into, std::uint64_t at) {
       const auto out_offset = static_cast<std::uint64_t>(into.data() - region.data());
       std::uint64_t copied = 0;
+      // The destination is backed (new_aligned_data), so copy_file_range never extends the
+      // file. But the kernel refuses ANY write at or past RLIMIT_FSIZE, with SIGXFSZ, even
+      // inside the file (a limit lowered after the region grew): stores through the mapping
+      // are not subject to it, so read into the mapping there instead.
+      std::uint64_t limit = UINT64_MAX;
+      if (in_kernel && os::file_size_limit(&limit) == 0 && out_offset + into.size() > limit) {
+        in_kernel = false;
+      }
       if (in_kernel) {
         const int err = os::copy_file_range(fd, at, region.fd(), out_offset, into.size(), &copied);
         if (err == 0 && copied == into.size()) return;
@@ -248,6 +356,15 @@ std::uint64_t WrapperWriter::publish() {
     graph.push_back({entry.name, entry.kind, &entry.dependencies});
   }
   detail::check_dependencies(graph, "writing wrapper", s.subject);
+  // The metadata is written by Cap'n Proto's stores: back room for all of it first, so that a
+  // full disk or RLIMIT_FSIZE is an Error here, before anything is written (and publish() can
+  // be tried again), never a fault in the middle of it.
+  try {
+    s.builder.reserve(s.metadata_bound_bytes());
+  } catch (const Error& e) {
+    throw Error(e.error(), "writing wrapper", s.subject,
+                "(metadata: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
+  }
   s.spent = true;  // from here on a failure leaves a half-written root: no second try
 
   auto root = s.builder.initRoot<schema::WrapperFile>();

@@ -6,17 +6,22 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "child.h"
+#include "content.h"
+#include "region_helpers.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
@@ -400,6 +405,189 @@ TEST(MappedMessageBuilder, ReopenRefusesEmptyAndMalformedRegions) {
     EXPECT_EQ(e.error(), EINVAL);
     EXPECT_NE(std::string(e.what()).find("reopen-garbage"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace mapwright
+
+namespace mapwright {
+namespace {
+
+using test::kKiB;
+using test::kMiB;
+
+std::uint64_t allocated_bytes(int fd) {
+  struct stat st {};
+  EXPECT_EQ(::fstat(fd, &st), 0);
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+std::uint64_t file_size_of(int fd) {
+  struct stat st {};
+  EXPECT_EQ(::fstat(fd, &st), 0);
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+// `count` blobs of `blob_bytes` placed with new_aligned_data(alignment), each filled with
+// the test pattern and adopted into TestAll.blobs; returns the message's size.
+std::uint64_t build_blobs(Region& region, const MappedMessageOptions& options, unsigned count,
+                          std::uint64_t blob_bytes, std::uint64_t alignment = 0) {
+  MappedMessageBuilder builder(region, options);
+  auto root = builder.initRoot<TestAll>();
+  root.setName("blobs");
+  auto blobs = root.initBlobs(count);
+  for (unsigned i = 0; i < count; ++i) {
+    auto blob = builder.new_aligned_data(blob_bytes, alignment);
+    test::fill(reinterpret_cast<std::byte*>(blob.get().begin()), 0, blob_bytes / 8, i + 1);
+    blobs.adopt(i, kj::mv(blob));
+  }
+  return builder.finish();
+}
+
+void expect_blobs(const Region& region, unsigned count, std::uint64_t blob_bytes) {
+  capnp::ReaderOptions unlimited;
+  unlimited.traversalLimitInWords = UINT64_MAX / 8;
+  capnp::FlatArrayMessageReader reader(words_of(region), unlimited);
+  const auto blobs = reader.getRoot<TestAll>().getBlobs();
+  ASSERT_EQ(blobs.size(), count);
+  for (unsigned i = 0; i < count; ++i) {
+    ASSERT_EQ(blobs[i].size(), blob_bytes);
+    const auto* words = reinterpret_cast<const std::uint64_t*>(blobs[i].begin());
+    for (std::uint64_t w = 0; w < blob_bytes / 8; w += 97) {
+      ASSERT_EQ(words[w], test::pattern(w, i + 1)) << "blob " << i << " word " << w;
+    }
+  }
+}
+
+// Every segment but the last spans its full size in the file (the stream format puts them
+// back to back), but the unused tail of each span costs no disk blocks: 160 KiB blobs in
+// 256 KiB segments leave 96 KiB tails that growth (fallocate) had allocated.
+TEST(MappedMessageBuilder, SegmentTailsCostNoDiskBlocks) {
+  constexpr unsigned kCount = 12;
+  constexpr std::uint64_t kBlobBytes = 160 * kKiB;
+  MappedMessageOptions options;
+  options.segment_words = 256 * kKiB / 8;
+  options.max_segments = kMaxSegments;
+  test::on_disk_file("tails.bin", [&](Region& region) {
+    const std::uint64_t size = build_blobs(region, options, kCount, kBlobBytes);
+    region.sync();
+    const std::uint64_t content = kCount * kBlobBytes;
+    EXPECT_EQ(file_size_of(region.fd()), size);
+    EXPECT_GE(size, content + (kCount - 1) * 90 * kKiB) << "the spans are in the file";
+    // Content; per segment the page after its blob, which holds the far-pointer landing pad
+    // of the blob's adoption; the segment table and the root: nothing else.
+    const std::uint64_t allocated = allocated_bytes(region.fd());
+    RecordProperty("file_size", std::to_string(size));
+    RecordProperty("allocated", std::to_string(allocated));
+    EXPECT_LE(allocated, content + kCount * 4 * kKiB + 16 * kKiB)
+        << "file size " << size << ": the unused tails hold blocks";
+    expect_blobs(region, kCount, kBlobBytes);
+  });
+}
+
+// Alignment padding is never written: on a memfd, where a store is what allocates memory,
+// 60 KiB of padding before each 64 KiB-aligned blob costs nothing (an Orphan destructor would
+// have zeroed it).
+TEST(MappedMessageBuilder, AlignmentPaddingIsNeverWritten) {
+  constexpr unsigned kCount = 16;
+  constexpr std::uint64_t kBlobBytes = 4 * kKiB + 8;
+  RegionOptions small;
+  small.capacity = 256 * kMiB;
+  Region region = Region::memfd("capnp-padding", small);
+  MappedMessageOptions options;
+  options.max_segments = 1;
+  build_blobs(region, options, kCount, kBlobBytes, 64 * kKiB);
+  // Each blob: two pages (4 KiB + 8 bytes); then the root, table and list pointers.
+  const std::uint64_t allocated = allocated_bytes(region.fd());
+  RecordProperty("allocated", std::to_string(allocated));
+  EXPECT_LE(allocated, kCount * 8 * kKiB + 16 * kKiB) << "padding pages hold memory";
+  EXPECT_GE(region.size(), kCount * 64 * kKiB);
+  expect_blobs(region, kCount, kBlobBytes);
+}
+
+// Memory the builder stores into itself is backed before it stores: with grow_on_fault off,
+// every store past what ensure() backed would be a crash. Building in small segments
+// (new segments, the filler that closes the old ones, landing pads for the adopted blobs),
+// placing blobs, filling one from an fd and finishing therefore all run with no fault, given
+// reserve() before the builder calls that allocate small objects.
+TEST(MappedMessageBuilder, EveryStoreOfTheBuilderIsBackedFirst) {
+  test::TempDir dir;
+  const auto source = dir / "source.bin";
+  {
+    std::vector<std::byte> bytes(100 * kKiB);
+    test::fill(bytes.data(), 0, bytes.size() / 8, 3);
+    std::ofstream(source, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  const test::ChildResult result = test::run_in_child([&] {
+    test::no_core_dumps();
+    RegionOptions strict;
+    strict.capacity = 256 * kMiB;
+    strict.grow_on_fault = false;
+    strict.min_step = 4096;  // backs no more than asked, so an unbacked store shows
+    strict.max_step = 4096;
+    Region region = Region::memfd("capnp-strict", strict);
+    MappedMessageOptions options;
+    options.segment_words = 512;
+    options.max_segments = kMaxSegments;
+    MappedMessageBuilder builder(region, options);
+    builder.reserve(4 * kKiB);
+    auto root = builder.initRoot<TestAll>();
+    root.setName("strict");
+    auto blobs = root.initBlobs(4);
+    const int fd = ::open(source.c_str(), O_RDONLY | O_CLOEXEC);
+    CHILD_CHECK(fd >= 0);
+    for (unsigned i = 0; i < 4; ++i) {
+      auto blob = builder.new_aligned_data(100 * kKiB);
+      if (i % 2 == 0) {
+        builder.fill_from_fd(blob.get(), fd, 0, 100 * kKiB, source.string());
+      } else {
+        test::fill(reinterpret_cast<std::byte*>(blob.get().begin()), 0, 100 * kKiB / 8, 3);
+      }
+      builder.reserve(64);  // the landing pad of the adoption
+      blobs.adopt(i, kj::mv(blob));
+    }
+    ::close(fd);
+    builder.finish();
+    capnp::FlatArrayMessageReader reader(words_of(region));
+    const auto read = reader.getRoot<TestAll>();
+    CHILD_CHECK(read.getName() == "strict");
+    for (unsigned i = 0; i < 4; ++i) {
+      const auto* words = reinterpret_cast<const std::uint64_t*>(read.getBlobs()[i].begin());
+      CHILD_CHECK(words[0] == test::pattern(0, 3) && words[12799] == test::pattern(12799, 3));
+    }
+    test::say("built\n");
+  });
+  test::expect_clean_exit_unreported(result);
+  EXPECT_NE(result.output.find("built"), std::string::npos) << result.describe();
+}
+
+// discard(): a blob given up reads as zero afterwards and its whole pages cost nothing; the
+// message stays valid. On a memfd and on a disk file.
+TEST(MappedMessageBuilder, DiscardedBlobsReadAsZeroAndHoldNoBlocks) {
+  const auto check = [](Region& region) {
+    MappedMessageBuilder builder(region);
+    auto root = builder.initRoot<TestAll>();
+    root.setName("kept");
+    auto blob = builder.new_aligned_data(kMiB + 100);
+    const auto offset = static_cast<std::uint64_t>(
+        reinterpret_cast<std::byte*>(blob.get().begin()) - region.data());
+    std::memset(blob.get().begin(), 0xab, kMiB + 100);
+    const std::uint64_t before = allocated_bytes(region.fd());
+    builder.discard(kj::mv(blob));
+    EXPECT_TRUE(blob == nullptr);
+    EXPECT_LE(allocated_bytes(region.fd()) + kMiB, before) << "the blob's pages were not freed";
+    std::vector<unsigned char> bytes(kMiB + 100);
+    ASSERT_EQ(test::pread_all(region.fd(), bytes.data(), bytes.size(), offset), bytes.size());
+    EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](unsigned char b) { return b == 0; }));
+    builder.discard({});  // a null orphan is ignored
+    builder.finish();
+    capnp::FlatArrayMessageReader reader(words_of(region));
+    EXPECT_EQ(reader.getRoot<TestAll>().getName(), "kept");
+  };
+  Region memfd = Region::memfd("capnp-discard");
+  check(memfd);
+  test::on_disk_file("discard.bin", check);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <random>
@@ -31,6 +34,7 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
+#include "content.h"
 #include "fixture_paths.h"
 #include "mapwright/wrapper.h"
 #include "wrapper.capnp.h"
@@ -61,6 +65,7 @@ struct Outcome {
   int signal = 0;
   std::string out;
   std::string err;
+  long max_rss_kib = 0;  // the program's peak resident set (wait4's ru_maxrss)
 
   std::string describe() const {
     std::string what = exited ? "exited " + std::to_string(exit_code)
@@ -92,9 +97,13 @@ std::vector<std::string> child_environment() {
   return environment;
 }
 
+// Called with the program's pid and its stderr so far, each time more of it arrives.
+using OnStderr = std::function<void(pid_t pid, const std::string& err)>;
+
 // Runs `program` with `args` (stdin from /dev/null), collecting stdout and stderr apart; a
 // program still running after 60 s is killed.
-Outcome run_program(const std::string& program, const std::vector<std::string>& args) {
+Outcome run_program(const std::string& program, const std::vector<std::string>& args,
+                    const OnStderr& on_stderr = {}) {
   int out_pipe[2];
   int err_pipe[2];
   if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -147,6 +156,7 @@ Outcome run_program(const std::string& program, const std::vector<std::string>& 
       const ssize_t n = ::read(fds[i].fd, buffer, sizeof buffer);
       if (n > 0) {
         sinks[i]->append(buffer, static_cast<std::size_t>(n));
+        if (i == 1 && on_stderr) on_stderr(pid, outcome.err);
       } else if (n == 0 || errno != EINTR) {
         ::close(fds[i].fd);
         fds[i].fd = -1;
@@ -158,8 +168,10 @@ Outcome run_program(const std::string& program, const std::vector<std::string>& 
     if (p.fd >= 0) ::close(p.fd);
   }
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  rusage usage {};
+  while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
   }
+  outcome.max_rss_kib = usage.ru_maxrss;
   outcome.exited = WIFEXITED(status);
   outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   outcome.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
@@ -925,6 +937,138 @@ TEST_F(CliTest, FailedPackLeavesTargetUntouched) {
     EXPECT_TRUE(read_file(wrapper) == before);
   }
   EXPECT_EXIT_CODE(tool({"pack", "-o", path("no-dir") / "w.mwr"}), 3);
+}
+
+// ---- growth that fails, a kill, the resident set ---------------------------------------------
+
+// The names in `dir`, sorted.
+std::vector<std::string> names_in(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& item : fs::directory_iterator(dir)) names.push_back(item.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Fills the filesystem of `dir` with a file "filler" until it is full.
+void fill_filesystem(const fs::path& dir) {
+  const int fd = ::open((dir / "filler").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  const std::string zeros(64 * 1024, '\0');
+  for (const std::size_t size : {zeros.size(), std::size_t{4096}}) {
+    while (::write(fd, zeros.data(), size) > 0) {
+    }
+  }
+  EXPECT_EQ(errno, ENOSPC);
+  ::close(fd);
+}
+
+// The last line of stderr: after a progress bar (redrawn with \r, ended by \n) the error.
+std::string last_line(const std::string& err) {
+  const std::size_t end = err.size() > 1 ? err.rfind('\n', err.size() - 2) : std::string::npos;
+  return end == std::string::npos ? err : err.substr(end + 1);
+}
+
+// `mapwright pack` onto a small tmpfs, with an entry larger than the tmpfs, and onto a full
+// one: exit 3 with one line naming the target, the entry and the cause — not death by SIGBUS
+// (exit 135 in a shell) from a blob's destructor storing into pages that were never backed —
+// and nothing is left on the tmpfs.
+TEST_F(CliTest, PackOntoASmallOrFullTmpfsExitsThree) {
+  test::SmallTmpfs tmpfs(8u << 20);
+  if (!tmpfs.ok()) GTEST_SKIP() << tmpfs.reason();
+  write_file(path("big.bin"), random_bytes(20u << 20, 5));
+  const fs::path target = tmpfs.path() / "out.mwr";
+  const std::vector<std::string> pack = {"pack", "-o", target, "--data",
+                                         "blob=" + path("big.bin").string(), "--progress"};
+  const Outcome small = tool(pack);
+  EXPECT_EXIT_CODE(small, 3);
+  const std::string line = last_line(small.err);
+  EXPECT_TRUE(line.starts_with("mapwright: writing wrapper '" + target.string() + "' entry 'blob'"))
+      << small.describe();
+  EXPECT_THAT(line, HasSubstr("No space left on device"));
+  EXPECT_TRUE(names_in(tmpfs.path()).empty()) << ::testing::PrintToString(names_in(tmpfs.path()));
+
+  fill_filesystem(tmpfs.path());
+  write_file(path("small.bin"), random_bytes(1000, 6));
+  const Outcome full = tool({"pack", "-o", target, "--data", "s=" + path("small.bin").string()});
+  EXPECT_EXIT_CODE(full, 3);
+  expect_one_error_line(full, {target.string(), "No space left on device"});
+  EXPECT_EQ(names_in(tmpfs.path()), std::vector<std::string>{"filler"});
+}
+
+// Under `ulimit -f` (RLIMIT_FSIZE, with SIGXFSZ at its default action, as in a shell): exit 3
+// with one line saying "File too large" — not death by SIGXFSZ or SIGBUS — nothing at the
+// target, no temporary beside it; what fits under the limit still packs.
+TEST_F(CliTest, PackUnderUlimitFExitsThree) {
+  fs::create_directory(path("out"));
+  const fs::path target = path("out") / "limited.mwr";
+  write_file(path("big.bin"), random_bytes(20u << 20, 7));
+  write_file(path("small.bin"), random_bytes(100000, 8));
+  const auto limited = [&](const std::string& spec) {
+    // ulimit -f counts 1024-byte blocks: 4 MiB.
+    return run_program("/bin/sh", {"-c", "ulimit -f 4096 && exec \"$0\" \"$@\"", kTool, "pack",
+                                   "-o", target, "--data", spec, "--no-progress"});
+  };
+  const Outcome big = limited("blob=" + path("big.bin").string());
+  EXPECT_EXIT_CODE(big, 3);
+  expect_one_error_line(big, {target.string(), "'blob'", "RLIMIT_FSIZE", "File too large"});
+  EXPECT_TRUE(names_in(path("out")).empty()) << ::testing::PrintToString(names_in(path("out")));
+
+  const Outcome small = limited("small=" + path("small.bin").string());
+  EXPECT_EXIT_CODE(small, 0);
+  EXPECT_EQ(names_in(path("out")), std::vector<std::string>{"limited.mwr"});
+  EXPECT_EXIT_CODE(tool({"verify", target}), 0);
+}
+
+// SIGKILL in the middle of a pack leaves the previous wrapper (or none) and nothing else.
+TEST_F(CliTest, PackKilledMidwayLeavesThePreviousWrapper) {
+  const std::uint64_t bytes = std::min<std::uint64_t>(test::test_bytes(), 256u << 20);
+  {
+    const int fd = ::open(path("big.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(bytes)), 0);  // sparse: reads as zeros
+    ::close(fd);
+  }
+  fs::create_directory(path("out"));
+  const fs::path target = path("out") / "app.mwr";
+  write_file(path("small.bin"), random_bytes(5000, 9));
+  EXPECT_EXIT_CODE(tool({"pack", "-o", target, "--data", "v=" + path("small.bin").string()}), 0);
+  const std::string before = read_file(target);
+
+  bool killed = false;
+  const Outcome outcome =
+      run_program(kTool, {"pack", "-o", target, "--data", "big=" + path("big.bin").string(),
+                          "--progress"},
+                  [&](pid_t pid, const std::string& err) {
+                    if (!killed && err.find('%') != std::string::npos) {
+                      ::kill(pid, SIGKILL);
+                      killed = true;
+                    }
+                  });
+  ASSERT_TRUE(killed) << outcome.describe();
+  EXPECT_EQ(outcome.signal, SIGKILL) << outcome.describe();
+  EXPECT_EQ(names_in(path("out")), std::vector<std::string>{"app.mwr"});
+  EXPECT_TRUE(read_file(target) == before) << "the previous wrapper changed";
+  EXPECT_EXIT_CODE(tool({"verify", target}), 0);
+}
+
+// The tool's peak resident set does not grow with what it packs: pages of the output mapping
+// are dropped once hashed. MAPWRIGHT_TEST_BYTES (default 1 GiB) of input, a bound of 300 MiB
+// (it was the input's size plus ~20 MiB before).
+TEST_F(CliTest, PackKeepsItsResidentSetBounded) {
+  const std::uint64_t bytes = test::test_bytes();
+  {
+    const int fd = ::open(path("big.bin").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(bytes)), 0);  // sparse; the copy is not
+    ::close(fd);
+  }
+  const Outcome packed = tool({"pack", "-o", path("big.mwr"), "--data",
+                               "big=" + path("big.bin").string(), "--no-sync", "--no-progress"});
+  EXPECT_EXIT_CODE(packed, 0);
+  RecordProperty("input_MiB", std::to_string(bytes >> 20));
+  RecordProperty("peak_rss_MiB", std::to_string(packed.max_rss_kib >> 10));
+  EXPECT_LT(packed.max_rss_kib, 300L * 1024) << "input of " << (bytes >> 20) << " MiB";
+  EXPECT_EXIT_CODE(tool({"verify", path("big.mwr")}), 0);
 }
 
 // ---- progress bar -------------------------------------------------------------------------

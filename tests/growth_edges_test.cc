@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "child.h"
 #include "content.h"
@@ -155,7 +156,9 @@ TEST(GrowthEdges, LimitTheCheckCouldNotSeeIsEfbigNotSigxfsz) {
 
 // ---- holes on a full filesystem ---------------------------------------------------------
 
-TEST(GrowthEdges, OpenOfASparseFileThatCannotBeBackedIsEnospcAtOpen) {
+// A sparse file opened on a full filesystem stays sparse (opening allocates nothing), and a
+// store into a hole that cannot get a block says ENOSPC — it used to say EFAULT.
+TEST(GrowthEdges, StoreIntoAHoleOfAnOpenedSparseFileOnAFullDiskIsEnospc) {
   SmallTmpfs tmpfs(4 * kMiB);
   if (!tmpfs.ok()) GTEST_SKIP() << tmpfs.reason();
   const auto path = tmpfs.path() / "sparse.bin";
@@ -163,12 +166,29 @@ TEST(GrowthEdges, OpenOfASparseFileThatCannotBeBackedIsEnospcAtOpen) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(::ftruncate(fd, 8 << 20), 0);
+    std::vector<char> fill(3 * kMiB + 512 * kKiB, 'x');
+    ASSERT_EQ(::pwrite(fd, fill.data(), fill.size(), 0), static_cast<ssize_t>(fill.size()));
     ::close(fd);
+    // Then nothing is left: a filler takes the rest of the filesystem.
+    const int filler = ::open((tmpfs.path() / "filler").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(filler, 0);
+    while (::write(filler, fill.data(), 4096) > 0) {
+    }
+    ASSERT_EQ(errno, ENOSPC);
+    ::close(filler);
   }
-  const auto error = error_from([&] { (void)Region::open(path, options_with_capacity(64 * kMiB)); });
-  ASSERT_TRUE(error.has_value());
-  EXPECT_EQ(error->error(), ENOSPC) << error->what();
-  EXPECT_EQ(error->subject(), path.string());
+  const ChildResult result = run_in_child(
+      [&] {
+        Region region = Region::open(path, options_with_capacity(64 * kMiB));
+        CHILD_CHECK(region.size() == 8 * kMiB);
+        check_store_works(region, 100);  // a page with a block
+        const auto error = error_from([&] { guarded([&] { store(region, 7 * kMiB, 1); }); });
+        CHILD_CHECK(error.has_value());
+        CHILD_CHECK_MSG(error->error() == ENOSPC, error->what());
+        CHILD_CHECK_MSG(error->subject() == path.string(), error->what());
+      },
+      kChildTimeout);
+  expect_clean_exit_unreported(result);
 }
 
 TEST(GrowthEdges, FinishThatCannotBeBackedIsEnospc) {

@@ -98,7 +98,9 @@ class Region {
   // the umask). Starts empty.
   static Region file(const std::filesystem::path& path, RegionOptions options = {});
   // Opens an existing `path` and keeps its contents: size() starts at the file's size, which
-  // must not exceed options.capacity.
+  // must not exceed options.capacity. A sparse file stays sparse: a store into a hole that
+  // the filesystem cannot back (a full disk) is a failed growth with ENOSPC, like a store
+  // past the end (an Error inside guarded(), else the one line and SIGBUS).
   static Region open(const std::filesystem::path& path, RegionOptions options = {});
   // Builds a new version of `target` invisibly: an unnamed O_TMPFILE file in target's
   // directory, linked into place by publish(). Until then, and if the process dies at any

@@ -17,6 +17,35 @@
 // the target. Until publish() returns, the target is untouched: a crash or a
 // thrown Error leaves the previous file or no file, never a half-written one.
 //
+// When the file cannot grow (a full disk: ENOSPC; RLIMIT_FSIZE, `ulimit -f`: EFBIG; the
+// region's capacity: ENOMEM), the writer says so with an Error and the process goes on:
+//   * every byte the writer stores is backed (Region::ensure) before it is stored: the
+//     constructor backs the header, each add_*() backs a chunk before writing into it, and
+//     publish() backs room for all the metadata before it writes any. So the failure is an
+//     Error from the call that needed room — never a SIGBUS — naming the wrapper, the entry
+//     and the growth: "writing wrapper 'app.mwr' entry 'blob': growing region to 32 MiB: No
+//     space left on device";
+//   * no write extends the file: copy_file_range(2) writes only into backed bytes below
+//     RLIMIT_FSIZE (the kernel raises SIGXFSZ for any write at or past the limit, inside the
+//     file or not; there the bytes are read into the mapping instead). So `ulimit -f` gives
+//     EFBIG, never SIGXFSZ;
+//   * a failed add_*() adds nothing, and the blobs it had written are discarded (zero, no
+//     blocks: MappedMessageBuilder::discard) — never left to an Orphan's destructor, which
+//     would store zeros into pages that are not backed. The writer stays usable: add less,
+//     or publish() what it has once there is room. A publish() that could not back its
+//     metadata wrote nothing and can be called again;
+//   * a writer destroyed unpublished (after a failure or not) leaves nothing: the staged file
+//     has no name (or its hidden name is removed), and the target is untouched.
+//
+// Disk and memory. A wrapper costs disk blocks for its bytes and metadata only: the unused
+// tails of Cap'n Proto segments (files over 4 GiB; up to one chunk per 4 GiB) and discarded
+// blobs are holes, so `du` can show less than `ls -l` (capnp.h, "Disk blocks"). The writer's
+// resident set does not grow with the file: what it copied or you filled is dropped from its
+// page tables once hashed, 8 MiB at a time (the bytes stay in the file and the page cache;
+// durable writers start their write-back then too), and at most 16 MiB wait for the digest
+// thread — some 25 MiB mapped at the peak, whatever the size. add_data() with a fill
+// function keeps up to one chunk (chunk_bytes) mapped while the callback writes it.
+//
 // Reading (Wrapper): open() maps the file read-only and checks everything a reader relies on
 // before handing out any byte (the list is in wrapper.capnp); the entries are then plain
 // C++ values and each entry's bytes a zero-copy span of the mapping. verify() hashes the
@@ -129,7 +158,8 @@ struct WrapperWriterOptions {
 class WrapperWriter {
  public:
   // Starts a wrapper that publish() will place at `target` (its directory must exist; the
-  // file is staged there, so it needs room for the whole wrapper). Throws Error.
+  // file is staged there, so it needs room for the whole wrapper). Backs the file's first
+  // growth step at once: a full disk or RLIMIT_FSIZE is an Error here. Throws Error.
   explicit WrapperWriter(const std::filesystem::path& target, WrapperWriterOptions options = {});
   WrapperWriter(WrapperWriter&&) noexcept;
   WrapperWriter& operator=(WrapperWriter&&) noexcept;
@@ -138,7 +168,9 @@ class WrapperWriter {
 
   // Each add_*() writes the entry's bytes into the file before it returns. `name` must be
   // non-empty, free of NUL bytes, at most 4096 bytes, and not used by an earlier entry;
-  // otherwise Error(EINVAL or EEXIST) and nothing is added. A library's `depends` name other
+  // otherwise Error(EINVAL or EEXIST) and nothing is added. A file that cannot grow is an
+  // Error (ENOSPC, EFBIG, ENOMEM) naming the entry; nothing is added (see the top of this
+  // file). A library's `depends` name other
   // library entries, added before or after it; they are checked at publish().
   //
   // A library's bytes must start with the ELF magic number (else Error(EINVAL); the loader
@@ -162,6 +194,9 @@ class WrapperWriter {
   // Writes the metadata, checks the dependencies (each names a library entry, none itself, no
   // cycle; else Error(EINVAL) naming the entry and nothing is published), then fsyncs and
   // atomically replaces the target. Returns the file's size. The writer is spent afterwards.
+  // Room for the metadata is backed before any of it is written: if the file cannot grow
+  // that far, Error (ENOSPC, EFBIG) with nothing written, and publish() can be called again
+  // once there is room. A failure after that point (fsync, rename) spends the writer too.
   std::uint64_t publish();
 
   std::uint64_t entry_count() const noexcept;

@@ -33,6 +33,14 @@
 // (d)'s chunks are not 4096-byte aligned in the file, which Wrapper::open requires: its label
 // says whether Wrapper::open accepts the file.
 //
+// Peak resident set, a figure, never timed: each pack row shows peak_rss_MiB beside
+// input_MiB, measured once per variant and process, untimed, by one more pack in a child:
+// for (a) and (c) the command in a fork()ed child (wait4's ru_maxrss; not posix_spawn, whose
+// child shares this process's memory until exec, and the kernel then carries this process's
+// own peak into the child's ru_maxrss); for (b), (b') and (d) the same code in a forked child
+// that reads getrusage(RUSAGE_SELF).ru_maxrss at its end — which includes what it inherited
+// mapped from this process, shown as rss_at_fork_MiB.
+//
 // RATIO rows: cli and inprocess over cp and over cp_fsync (the target: pack at
 // >= 0.9x the speed of cp, i.e. time x <= 1.111), inprocess_nosync over cp (both without
 // fsync), inprocess over malloc_write, cli over inprocess (the cost of the process).
@@ -58,6 +66,7 @@
 #include <link.h>
 #include <spawn.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -259,6 +268,85 @@ void run(const std::vector<std::string>& args, const std::filesystem::path& log)
   }
 }
 
+// ru_maxrss of this process, in KiB.
+long self_max_rss_kib() {
+  rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+// A child's peak resident set, and what it had at the fork when it did not exec (this
+// process's mappings, which it shares until it exits, count in its resident set), in KiB.
+struct ChildRss {
+  long peak_kib = 0;
+  long at_fork_kib = 0;
+};
+
+// Runs `args` (argv[0] searched in PATH, output to `log`) in a fork()ed child and returns its
+// ru_maxrss (wait4). Not posix_spawn: its child shares this process's memory until exec, and
+// the kernel carries that memory's peak into the child's ru_maxrss. Throws unless it exits 0.
+ChildRss peak_rss_of_command(const std::vector<std::string>& args,
+                             const std::filesystem::path& log) {
+  std::vector<char*> argv;
+  for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  ChildRss rss;  // at_fork_kib stays 0: exec leaves nothing of this process in the child
+  const pid_t pid = ::fork();
+  if (pid < 0) fail_errno("fork");
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || ::dup2(fd, STDOUT_FILENO) < 0 || ::dup2(fd, STDERR_FILENO) < 0) ::_exit(127);
+    ::execvp(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  rusage usage {};
+  while (::wait4(pid, &status, 0, &usage) < 0) {
+    if (errno != EINTR) fail_errno("wait4");
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail(args[0] + " (for its resident set): exit status " + std::to_string(status));
+  }
+  rss.peak_kib = usage.ru_maxrss;
+  return rss;
+}
+
+// Runs `pack()` in a forked child and returns the child's ru_maxrss at its end. Throws if the
+// child fails.
+template <class Pack>
+ChildRss peak_rss_in_child(Pack&& pack) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) fail_errno("pipe2");
+  const pid_t pid = ::fork();
+  if (pid < 0) fail_errno("fork");
+  if (pid == 0) {
+    ChildRss rss;
+    rss.at_fork_kib = self_max_rss_kib();
+    try {
+      pack();
+    } catch (...) {
+      ::_exit(1);
+    }
+    rss.peak_kib = self_max_rss_kib();
+    const bool sent = ::write(fds[1], &rss, sizeof rss) == static_cast<ssize_t>(sizeof rss);
+    ::_exit(sent ? 0 : 1);
+  }
+  ::close(fds[1]);
+  ChildRss rss;
+  const ssize_t n = ::read(fds[0], &rss, sizeof rss);
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) fail_errno("waitpid");
+  }
+  if (n != static_cast<ssize_t>(sizeof rss) || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail("the pack in a forked child failed (status " + std::to_string(status) + ")");
+  }
+  return rss;
+}
+
+double mib(long kib) { return static_cast<double>(kib) / 1024.0; }
+
 // OUT must be a wrapper with one entry "blob" that holds exactly IN.
 void check_wrapper(const PackInput& in, const std::filesystem::path& out) {
   const Wrapper wrapper = Wrapper::open(out);
@@ -322,14 +410,18 @@ std::string check_malloc_message(const PackInput& in, const std::filesystem::pat
 }
 
 // The loop every packing variant shares: `pack(in, out)` timed; then, untimed, what it
-// returned is destroyed, the check runs once, and OUT is removed.
-template <class Pack, class Check>
-void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&& check) {
+// returned is destroyed, the check runs once, and OUT is removed. Then, untimed and once per
+// variant and process, `measure(in, out)` gives the peak resident set of one more pack in a
+// child process (OUT is removed after it).
+template <class Pack, class Check, class Measure>
+void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&& check,
+               Measure&& measure) {
   skip_on_error(state, [&] {
     const PackInput& in = pack_input();
     const std::filesystem::path out = scratch_path(std::string("wrapper-out-") + variant);
     const RemoveOnExit cleanup{out};
     static std::map<std::string, std::string> labels;  // one check per variant and process
+    static std::map<std::string, ChildRss> rss;        // one measure, likewise
     for (auto _ : state) {
       {
         const auto start = SteadyClock::now();
@@ -341,7 +433,24 @@ void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&
     }
     if (!labels[variant].empty()) state.SetLabel(labels[variant]);
     state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * in.size));
+    if (rss.count(variant) == 0) {
+      rss[variant] = measure(in, out);
+      std::filesystem::remove(out);
+    }
+    state.counters["input_MiB"] = static_cast<double>(in.size >> 20);
+    state.counters["peak_rss_MiB"] = mib(rss[variant].peak_kib);
+    if (rss[variant].at_fork_kib != 0) {
+      state.counters["rss_at_fork_MiB"] = mib(rss[variant].at_fork_kib);
+    }
   });
+}
+
+// The measure of a variant that runs in this process: the same pack in a forked child.
+template <class Pack>
+auto forked(Pack pack) {
+  return [pack](const PackInput& in, const std::filesystem::path& out) {
+    return peak_rss_in_child([&] { (void)pack(in, out); });
+  };
 }
 
 #ifdef MAPWRIGHT_BENCH_CLI
@@ -349,38 +458,45 @@ void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&
 void pack_cli(benchmark::State& state, bool durable) {
   const std::filesystem::path log = scratch_path("wrapper-cli-log");
   const RemoveOnExit cleanup{log};
+  const auto command = [durable](const PackInput& in, const std::filesystem::path& out) {
+    std::vector<std::string> args{MAPWRIGHT_BENCH_CLI, "pack", "-o", out.string(), "--data",
+                                  "blob=" + in.path.string()};
+    if (!durable) args.emplace_back("--no-sync");
+    return args;
+  };
   pack_loop(
       state, durable ? "cli" : "cli_nosync",
       [&](const PackInput& in, const std::filesystem::path& out) {
-        std::vector<std::string> command{MAPWRIGHT_BENCH_CLI, "pack", "-o", out.string(), "--data",
-                                         "blob=" + in.path.string()};
-        if (!durable) command.emplace_back("--no-sync");
-        run(command, log);
+        run(command(in, out), log);
         return 0;
       },
       [](const PackInput& in, const std::filesystem::path& out) {
         check_wrapper(in, out);
         return std::string();
+      },
+      [&](const PackInput& in, const std::filesystem::path& out) {
+        return peak_rss_of_command(command(in, out), log);
       });
 }
 #endif
 
 // (b), (b') WrapperWriter in this process, durable (the default) or not.
 void pack_inprocess(benchmark::State& state, bool durable) {
+  const auto pack = [durable](const PackInput& in, const std::filesystem::path& out) {
+    WrapperWriterOptions options;
+    options.durable = durable;
+    WrapperWriter writer(out, std::move(options));
+    writer.add_data("blob", in.path);
+    writer.publish();
+    return 0;
+  };
   pack_loop(
-      state, durable ? "inprocess" : "inprocess_nosync",
-      [durable](const PackInput& in, const std::filesystem::path& out) {
-        WrapperWriterOptions options;
-        options.durable = durable;
-        WrapperWriter writer(out, std::move(options));
-        writer.add_data("blob", in.path);
-        writer.publish();
-        return 0;
-      },
+      state, durable ? "inprocess" : "inprocess_nosync", pack,
       [](const PackInput& in, const std::filesystem::path& out) {
         check_wrapper(in, out);
         return std::string();
-      });
+      },
+      forked(pack));
 }
 
 // (c), (c') cp, with or without fsync of the copy and its directory.
@@ -400,54 +516,55 @@ void pack_cp(benchmark::State& state, bool durable) {
       [](const PackInput& in, const std::filesystem::path& out) {
         check_copy(in, out);
         return std::string();
+      },
+      [&](const PackInput& in, const std::filesystem::path& out) {
+        return peak_rss_of_command({"cp", in.path.string(), out.string()}, log);
       });
 }
 
 // (d) MallocMessageBuilder, pread into the chunks, writeMessageToFd, fsync, rename.
 void pack_malloc_write(benchmark::State& state) {
-  pack_loop(
-      state, "malloc_write",
-      [](const PackInput& in, const std::filesystem::path& out) {
-        // Returned, so that its heap is freed after the clock stops.
-        auto builder = std::make_unique<::capnp::MallocMessageBuilder>();
-        auto root = builder->initRoot<schema::WrapperFile>();
-        root.setMagic(kWrapperMagic);
-        root.setFormatVersion(kWrapperFormatVersion);
-        root.setProducer("wrapper_bench malloc_write");
-        auto entry = root.initEntries(1)[0];
-        entry.setName("blob");
-        entry.setKind(schema::Kind::DATA);
-        entry.setSize(in.size);
-        entry.setDigestAlgorithm(schema::DigestAlgorithm::XXH3X128);
-        const std::uint64_t count = (in.size + kDefaultChunkBytes - 1) / kDefaultChunkBytes;
-        auto chunks = entry.initChunks(static_cast<::capnp::uint>(count));
-        detail::DigestStream digest;
-        const Fd input(in.path, O_RDONLY);
-        for (std::uint64_t c = 0; c < count; ++c) {
-          const std::uint64_t offset = c * kDefaultChunkBytes;
-          const std::uint64_t length = std::min(kDefaultChunkBytes, in.size - offset);
-          auto data =
-              chunks.init(static_cast<::capnp::uint>(c), static_cast<::capnp::uint>(length));
-          auto* bytes = reinterpret_cast<std::byte*>(data.begin());
-          pread_all(input.fd, bytes, length, offset);
-          digest.update(bytes, length);
-        }
-        const Digest d = digest.finish();
-        entry.setDigest(::capnp::Data::Reader(reinterpret_cast<const kj::byte*>(d.bytes.data()),
-                                              d.bytes.size()));
-        std::filesystem::path temporary = out;
-        temporary += ".tmp";
-        {
-          const Fd file(temporary, O_WRONLY | O_CREAT | O_TRUNC);
-          ::capnp::writeMessageToFd(file.fd, *builder);
-          fsync_or_throw(file.fd, temporary.string());
-        }
-        if (::rename(temporary.c_str(), out.c_str()) != 0)
-          fail_errno("rename " + temporary.string());
-        fsync_path(directory_of(out), O_RDONLY | O_DIRECTORY);
-        return builder;
-      },
-      check_malloc_message);
+  const auto pack = [](const PackInput& in, const std::filesystem::path& out) {
+    // Returned, so that its heap is freed after the clock stops.
+    auto builder = std::make_unique<::capnp::MallocMessageBuilder>();
+    auto root = builder->initRoot<schema::WrapperFile>();
+    root.setMagic(kWrapperMagic);
+    root.setFormatVersion(kWrapperFormatVersion);
+    root.setProducer("wrapper_bench malloc_write");
+    auto entry = root.initEntries(1)[0];
+    entry.setName("blob");
+    entry.setKind(schema::Kind::DATA);
+    entry.setSize(in.size);
+    entry.setDigestAlgorithm(schema::DigestAlgorithm::XXH3X128);
+    const std::uint64_t count = (in.size + kDefaultChunkBytes - 1) / kDefaultChunkBytes;
+    auto chunks = entry.initChunks(static_cast<::capnp::uint>(count));
+    detail::DigestStream digest;
+    const Fd input(in.path, O_RDONLY);
+    for (std::uint64_t c = 0; c < count; ++c) {
+      const std::uint64_t offset = c * kDefaultChunkBytes;
+      const std::uint64_t length = std::min(kDefaultChunkBytes, in.size - offset);
+      auto data =
+          chunks.init(static_cast<::capnp::uint>(c), static_cast<::capnp::uint>(length));
+      auto* bytes = reinterpret_cast<std::byte*>(data.begin());
+      pread_all(input.fd, bytes, length, offset);
+      digest.update(bytes, length);
+    }
+    const Digest d = digest.finish();
+    entry.setDigest(::capnp::Data::Reader(reinterpret_cast<const kj::byte*>(d.bytes.data()),
+                                          d.bytes.size()));
+    std::filesystem::path temporary = out;
+    temporary += ".tmp";
+    {
+      const Fd file(temporary, O_WRONLY | O_CREAT | O_TRUNC);
+      ::capnp::writeMessageToFd(file.fd, *builder);
+      fsync_or_throw(file.fd, temporary.string());
+    }
+    if (::rename(temporary.c_str(), out.c_str()) != 0)
+      fail_errno("rename " + temporary.string());
+    fsync_path(directory_of(out), O_RDONLY | O_DIRECTORY);
+    return builder;
+  };
+  pack_loop(state, "malloc_write", pack, check_malloc_message, forked(pack));
 }
 
 // ---- startup -----------------------------------------------------------------------------

@@ -19,4 +19,5 @@ struct TestAll {
     label @8 :Text;
   }
   items @9 :List(Item);
+  blobs @10 :List(Data);       # blobs placed with new_aligned_data(), adopted one by one
 }
