@@ -12,9 +12,6 @@
 
 #include "os/os.h"
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
 
 namespace mapwright {
 
@@ -98,7 +95,7 @@ void DigestPipeline::hash_piece(std::span<const std::byte> piece) {
   const auto first = reinterpret_cast<std::uintptr_t>(piece.data()) / page * page;
   const auto end = reinterpret_cast<std::uintptr_t>(piece.data() + piece.size());
   if (piece.size() >= page) {
-    (void)os::madvise(reinterpret_cast<void*>(first), end - first, MADV_POPULATE_READ);
+    (void)os::madvise(reinterpret_cast<void*>(first), end - first, os::kMadvPopulateRead);
   }
   stream_.update(piece.data(), piece.size());
   if (after_) after_(piece);

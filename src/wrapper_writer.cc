@@ -7,7 +7,6 @@
 #include "mapwright/wrapper.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -253,10 +252,12 @@ struct WrapperWriter::State {
       refuse(err, name, "opening " + source);
     }
     const os::OwnedFd closer(fd);
-    struct stat info {};
-    if (::fstat(fd, &info) != 0) refuse(errno, name, "fstat of " + source);
-    if (!S_ISREG(info.st_mode)) refuse(EINVAL, name, source + " is not a regular file");
-    const auto size = static_cast<std::uint64_t>(info.st_size);
+    std::uint64_t size = 0;
+    bool regular = false;
+    if (const int err = os::file_kind(fd, &size, &regular); err != 0) {
+      refuse(err, name, "fstat of " + source);
+    }
+    if (!regular) refuse(EINVAL, name, source + " is not a regular file");
     bool in_kernel = true;  // copy_file_range until the kernel says it cannot here
     add(name, kind, size, std::move(depends), [&](std::span<std::byte> into, std::uint64_t at) {
       const auto out_offset = static_cast<std::uint64_t>(into.data() - region.data());
