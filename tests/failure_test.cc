@@ -129,7 +129,6 @@ void check_error(const std::optional<Error>& error, int expected, const std::str
 
 // Sizes: min_step is 1 MiB, so writing the prefix makes size() 1 MiB; growth doubles.
 constexpr std::uint64_t kLimit = 4 * kMiB;   // RLIMIT_FSIZE, and the small tmpfs
-constexpr std::uint64_t kCapacity = 2 * kMiB;
 
 struct Cause {
   const char* name;         // test-name suffix
