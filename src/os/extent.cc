@@ -1,5 +1,6 @@
 // src/os/extent.cc — see extent.h; the contract is os.h's.
 #include "os/extent.h"
+#include "os/retry.h"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -9,24 +10,8 @@
 #include <climits>
 
 namespace mapwright::os {
-namespace {
 
-// As in os.cc: retries EINTR, returns 0 or the errno, leaves errno as it was.
-template <class Call>
-int retry(Call call) noexcept {
-  const int saved = errno;
-  int result = 0;
-  for (;;) {
-    if (call() != -1) break;
-    if (errno == EINTR) continue;
-    result = errno;
-    break;
-  }
-  errno = saved;
-  return result;
-}
-
-}  // namespace
+using detail::retry;
 
 int punch_hole(int fd, std::uint64_t offset, std::uint64_t length) noexcept {
   if (length == 0) return 0;

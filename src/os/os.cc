@@ -1,6 +1,7 @@
 // src/os/os.cc — see os.h for the contract. Every call goes through `retry`, which retries
 // EINTR and turns the -1/errno convention into a returned errno, leaving errno untouched.
 #include "os/os.h"
+#include "os/retry.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -23,28 +24,10 @@
 
 namespace mapwright::os {
 
+using detail::retry;
+
 static_assert(kContentSeals == (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE));
 static_assert(kAllSeals == (kContentSeals | F_SEAL_SEAL));
-
-namespace {
-
-// Runs `call` until it does not fail with EINTR. Returns 0, or the errno it failed with.
-// The caller's errno is preserved, so the async-signal-safe wrappers stay transparent.
-template <class Call>
-int retry(Call call) noexcept {
-  const int saved = errno;
-  int result = 0;
-  for (;;) {
-    if (call() != -1) break;
-    if (errno == EINTR) continue;
-    result = errno;
-    break;
-  }
-  errno = saved;
-  return result;
-}
-
-}  // namespace
 
 int memfd_create(const char* name, int* fd, bool* noexec_sealed) noexcept {
   int out = -1;

@@ -13,27 +13,16 @@
 #include <cstring>
 
 #include "os/os.h"
+#include "os/retry.h"
 
 namespace mapwright::os {
+
+using detail::retry;
+
 namespace {
 
 static_assert(sizeof(sigset_t) >= sizeof(SignalSet));
 static_assert(NSIG - 1 <= 64, "the kernel's signal mask is 64 bits on this architecture");
-
-// Runs a raw system call; returns 0 or its errno, leaving errno as it was; retries EINTR.
-template <class Call>
-int raw(Call call) noexcept {
-  const int saved = errno;
-  int result = 0;
-  for (;;) {
-    if (call() != -1) break;
-    if (errno == EINTR) continue;
-    result = errno;
-    break;
-  }
-  errno = saved;
-  return result;
-}
 
 }  // namespace
 
@@ -45,14 +34,14 @@ SignalSet signal_set_of(const sigset_t& set) noexcept {
 
 int set_signal_mask(int how, SignalSet set, SignalSet* old) noexcept {
   set &= kAllSignals;
-  return raw([&] {
+  return retry([&] {
     return static_cast<int>(::syscall(SYS_rt_sigprocmask, how, &set, old, sizeof set));
   });
 }
 
 int pending_signals(SignalSet* set) noexcept {
   SignalSet out = 0;
-  const int err = raw([&] { return static_cast<int>(::syscall(SYS_rt_sigpending, &out, sizeof out)); });
+  const int err = retry([&] { return static_cast<int>(::syscall(SYS_rt_sigpending, &out, sizeof out)); });
   if (err == 0) *set = out;
   return err;
 }
@@ -60,22 +49,22 @@ int pending_signals(SignalSet* set) noexcept {
 int discard_pending(int sig) noexcept {
   const SignalSet only = signal_bit(sig);
   const struct timespec zero{0, 0};
-  return raw([&] {
+  return retry([&] {
     return static_cast<int>(
         ::syscall(SYS_rt_sigtimedwait, &only, nullptr, &zero, sizeof only));
   });
 }
 
 int get_action(int sig, struct sigaction* action) noexcept {
-  return raw([&] { return ::sigaction(sig, nullptr, action); });
+  return retry([&] { return ::sigaction(sig, nullptr, action); });
 }
 
 int set_action(int sig, const struct sigaction& action, struct sigaction* old) noexcept {
-  return raw([&] { return ::sigaction(sig, &action, old); });
+  return retry([&] { return ::sigaction(sig, &action, old); });
 }
 
 int send_to_this_thread(int sig) noexcept {
-  return raw([&] {
+  return retry([&] {
     return static_cast<int>(::syscall(SYS_tgkill, ::getpid(), ::gettid(), sig));
   });
 }
@@ -88,7 +77,7 @@ int write_iov(int fd, struct iovec* io, int count) noexcept {
   int first = 0;
   while (first < count) {
     ssize_t n = 0;
-    const int err = raw([&] { return static_cast<int>(n = ::writev(fd, io + first, count - first)); });
+    const int err = retry([&] { return static_cast<int>(n = ::writev(fd, io + first, count - first)); });
     if (err != 0) return err;
     auto left = static_cast<std::size_t>(n);
     while (first < count && left >= io[first].iov_len) left -= io[first++].iov_len;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "os/os.h"
+#include "os/retry.h"
 
 namespace mapwright::os {
 
@@ -24,13 +25,8 @@ int send_with_fd(int socket, const struct iovec* data, int count, int fd,
     rights->cmsg_len = CMSG_LEN(sizeof(int));
     std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
   }
-  const int saved = errno;
   ssize_t n = -1;
-  do {
-    n = ::sendmsg(socket, &header, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
-  const int err = n < 0 ? errno : 0;
-  errno = saved;
+  const int err = detail::retry([&] { return n = ::sendmsg(socket, &header, MSG_NOSIGNAL); });
   if (err == 0) *sent = static_cast<std::size_t>(n);
   return err;
 }
@@ -47,13 +43,8 @@ int receive_with_fds(int socket, void* buffer, std::size_t length, int* fds,
   header.msg_iovlen = 1;
   header.msg_control = control;
   header.msg_controllen = CMSG_SPACE(max_fds * sizeof(int));
-  const int saved = errno;
   ssize_t n = -1;
-  do {
-    n = ::recvmsg(socket, &header, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  const int err = n < 0 ? errno : 0;
-  errno = saved;
+  const int err = detail::retry([&] { return n = ::recvmsg(socket, &header, MSG_CMSG_CLOEXEC); });
   if (err != 0) return err;
   std::size_t stored = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&header); c != nullptr; c = CMSG_NXTHDR(&header, c)) {

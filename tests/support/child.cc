@@ -196,6 +196,19 @@ SmallTmpfs::~SmallTmpfs() {
   if (mounted_) ::umount2(dir_.path().c_str(), MNT_DETACH);
 }
 
+namespace {
+
+// Installs a seccomp filter program on the calling process (no_new_privs first).
+bool install_filter(sock_filter* filter, std::size_t length) {
+  sock_fprog program{};
+  program.len = static_cast<unsigned short>(length);
+  program.filter = filter;
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+  return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+}
+
+}  // namespace
+
 bool deny_syscall(long nr, int error, int arg, unsigned long mask) {
   const unsigned kErrno = SECCOMP_RET_ERRNO | (static_cast<unsigned>(error) & SECCOMP_RET_DATA);
   const auto low = static_cast<unsigned>(mask & 0xffffffffu);
@@ -215,16 +228,8 @@ bool deny_syscall(long nr, int error, int arg, unsigned long mask) {
       BPF_STMT(BPF_RET | BPF_K, kErrno),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
-  sock_fprog program{};
-  if (arg < 0) {
-    program.len = sizeof always / sizeof always[0];
-    program.filter = always;
-  } else {
-    program.len = sizeof masked / sizeof masked[0];
-    program.filter = masked;
-  }
-  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
-  return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+  if (arg < 0) return install_filter(always, sizeof always / sizeof always[0]);
+  return install_filter(masked, sizeof masked / sizeof masked[0]);
 }
 
 bool deny_syscall_when(long nr, int error, int arg, unsigned value) {
@@ -238,11 +243,7 @@ bool deny_syscall_when(long nr, int error, int arg, unsigned value) {
       BPF_STMT(BPF_RET | BPF_K, kErrno),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
-  sock_fprog program{};
-  program.len = sizeof equal / sizeof equal[0];
-  program.filter = equal;
-  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
-  return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+  return install_filter(equal, sizeof equal / sizeof equal[0]);
 }
 
 }  // namespace mapwright::test
