@@ -839,6 +839,40 @@ TEST_F(CliTest, UsageErrorsExitTwoWithOneLine) {
   EXPECT_FALSE(fs::exists(w));
 }
 
+// Standard output that cannot take what a command prints (`> /dev/full`) is a failure with
+// one line that says so, never a silent exit 0 (issue 11).
+TEST_F(CliTest, AFullStandardOutputIsExitThree) {
+  const fs::path wrapper = pack_standard();
+  write_file(path("small.txt"), "small");
+  const std::vector<std::vector<std::string>> commands = {
+      {"inspect", wrapper.string()},
+      {"inspect", "--json", wrapper.string()},
+      {"verify", wrapper.string()},
+      {"pack", "-o", path("again.mwr").string(), "--data", "s=" + path("small.txt").string(),
+       "--no-progress"},
+  };
+  for (const auto& args : commands) {
+    SCOPED_TRACE(args.front() + (args.size() > 1 ? " " + args[1] : ""));
+    std::vector<std::string> shell = {"-c", "exec \"$0\" \"$@\" > /dev/full", kTool};
+    shell.insert(shell.end(), args.begin(), args.end());
+    const Outcome outcome = run_program("/bin/sh", shell);
+    EXPECT_EXIT_CODE(outcome, 3);
+    EXPECT_NE(outcome.err.find("mapwright: writing to standard output: No space left on device"),
+              std::string::npos)
+        << outcome.describe();
+  }
+}
+
+// A pack with no entries is a usage error, and an existing wrapper at -o is left alone.
+TEST_F(CliTest, EmptyPackIsRefusedAndLeavesTheTargetAlone) {
+  const fs::path wrapper = pack_standard();
+  const std::string before = read_file(wrapper);
+  const Outcome outcome = tool({"pack", "-o", wrapper.string(), "--no-progress"});
+  EXPECT_EXIT_CODE(outcome, 2);
+  EXPECT_NE(outcome.err.find("nothing to pack"), std::string::npos) << outcome.describe();
+  EXPECT_EQ(read_file(wrapper), before);
+}
+
 TEST_F(CliTest, VersionAndHelp) {
   const Outcome version = tool({"--version"});
   EXPECT_EXIT_CODE(version, 0);
@@ -936,7 +970,10 @@ TEST_F(CliTest, FailedPackLeavesTargetUntouched) {
     EXPECT_THAT(err, HasSubstr(c.says));
     EXPECT_TRUE(read_file(wrapper) == before);
   }
-  EXPECT_EXIT_CODE(tool({"pack", "-o", path("no-dir") / "w.mwr"}), 3);
+  write_file(path("small.txt"), "small");
+  EXPECT_EXIT_CODE(tool({"pack", "-o", path("no-dir") / "w.mwr", "--data",
+                         "s=" + path("small.txt").string()}),
+                   3);
 }
 
 // ---- growth that fails, a kill, the resident set ---------------------------------------------

@@ -41,8 +41,9 @@ inline constexpr const char* kExitCodesHelp =
     "Exit codes:\n"
     "  0  success\n"
     "  1  the wrapper is invalid or damaged (its structure, format version or a digest)\n"
-    "  2  usage error (the command line did not parse)\n"
-    "  3  any other failure (I/O, a missing entry, a library that does not load)";
+    "  2  usage error (the command line did not parse; nothing to pack)\n"
+    "  3  any other failure (I/O, standard output included; a missing entry; a library\n"
+    "     that does not load)";
 
 // A failure that ends the tool with `exit_code`; main() prints "mapwright: <what()>" as one
 // line on stderr. Anything else thrown (mapwright::Error, std::exception) ends it with

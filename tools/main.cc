@@ -2,7 +2,9 @@
 // mapping of every outcome to one exit code and at most one "mapwright: ..." line on stderr.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <string_view>
@@ -32,6 +34,16 @@ void report(std::string_view message) {
   line += '\n';
   std::fflush(stdout);  // whatever was printed before the failure comes first
   (void)write_all(STDERR_FILENO, line.data(), line.size());
+}
+
+// Everything written to standard output must have reached it: `> /dev/full`, a full disk or
+// an I/O error behind it is a failure (exit 3 if the command had succeeded), not a silent 0.
+int finish_standard_output(int code) {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && std::ferror(stdout) == 0) return code;
+  const int err = errno != 0 ? errno : EIO;
+  report(fmt::format("writing to standard output: {}", std::strerror(err)));
+  return code == kExitOk ? kExitFailure : code;
 }
 
 // CLI11's message for a command line that did not parse, as one line that says where help is.
@@ -74,7 +86,7 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitOk : kExitUsage;
   }
   for (const Subcommand& command : commands) {
-    if (command.app->parsed()) return command.run();
+    if (command.app->parsed()) return finish_standard_output(command.run());
   }
   return kExitUsage;  // unreachable: require_subcommand(1)
 }

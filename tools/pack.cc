@@ -194,7 +194,16 @@ Subcommand add_pack(CLI::App& app) {
                     "process dies, but not if the machine loses power");
   command->footer(std::string(kPackFooter) + "\n" + kExitCodesHelp);
   return {command, [options, command, libraries, data] {
-            return pack(*options, items_in_order(*command, libraries, data));
+            std::vector<PackItem> items = items_in_order(*command, libraries, data);
+            // An empty wrapper is never what was meant, and publishing one would replace an
+            // existing file with nothing.
+            if (items.empty()) {
+              throw ToolError(kExitUsage,
+                              fmt::format("pack: nothing to pack: give --lib NAME=PATH or --data "
+                                          "NAME=PATH ({} is left as it was)",
+                                          in_quotes(options->output)));
+            }
+            return pack(*options, items);
           }};
 }
 
