@@ -355,6 +355,15 @@ std::uint64_t WrapperWriter::publish() {
   graph.reserve(s.entries.size());
   for (const State::Pending& entry : s.entries) {
     graph.push_back({entry.name, entry.kind, &entry.dependencies});
+    // A dependency named twice would be stored twice (readers accept that in files already
+    // written, so the check is the writer's).
+    std::vector<std::string_view> seen(entry.dependencies.begin(), entry.dependencies.end());
+    std::sort(seen.begin(), seen.end());
+    if (const auto twice = std::adjacent_find(seen.begin(), seen.end()); twice != seen.end()) {
+      throw Error(EINVAL, "writing wrapper", s.subject,
+                  "entry '" + detail::printable(entry.name) + "': depends on '" +
+                      detail::printable(*twice) + "' twice");
+    }
   }
   detail::check_dependencies(graph, "writing wrapper", s.subject);
   // The metadata is written by Cap'n Proto's stores: back room for all of it first, so that a

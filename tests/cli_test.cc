@@ -873,6 +873,17 @@ TEST_F(CliTest, EmptyPackIsRefusedAndLeavesTheTargetAlone) {
   EXPECT_EQ(read_file(wrapper), before);
 }
 
+// A dependency named twice is refused at pack (it was stored twice), naming both entries.
+TEST_F(CliTest, DuplicateDependencyIsRefused) {
+  const fs::path wrapper = path("twice.mwr");
+  const Outcome outcome =
+      tool({"pack", "-o", wrapper, "--lib", "liba=" MAPWRIGHT_FIXTURE_A, "--lib",
+            "libb=" MAPWRIGHT_FIXTURE_B ":liba,liba", "--no-progress"});
+  EXPECT_EXIT_CODE(outcome, 3);
+  expect_one_error_line(outcome, {"'libb'", "depends on 'liba' twice"});
+  EXPECT_FALSE(fs::exists(wrapper));
+}
+
 TEST_F(CliTest, VersionAndHelp) {
   const Outcome version = tool({"--version"});
   EXPECT_EXIT_CODE(version, 0);
