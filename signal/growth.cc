@@ -29,21 +29,20 @@ std::uint64_t size_limit(std::uint64_t page) noexcept {
   return limit == UINT64_MAX ? limit : limit / page * page;
 }
 
-// Runs `call` (an ftruncate or fallocate) with SIGXFSZ blocked, and takes away a SIGXFSZ it
-// raised: past RLIMIT_FSIZE such a call fails with EFBIG AND raises SIGXFSZ, whose default
-// action kills. The signal is thread-directed (the kernel's send_sig), so blocking it on
-// this thread is enough. Async-signal-safe.
+// Runs `call` (an ftruncate or fallocate) and takes away a SIGXFSZ it raised: past
+// RLIMIT_FSIZE such a call fails with EFBIG AND raises SIGXFSZ, whose default action kills.
+// The caller has SIGXFSZ blocked (every signal is, in the handler, in handle_fault() and
+// under the SignalBlocker of the ordinary-code paths), so the signal stays pending here; it
+// is thread-directed (the kernel's send_sig), so no other thread can take it first. One that
+// was pending before the call is left alone. Async-signal-safe.
 template <class Call>
 int without_sigxfsz(Call call) noexcept {
   os::SignalSet pending = 0;
   (void)os::pending_signals(&pending);
-  os::SignalSet mask = 0;
-  (void)os::set_signal_mask(SIG_BLOCK, os::signal_bit(SIGXFSZ), &mask);
   const int err = call();
   if (err == EFBIG && (pending & os::signal_bit(SIGXFSZ)) == 0) {
     (void)os::discard_pending(SIGXFSZ);
   }
-  (void)os::set_signal_mask(SIG_SETMASK, mask, nullptr);
   return err;
 }
 
@@ -280,6 +279,7 @@ DownwardGrowth::DownwardGrowth(std::string name, int fd, std::byte* base,
     : name_(std::move(name)), fd_(fd), base_(base), capacity_(capacity), kind_(kind) {}
 
 int DownwardGrowth::start() noexcept {
+  const SignalBlocker blocked;  // without_sigxfsz()'s rule
   return without_sigxfsz([&] { return os::ftruncate(fd_, capacity_); });
 }
 
@@ -316,6 +316,7 @@ FaultOutcome DownwardGrowth::commit_down(std::uint64_t bytes, FaultReport* repor
   const std::uint64_t bottom = (capacity_ - bytes) / page * page;
   const std::uint64_t old_bottom = capacity_ - current;
   if (kind_ == FileKind::kDisk) {
+    const SignalBlocker blocked;  // without_sigxfsz()'s rule
     const int err = without_sigxfsz([&] {
       return os::fallocate(fd_, FALLOC_FL_KEEP_SIZE, bottom, old_bottom - bottom);
     });

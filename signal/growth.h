@@ -15,8 +15,8 @@
 //   * committed_ only changes under lock_ (an OwnerLock: in the handler, or with every signal
 //     blocked), so a handler never waits for its own thread (invariant 2).
 //   * Growth is checked before it acts: capacity, then RLIMIT_FSIZE read afresh, then
-//     fallocate/ftruncate (invariant 6). The file calls run with SIGXFSZ blocked, and a
-//     SIGXFSZ they raise is taken away: a limit lowered between the check and the call gives
+//     fallocate/ftruncate (invariant 6). The file calls run with SIGXFSZ blocked (as every
+//     signal is, wherever the lock is held), and a SIGXFSZ they raise is taken away: a limit lowered between the check and the call gives
 //     EFBIG, never death by SIGXFSZ.
 //   * On disk, every byte this owner added below committed_ has blocks (fallocate at growth
 //     and at truncate() upward), so a full disk is reported at growth. Holes it did not make

@@ -1,17 +1,12 @@
 #include "mapwright/region.h"
 
-#include <fcntl.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <string>
 #include <utility>
 
 #include "backing.h"
 #include "growth.h"
-#include "line.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "os/os.h"
@@ -65,31 +60,6 @@ std::uint64_t round_up(std::uint64_t value, std::uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
 
-std::string describe_bytes(std::uint64_t bytes) {
-  char text[64];
-  detail::LineWriter(text, sizeof text).bytes(bytes);
-  return text;
-}
-
-// The automatic capacity (RegionOptions::capacity == 0): 64 GiB, or a quarter of what
-// RLIMIT_AS leaves, so that a process under `ulimit -v` can still make several regions.
-std::uint64_t automatic_capacity(const std::string& name) {
-  constexpr std::uint64_t kDefault = 64ull << 30;
-  std::uint64_t limit = UINT64_MAX;
-  if (os::address_space_limit(&limit) != 0 || limit == UINT64_MAX) return kDefault;
-  std::uint64_t used = 0;
-  (void)os::address_space_used(&used);
-  const std::uint64_t room = limit > used + kGuardBytes ? limit - used - kGuardBytes : 0;
-  const std::uint64_t page = os::page_size();
-  const std::uint64_t quarter = room / 4 / page * page;
-  if (quarter < page) {
-    throw Error(ENOMEM, "creating region", name,
-                "(RLIMIT_AS is " + describe_bytes(limit) + " and " + describe_bytes(used) +
-                    " of it is in use: no address space is left to reserve; raise `ulimit -v`)");
-  }
-  return quarter < kDefault ? quarter : kDefault;
-}
-
 // Every option value either works or is refused here, by name.
 detail::GrowthPolicy checked_policy(const RegionOptions& options, const std::string& name) {
   const std::uint64_t page = os::page_size();
@@ -107,8 +77,9 @@ detail::GrowthPolicy checked_policy(const RegionOptions& options, const std::str
            std::to_string(options.min_step) + ")");
   }
   detail::GrowthPolicy policy;
-  policy.capacity = options.capacity == 0 ? automatic_capacity(name)
-                                          : round_up(options.capacity, page);
+  policy.capacity = options.capacity == 0
+                        ? detail::Reservation::automatic_length(64ull << 30, kGuardBytes, name)
+                        : round_up(options.capacity, page);
   // Steps larger than the capacity mean "all of it at once": clamp before rounding, so that
   // UINT64_MAX (a natural "no cap") cannot wrap.
   const auto step = [&](std::uint64_t value) {

@@ -38,6 +38,23 @@ std::string describe_bytes(std::uint64_t bytes) {
 
 }  // namespace
 
+std::uint64_t Reservation::automatic_length(std::uint64_t preferred, std::uint64_t guard,
+                                            const std::string& name) {
+  std::uint64_t limit = UINT64_MAX;
+  if (os::address_space_limit(&limit) != 0 || limit == UINT64_MAX) return preferred;
+  std::uint64_t used = 0;
+  (void)os::address_space_used(&used);
+  const std::uint64_t room = limit > used + guard ? limit - used - guard : 0;
+  const std::uint64_t page = os::page_size();
+  const std::uint64_t quarter = room / 4 / page * page;
+  if (quarter < page) {
+    throw Error(ENOMEM, "creating region", name,
+                "(RLIMIT_AS is " + describe_bytes(limit) + " and " + describe_bytes(used) +
+                    " of it is in use: no address space is left to reserve; raise `ulimit -v`)");
+  }
+  return quarter < preferred ? quarter : preferred;
+}
+
 Reservation Reservation::anonymous(std::uint64_t length, std::uint64_t guard,
                                    const std::string& name, void* at) {
   void* base = nullptr;

@@ -35,6 +35,13 @@ class Reservation {
   static Reservation over_file(int fd, std::uint64_t length, std::uint64_t guard,
                                const std::string& name, void* at = nullptr);
 
+  // How much to reserve when the user did not say: `preferred`, or a quarter of the address
+  // space RLIMIT_AS leaves free (less `guard`), whichever is less, rounded down to a page, so
+  // that a process under `ulimit -v` can still make several reservations. Throws Error
+  // (ENOMEM, naming RLIMIT_AS) when not even a page is left.
+  static std::uint64_t automatic_length(std::uint64_t preferred, std::uint64_t guard,
+                                        const std::string& name);
+
   Reservation(Reservation&& other) noexcept;
   Reservation& operator=(Reservation&& other) noexcept;
   Reservation(const Reservation&) = delete;
