@@ -110,4 +110,10 @@ std::size_t display_width(std::string_view text);
 // Writes all of `bytes` to `fd`, retrying EINTR and short writes. Returns 0 or an errno.
 int write_all(int fd, const void* bytes, std::size_t size) noexcept;
 
+// A byte count as people write it on a command line: decimal digits, then optionally one of
+// k, m, g (powers of 1024; also K, M, G, and KiB, MiB, GiB in any case). Nothing else: no
+// sign, no spaces, no hex, no fraction, no exponent. Returns "" and sets `bytes`, or says what
+// is wrong with `text` ("'-4096' is not a size: ...", "... is too large").
+std::string parse_size(std::string_view text, std::uint64_t& bytes);
+
 }  // namespace mapwright::tool

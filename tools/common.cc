@@ -152,4 +152,39 @@ int write_all(int fd, const void* bytes, std::size_t size) noexcept {
   return 0;
 }
 
+std::string parse_size(std::string_view text, std::uint64_t& bytes) {
+  const auto not_a_size = [&] {
+    return fmt::format("{} is not a size (decimal digits, optionally followed by k, m or g)",
+                       in_quotes(text));
+  };
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0) return not_a_size();
+  std::string suffix(text.substr(digits));
+  for (char& c : suffix) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  unsigned shift = 0;
+  if (suffix.empty() || suffix == "b") {
+    shift = 0;
+  } else if (suffix == "k" || suffix == "kib") {
+    shift = 10;
+  } else if (suffix == "m" || suffix == "mib") {
+    shift = 20;
+  } else if (suffix == "g" || suffix == "gib") {
+    shift = 30;
+  } else {
+    return not_a_size();
+  }
+  std::uint64_t value = 0;
+  for (std::size_t i = 0; i < digits; ++i) {
+    const auto digit = static_cast<std::uint64_t>(text[i] - '0');
+    if (value > (UINT64_MAX - digit) / 10) return fmt::format("{} is too large", in_quotes(text));
+    value = value * 10 + digit;
+  }
+  if (shift != 0 && value > (UINT64_MAX >> shift)) {
+    return fmt::format("{} is too large", in_quotes(text));
+  }
+  bytes = value << shift;
+  return {};
+}
+
 }  // namespace mapwright::tool

@@ -60,8 +60,21 @@ std::string usage_failure(const CLI::App* app, const CLI::Error& error) {
     }
     return fmt::format("mapwright: {} (see 'mapwright --help')\n", error.what());
   }
+  const CLI::App* command = selected.front();
+  // An option of mapwright itself given after the command ("mapwright inspect --version"):
+  // it is not the command's, and the fix is to move it.
+  for (const std::string& extra : command->remaining()) {
+    const std::string name = extra.substr(0, extra.find('='));
+    if (name.starts_with('-') && command->get_option_no_throw(name) == nullptr &&
+        app->get_option_no_throw(name) != nullptr) {
+      return fmt::format(
+          "mapwright: {} is an option of 'mapwright' itself, not of '{}': give it before the "
+          "command (mapwright {} ...)\n",
+          name, command->get_name(), name);
+    }
+  }
   return fmt::format("mapwright: {} (see 'mapwright {} --help')\n", error.what(),
-                     selected.front()->get_name());
+                     command->get_name());
 }
 
 int main(int argc, char** argv) {

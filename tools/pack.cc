@@ -171,14 +171,22 @@ Subcommand add_pack(CLI::App& app) {
                    "Split entries into chunks of this many bytes: a multiple of 4096, at most "
                    "512 MiB - 4096 (suffixes k, m, g: powers of 1024)")
       ->capture_default_str()
-      ->transform(CLI::AsSizeValue(false))
-      ->check(CLI::Validator(
+      ->transform(CLI::Validator(
           [](std::string& value) -> std::string {
-            const std::uint64_t bytes = std::stoull(value);
-            if (bytes == 0 || bytes % 4096 != 0 || bytes > (512ull << 20) - 4096) {
-              return fmt::format("chunk size {} is not a multiple of 4096 between 4096 and {}",
-                                 bytes, (512ull << 20) - 4096);
+            // Strictly: CLI11's own size parsing takes "-4096" as 2^64 - 4096 and "0x1000" as
+            // 0, and would blame either on the range.
+            std::uint64_t bytes = 0;
+            if (std::string error = parse_size(value, bytes); !error.empty()) return error;
+            constexpr std::uint64_t kLargest = (512ull << 20) - 4096;
+            if (bytes == 0 || bytes > kLargest) {
+              return fmt::format("chunk size {} bytes is out of range: from 4096 to {} (512 MiB "
+                                 "- 4096; a Cap'n Proto Data blob is less than 512 MiB)",
+                                 bytes, kLargest);
             }
+            if (bytes % 4096 != 0) {
+              return fmt::format("chunk size {} bytes is not a multiple of 4096", bytes);
+            }
+            value = std::to_string(bytes);
             return {};
           },
           "", "chunk size"))
