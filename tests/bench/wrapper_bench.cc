@@ -25,7 +25,8 @@
 //                              fsync of the directory.
 //
 // Timed (manual time, steady_clock, one iteration per repetition): from nothing to OUT in
-// place (the process's whole life for (a) and (c)). Not timed: making IN; removing OUT after
+// place (the process's whole life for (a) and (c)). Not timed: making IN; a sync(2) before
+// each iteration (no write-back of an earlier output overlaps it); removing OUT after
 // each iteration; for (d) freeing the builder's 1 GiB of heap; one check per variant and
 // process, after its first iteration, that OUT holds IN: (a), (b) Wrapper::open + the entry's
 // size and digest + verify_entry(); (c), (c') the digest of OUT; (d) a stock
@@ -423,6 +424,10 @@ void pack_loop(benchmark::State& state, const char* variant, Pack&& pack, Check&
     static std::map<std::string, std::string> labels;  // one check per variant and process
     static std::map<std::string, ChildRss> rss;        // one measure, likewise
     for (auto _ : state) {
+      // Untimed: the write-back of earlier iterations' outputs (removed, but their I/O may still
+      // be in flight) and of anything else dirty ends before the clock starts, so that no
+      // variant pays for the one before it.
+      ::sync();
       {
         const auto start = SteadyClock::now();
         [[maybe_unused]] const auto leftover = pack(in, out);
