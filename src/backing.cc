@@ -1,6 +1,7 @@
 #include "backing.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -44,7 +45,41 @@ void fsync_directory(const std::filesystem::path& directory, const std::string& 
   }
 }
 
+[[noreturn]] void refuse_kind(const std::string& operation, const std::filesystem::path& target,
+                              os::FileType type, const char* via) {
+  throw Error(type == os::FileType::kDirectory ? EISDIR : EINVAL, operation, target.string(),
+              std::string("(not a regular file: ") + via + "a " + os::to_string(type) +
+                  "; nothing written)");
+}
+
 }  // namespace
+
+std::filesystem::path check_publish_target(const std::filesystem::path& target,
+                                           const std::string& operation) {
+  os::FileStatus link;
+  const int err = os::path_status(target.c_str(), false, &link);
+  if (err == ENOENT && !target.has_filename()) {
+    throw Error(ENOENT, operation, target.string(), "(no such directory)");
+  }
+  if (err == ENOENT) return target;  // a new file: its directory is checked when staging
+  if (err != 0) throw Error(err, operation, target.string(), "(lstat)");
+  if (link.type == os::FileType::kRegular) return target;
+  if (link.type != os::FileType::kSymlink) refuse_kind(operation, target, link.type, "");
+  os::FileStatus file;
+  if (const int serr = os::path_status(target.c_str(), true, &file); serr != 0) {
+    throw Error(serr, operation, target.string(),
+                serr == ENOENT ? "(a symbolic link to nothing; nothing written)"
+                               : "(stat of the file the symbolic link names)");
+  }
+  if (file.type != os::FileType::kRegular) {
+    refuse_kind(operation, target, file.type, "a symbolic link to ");
+  }
+  char resolved[PATH_MAX];
+  if (const int rerr = os::real_path(target.c_str(), resolved); rerr != 0) {
+    throw Error(rerr, operation, target.string(), "(resolving the symbolic link)");
+  }
+  return std::filesystem::path(resolved);
+}
 
 Backing Backing::memfd(const std::string& name) {
   int fd = -1;
@@ -64,17 +99,19 @@ Backing Backing::open_file(const std::filesystem::path& path) {
                  open_or_throw(path, O_RDWR, "opening region file"));
 }
 
-Backing Backing::staged(const std::filesystem::path& target) {
+Backing Backing::staged(const std::filesystem::path& requested) {
+  const std::filesystem::path target =
+      check_publish_target(requested, "creating staging file for region");
   const std::filesystem::path dir = directory_of(target);
   int fd = -1;
   int err = os::open_tmpfile(dir.c_str(), 0666, &fd);
   if (err == 0) {
-    Backing backing(BackingKind::kStagedUnnamed, target.string(), fd);
+    Backing backing(BackingKind::kStagedUnnamed, requested.string(), fd);
     backing.target_ = target;
     return backing;
   }
   if (err != EOPNOTSUPP && err != EISDIR) {
-    throw Error(err, "creating staging file for region", target.string(),
+    throw Error(err, "creating staging file for region", requested.string(),
                 "(O_TMPFILE in " + dir.string() + ")");
   }
   // No O_TMPFILE on this filesystem: a hidden named file beside the target, O_EXCL with
@@ -86,9 +123,10 @@ Backing Backing::staged(const std::filesystem::path& target) {
     err = os::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL, 0666, &fd);
   }
   if (err != 0) {
-    throw Error(err, "creating staging file for region", target.string(), "in " + dir.string());
+    throw Error(err, "creating staging file for region", requested.string(),
+                "in " + dir.string());
   }
-  Backing backing(BackingKind::kStagedNamed, target.string(), fd);
+  Backing backing(BackingKind::kStagedNamed, requested.string(), fd);
   backing.target_ = target;
   backing.temp_path_ = temp;
   return backing;
@@ -135,6 +173,7 @@ void Backing::publish(bool durable) {
     throw Error(EINVAL, "publishing region", name_,
                 "(only a staged region that is not yet published can be published)");
   }
+  keep_target_attributes();
   if (kind_ == BackingKind::kStagedUnnamed) {
     // linkat cannot replace an existing name: link under a fresh hidden name, then rename.
     std::filesystem::path temp;
@@ -159,6 +198,24 @@ void Backing::publish(bool durable) {
   }
   kind_ = BackingKind::kFile;
   if (durable) fsync_directory(directory_of(target_), name_);
+}
+
+void Backing::keep_target_attributes() {
+  os::FileStatus old;
+  const int err = os::path_status(target_.c_str(), false, &old);
+  if (err == ENOENT) return;  // nothing to replace
+  if (err != 0) throw Error(err, "publishing region", name_, "(lstat of the target)");
+  if (old.type != os::FileType::kRegular) {
+    throw Error(EINVAL, "publishing region", name_,
+                std::string("(the target is now a ") + os::to_string(old.type) +
+                    ", not a regular file; it was left alone)");
+  }
+  // Owner first: chown clears the set-user-ID and set-group-ID bits that chmod then sets.
+  // Best effort: only root (or a member of the group) may give the file away.
+  (void)os::change_owner(fd_, old.uid, old.gid);
+  if (const int merr = os::change_mode(fd_, old.mode); merr != 0) {
+    throw Error(merr, "publishing region", name_, "(giving the new file the old one's mode)");
+  }
 }
 
 int Backing::add_seals(int seals) const noexcept { return os::add_seals(fd_, seals); }

@@ -19,6 +19,15 @@ namespace mapwright::detail {
 
 enum class BackingKind { kMemfd, kFile, kStagedUnnamed, kStagedNamed };
 
+// Where a file that will replace `target` by rename goes: `target` itself when it does not
+// exist or is a regular file; the regular file it finally names when it is a symbolic link
+// (so that the link is kept and the file it points to is replaced). Anything else is refused
+// with Error(operation, target): a directory (EISDIR; also "dir/"), a FIFO, socket or device
+// or a link to one (EINVAL, "not a regular file"), a dangling link (ENOENT), and whatever
+// lstat(2) says (ENOTDIR for "file/"...). Nothing is created or changed.
+std::filesystem::path check_publish_target(const std::filesystem::path& target,
+                                           const std::string& operation);
+
 class Backing {
  public:
   // Each throws Error naming the operation and the path; nothing is left behind on failure.
@@ -26,6 +35,9 @@ class Backing {
   static Backing memfd(const std::string& name);
   static Backing create_file(const std::filesystem::path& path);  // O_CREAT | O_TRUNC, 0666
   static Backing open_file(const std::filesystem::path& path);    // keeps the contents
+  // The target is checked first (check_publish_target): one that is not a regular file is
+  // refused before anything is created; a symbolic link to a regular file is staged beside
+  // the file it points to, which publish() replaces (the link stays).
   static Backing staged(const std::filesystem::path& target);
 
   Backing(Backing&& other) noexcept;
@@ -50,6 +62,9 @@ class Backing {
   // Staged only: links (O_TMPFILE) or renames (named) the file over the target, atomically;
   // with `durable`, fsyncs the directory after. The caller makes the bytes durable first.
   // On failure throws Error and the target is untouched. Afterwards kind() is kFile.
+  // A file it replaces gives the new one its permission bits (and, where allowed: root, or
+  // a group of the caller's, its owner and group; failures to chown are ignored); a target
+  // that has become something other than a regular file meanwhile is refused (EINVAL).
   void publish(bool durable);
   // Adds seals (F_ADD_SEALS). Returns 0 or the errno.
   int add_seals(int seals) const noexcept;
@@ -59,6 +74,8 @@ class Backing {
  private:
   Backing(BackingKind kind, std::string name, int fd) noexcept
       : kind_(kind), name_(std::move(name)), fd_(fd) {}
+  // publish(): the replaced file's mode (and owner, best effort) onto the new one.
+  void keep_target_attributes();
 
   BackingKind kind_;
   std::string name_;

@@ -370,6 +370,22 @@ void MappedMessageBuilder::discard(::capnp::Orphan<::capnp::Data>&& blob) noexce
   }
 }
 
+void MappedMessageBuilder::shrink(::capnp::Orphan<::capnp::Data>& blob, std::uint64_t size) {
+  const ::capnp::Data::Reader bytes = blob.getReader();
+  const auto begin = static_cast<std::uint64_t>(
+      reinterpret_cast<const std::byte*>(bytes.begin()) - region_.data());
+  const std::uint64_t end = begin + round_up(bytes.size(), sizeof(::capnp::word));
+  if (size > bytes.size() || (bytes.size() != 0 && end > region_.size())) {
+    throw Error(EINVAL, "shrinking a Data blob in region", region_.name(),
+                "(to " + std::to_string(size) + " bytes: the blob holds " +
+                    std::to_string(bytes.size()) + (end > region_.size() ? ", not all backed" : "") +
+                    ")");
+  }
+  if (size == bytes.size()) return;
+  blob.truncate(static_cast<::capnp::uint>(size));  // zeroes [begin + size, end): backed
+  punch_unused(begin + round_up(size, sizeof(::capnp::word)), end);
+}
+
 void MappedMessageBuilder::reserve(std::uint64_t bytes) {
   if (finished_) {
     throw Error(EINVAL, "building a Cap'n Proto message in region", region_.name(),

@@ -239,10 +239,24 @@ Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions opti
   auto state = std::make_unique<State>();
   state->name = options.name.empty() ? path.string() : std::move(options.name);
   int raw = -1;
-  if (const int err = os::open(path.c_str(), O_RDONLY, 0, &raw); err != 0) {
+  // O_NONBLOCK: a FIFO must not make open() wait for a writer; it is refused just below.
+  if (const int err = os::open(path.c_str(), O_RDONLY | O_NONBLOCK, 0, &raw); err != 0) {
     throw Error(err, kOpen, state->name);
   }
   state->fd.reset(raw);
+  // Only a regular file can be mapped and checked: a FIFO, socket or device (a pipe, or
+  // /dev/zero, would otherwise read as an "empty file"), and procfs/sysfs files, whose size
+  // says nothing of their content, are refused as what they are.
+  os::FileStatus status;
+  if (const int err = os::fd_status(raw, &status); err != 0) {
+    throw Error(err, kOpen, state->name, "(fstat)");
+  }
+  if (status.type != os::FileType::kRegular || status.pseudo) {
+    throw Error(EINVAL, kOpen, state->name,
+                std::string("(not a regular file: ") +
+                    (status.pseudo ? "a file of procfs or sysfs" : "a ") +
+                    (status.pseudo ? "" : os::to_string(status.type)) + ")");
+  }
   state->check();
   return Wrapper(std::move(state));
 }

@@ -16,6 +16,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "backing.h"
 #include "digest.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
@@ -34,6 +35,8 @@ constexpr std::uint64_t kReleaseBytes = 8ull << 20;
 // The kernel's fault-around maps up to this much (fault_around_bytes is at most 2 MiB) of
 // cached pages around a read fault: the digest's next read maps back pages just dropped.
 constexpr std::uint64_t kFaultAroundBytes = 2ull << 20;
+// A stream's first chunk; each next one is twice as large, up to chunk_bytes.
+constexpr std::uint64_t kFirstStreamChunk = 64ull << 10;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
 
@@ -95,6 +98,11 @@ class PendingBlobs {
   void add(::capnp::Orphan<::capnp::Data>&& blob) { blobs_.push_back(::kj::mv(blob)); }
   std::size_t size() const noexcept { return blobs_.size(); }
   ::capnp::Orphan<::capnp::Data>& operator[](std::size_t i) noexcept { return blobs_[i]; }
+  // Discards the newest blob (an empty last chunk of a stream).
+  void discard_last() noexcept {
+    builder_->discard(::kj::mv(blobs_.back()));
+    blobs_.pop_back();
+  }
   const ::capnp::Orphan<::capnp::Data>& front() const noexcept { return blobs_.front(); }
 
  private:
@@ -243,21 +251,100 @@ struct WrapperWriter::State {
     if (!elf) refuse(EINVAL, entry.name, "a library must be an ELF file (no ELF magic number)");
   }
 
+  // Reads `fd` until end of file into chunks allocated as the bytes come (see
+  // add_data_stream() in wrapper.h). Like add(): the entry is added only if all went well,
+  // otherwise its blobs are discarded and the exception propagates.
+  void add_stream(std::string_view name, EntryKind kind, int fd, const std::string& source,
+                  std::vector<std::string> depends) {
+    Pending entry{std::string(name), kind, 0, {}, std::move(depends), PendingBlobs(builder)};
+    Release release(region.fd(), region.data(), options.durable);
+    // On this thread: a stream's size is not known, and pieces come as the reads do.
+    detail::DigestPipeline digest(
+        false, [&release](std::span<const std::byte> piece) { release.piece(piece); });
+    const std::uint64_t total_before = total_done;
+    const auto progress = [&] {
+      if (options.progress) {
+        options.progress(WriteProgress{name, entry.size, entry.size, total_done, false});
+      }
+    };
+    try {
+      std::uint64_t next_report = kPiece;
+      for (std::uint64_t length = std::min(kFirstStreamChunk, options.chunk_bytes);;
+           length = std::min(length * 2, options.chunk_bytes)) {
+        try {
+          entry.chunks.add(builder.new_aligned_data(length, kWrapperAlignment));
+        } catch (const Error& e) {
+          refuse(e.error(), name, e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
+        }
+        std::byte* first =
+            reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+        std::uint64_t filled = 0;
+        std::uint64_t hashed = 0;
+        bool end = false;
+        while (filled < length && !end) {
+          std::size_t got = 0;
+          const auto want = static_cast<std::size_t>(std::min(kPiece, length - filled));
+          if (const int err = os::read_waiting(fd, first + filled, want, &got); err != 0) {
+            refuse(err, name, "reading " + source);
+          }
+          end = got == 0;
+          filled += got;
+          entry.size += got;
+          total_done += got;
+          if (filled - hashed >= kPiece || (end && filled > hashed) || filled == length) {
+            digest.submit(first + hashed, filled - hashed);
+            hashed = filled;
+          }
+          if (entry.size >= next_report) {
+            progress();
+            next_report = (entry.size / kPiece + 1) * kPiece;
+          }
+        }
+        if (filled < length) {
+          // The end of the stream: give back the chunk's unused tail (all of it if empty).
+          builder.shrink(entry.chunks[entry.chunks.size() - 1], filled);
+          if (filled == 0) entry.chunks.discard_last();
+          break;
+        }
+      }
+    } catch (...) {
+      total_done = total_before;
+      throw;
+    }
+    entry.digest = digest.finish();
+    release.finish();
+    if (kind == EntryKind::kSharedLibrary) check_elf(entry);
+    progress();
+    names.insert(entry.name);
+    entries.push_back(std::move(entry));
+  }
+
   void add_file(std::string_view name, EntryKind kind, const std::filesystem::path& path,
                 std::vector<std::string> depends) {
     check_name(name);
     const std::string source = path.string();
     int fd = -1;
-    if (const int err = os::open(source.c_str(), O_RDONLY, 0, &fd); err != 0) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (nor a device for its carrier).
+    if (const int err = os::open(source.c_str(), O_RDONLY | O_NONBLOCK, 0, &fd); err != 0) {
       refuse(err, name, "opening " + source);
     }
     const os::OwnedFd closer(fd);
-    std::uint64_t size = 0;
-    bool regular = false;
-    if (const int err = os::file_kind(fd, &size, &regular); err != 0) {
+    os::FileStatus status;
+    if (const int err = os::fd_status(fd, &status); err != 0) {
       refuse(err, name, "fstat of " + source);
     }
-    if (!regular) refuse(EINVAL, name, source + " is not a regular file");
+    const bool regular = status.type == os::FileType::kRegular;
+    if (status.type == os::FileType::kFifo || status.type == os::FileType::kSocket ||
+        (regular && (status.pseudo || status.size == 0))) {
+      add_stream(name, kind, fd, source, std::move(depends));
+      return;
+    }
+    if (!regular) {
+      refuse(status.type == os::FileType::kDirectory ? EISDIR : EINVAL, name,
+             source + " is not a regular file or a stream (a " + os::to_string(status.type) +
+                 ")");
+    }
+    const std::uint64_t size = status.size;
     bool in_kernel = true;  // copy_file_range until the kernel says it cannot here
     add(name, kind, size, std::move(depends), [&](std::span<std::byte> into, std::uint64_t at) {
       const auto out_offset = static_cast<std::uint64_t>(into.data() - region.data());
@@ -310,6 +397,8 @@ WrapperWriter::WrapperWriter(const std::filesystem::path& target, WrapperWriterO
                 "(chunk size " + str(chunk) +
                     " is not a multiple of 4096 between 4096 and 512 MiB - 4096)");
   }
+  // Before anything is created: a target that is not a regular file is refused by name.
+  (void)detail::check_publish_target(target, "writing wrapper");
   state_ = std::make_unique<State>(target, std::move(options));
 }
 
@@ -329,6 +418,17 @@ void WrapperWriter::add_library(std::string_view name, std::span<const std::byte
 
 void WrapperWriter::add_data(std::string_view name, const std::filesystem::path& path) {
   state_->add_file(name, EntryKind::kData, path, {});
+}
+
+void WrapperWriter::add_library_stream(std::string_view name, int fd, const std::string& source,
+                                       std::vector<std::string> depends) {
+  state_->check_name(name);
+  state_->add_stream(name, EntryKind::kSharedLibrary, fd, source, std::move(depends));
+}
+
+void WrapperWriter::add_data_stream(std::string_view name, int fd, const std::string& source) {
+  state_->check_name(name);
+  state_->add_stream(name, EntryKind::kData, fd, source, {});
 }
 
 void WrapperWriter::add_data(std::string_view name, std::span<const std::byte> bytes) {

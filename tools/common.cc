@@ -45,7 +45,10 @@ Wrapper open_wrapper(const std::filesystem::path& path) {
   try {
     return Wrapper::open(path);
   } catch (const Error& e) {
-    throw ToolError(is_damage(e.error()) ? kExitDamaged : kExitFailure, e.what());
+    // Wrapper::open refuses a FIFO, a device or a /proc file with EINVAL: not damage, the
+    // wrong kind of file.
+    const bool wrong_kind = e.detail().starts_with("(not a regular file");
+    throw ToolError(is_damage(e.error()) && !wrong_kind ? kExitDamaged : kExitFailure, e.what());
   } catch (const kj::Exception& e) {
     // The library is meant to turn these into Error; should one get through, it is about
     // the file's content.

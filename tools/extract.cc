@@ -3,15 +3,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mapwright/error.h"
+#include "mapwright/region.h"
 
 namespace mapwright::tool {
 namespace {
@@ -38,33 +42,65 @@ int extract(const ExtractOptions& options) {
   }
 
   const bool to_stdout = options.output == "-";
-  // O_TRUNC on the wrapper itself would destroy the bytes about to be copied.
+  if (to_stdout) {
+    for (const std::span<const std::byte> chunk : entry->chunks) {
+      if (const int error = write_all(STDOUT_FILENO, chunk.data(), chunk.size()); error != 0) {
+        throw ToolError(kExitFailure,
+                        fmt::format("writing entry {} to standard output: {}",
+                                    in_quotes(entry->name), std::strerror(error)));
+      }
+    }
+    return kExitOk;
+  }
+  // Replacing the wrapper by one of its entries would lose the wrapper.
   struct stat target, source;
-  if (!to_stdout && ::stat(options.output.c_str(), &target) == 0 &&
-      ::fstat(wrapper.fd(), &source) == 0 && target.st_dev == source.st_dev &&
-      target.st_ino == source.st_ino) {
+  if (::stat(options.output.c_str(), &target) == 0 && ::fstat(wrapper.fd(), &source) == 0 &&
+      target.st_dev == source.st_dev && target.st_ino == source.st_ino) {
     throw ToolError(kExitFailure,
                     fmt::format("extracting entry {} to {}: that is the wrapper itself",
                                 in_quotes(entry->name), in_quotes(options.output)));
   }
-  const int fd =
-      to_stdout ? STDOUT_FILENO
-                : ::open(options.output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    throw ToolError(kExitFailure, fmt::format("creating {}: {}", in_quotes(options.output),
-                                              std::strerror(errno)));
+  // A staged file beside the target (beside the file a symbolic link names), renamed over it
+  // once complete: a failure leaves the target as it was. Region::staged refuses a target
+  // that is not a regular file before anything is written; publish() keeps a replaced
+  // file's mode.
+  const auto failed = [&](const mapwright::Error& e) {
+    if (e.operation().starts_with("creating staging") && e.detail().starts_with("(")) {
+      // The target refused as it is ("(not a regular file: a FIFO; nothing written)").
+      return ToolError(kExitFailure,
+                       fmt::format("extracting entry {} to {} {}: {}", in_quotes(entry->name),
+                                   in_quotes(options.output), e.detail(), e.code().message()));
+    }
+    return ToolError(kExitFailure,
+                     fmt::format("extracting entry {} to {}: {} (the target is left as it was)",
+                                 in_quotes(entry->name), in_quotes(options.output), e.what()));
+  };
+  std::optional<Region> region;
+  try {
+    RegionOptions region_options;
+    region_options.capacity = std::max<std::uint64_t>(entry->size, 4096);
+    region_options.max_step = 16ull << 20;
+    region.emplace(Region::staged(options.output, region_options));
+    region->ensure(entry->size);  // a full disk or RLIMIT_FSIZE: an Error here, not SIGXFSZ
+  } catch (const mapwright::Error& e) {
+    throw failed(e);
   }
-  int error = 0;
+  std::uint64_t at = 0;
   for (const std::span<const std::byte> chunk : entry->chunks) {
-    error = write_all(fd, chunk.data(), chunk.size());
-    if (error != 0) break;
+    for (std::size_t done = 0; done < chunk.size();) {
+      const ssize_t wrote = ::pwrite(region->fd(), chunk.data() + done, chunk.size() - done,
+                                     static_cast<off_t>(at + done));
+      if (wrote < 0 && errno == EINTR) continue;
+      if (wrote < 0) throw failed(mapwright::Error(errno, "writing", options.output, "(pwrite)"));
+      done += static_cast<std::size_t>(wrote);
+    }
+    at += chunk.size();
   }
-  if (!to_stdout && ::close(fd) != 0 && error == 0) error = errno;
-  if (error != 0) {
-    // Leave no partial copy that could pass for the entry.
-    if (!to_stdout) ::unlink(options.output.c_str());
-    throw ToolError(kExitFailure, fmt::format("writing entry {} to {}: {}", in_quotes(entry->name),
-                                              in_quotes(options.output), std::strerror(error)));
+  try {
+    region->finish(entry->size);
+    region->publish();
+  } catch (const mapwright::Error& e) {
+    throw failed(e);
   }
   return kExitOk;
 }
@@ -79,8 +115,9 @@ Subcommand add_extract(CLI::App& app) {
   command->add_option("NAME", options->name, "The entry")->required();
   command
       ->add_option("-o,--output", options->output,
-                   "Where to write it (created or truncated, mode 0644 before the umask); - for "
-                   "stdout")
+                   "Where to write it: a new file (mode 0666 less the umask) or a regular file "
+                   "replaced atomically, keeping its mode (a link to a file replaces the file); "
+                   "- for stdout")
       ->required()
       ->type_name("PATH");
   command->add_flag("--no-verify", options->no_verify,

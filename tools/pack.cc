@@ -1,5 +1,14 @@
 // tools/pack.cc — `mapwright pack`: a wrapper file from shared libraries and data files.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -39,7 +48,11 @@ constexpr const char* kPackFooter =
     "for --lib, the rest is PATH when it names an existing file (so a PATH may contain\n"
     "':'); otherwise it is split at its LAST ':' into PATH and a comma-separated list of\n"
     "the library entries it depends on (loaded before it by `mapwright run`):\n"
-    "  --lib liba=build/liba.so --lib libb=build/libb.so:liba --data config=app.json\n";
+    "  --lib liba=build/liba.so --lib libb=build/libb.so:liba --data config=app.json\n"
+    "PATH - is standard input (for one entry). A FIFO, a socket and a file whose size\n"
+    "reads 0 (/proc/self/status) are read until their end; a FIFO with no writer yet is\n"
+    "waited for, as `cat` would. Devices (/dev/zero) are refused. OUT must be a regular\n"
+    "file or not exist (a directory, FIFO or device is refused before anything is read).\n";
 
 // NAME=REST with a non-empty NAME and REST; "" if `spec` is one, else what is wrong.
 std::string check_spec(const std::string& spec, const char* form) {
@@ -103,29 +116,127 @@ std::vector<PackItem> items_in_order(const CLI::App& command, const CLI::Option*
   return items;
 }
 
+// "-" for an entry's PATH: standard input.
+bool is_stdin(const PackItem& item) { return item.path == "-"; }
+
+// The size of an input the writer copies as a file, or nullopt for one it streams (stdin, a
+// FIFO, a socket, a file whose size reads 0 such as /proc/self/status). An input that cannot
+// be sized counts as 0; it fails in add_*() with its own message.
+std::optional<std::uint64_t> known_size(const PackItem& item) {
+  if (is_stdin(item)) return std::nullopt;
+  struct stat status;
+  if (::stat(item.path.c_str(), &status) != 0) return 0;
+  if (S_ISFIFO(status.st_mode) || S_ISSOCK(status.st_mode)) return std::nullopt;
+  if (S_ISREG(status.st_mode) && status.st_size == 0) return std::nullopt;
+  return S_ISREG(status.st_mode) ? static_cast<std::uint64_t>(status.st_size) : 0;
+}
+
+// `pack -o -`: the wrapper is built under a private directory of $TMPDIR (or /tmp), whose
+// one file is opened, unlinked and the directory removed as soon as it is published; then
+// the open file is copied to standard output. Only a process killed between the publishing
+// and the unlinking leaves a "mapwright-pack-XXXXXX" directory behind.
+class UnnamedOutput {
+ public:
+  UnnamedOutput() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
+                          "/mapwright-pack-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw ToolError(kExitFailure, fmt::format("pack: creating a temporary directory {}: {}",
+                                                in_quotes(pattern), std::strerror(errno)));
+    }
+    directory_ = pattern;
+    target_ = directory_ / "stdout.mwr";
+  }
+  ~UnnamedOutput() {
+    if (fd_ >= 0) ::close(fd_);
+    ::unlink(target_.c_str());  // only there if the published file could not be opened
+    ::rmdir(directory_.c_str());
+  }
+  UnnamedOutput(const UnnamedOutput&) = delete;
+  UnnamedOutput& operator=(const UnnamedOutput&) = delete;
+
+  const std::filesystem::path& target() const { return target_; }
+
+  // After publish(): opens the file and takes its name away at once.
+  void take() {
+    fd_ = ::open(target_.c_str(), O_RDONLY | O_CLOEXEC);
+    const int err = errno;
+    ::unlink(target_.c_str());
+    ::rmdir(directory_.c_str());
+    if (fd_ < 0) {
+      throw ToolError(kExitFailure, fmt::format("pack: opening the wrapper built in {}: {}",
+                                                in_quotes(target_.string()), std::strerror(err)));
+    }
+  }
+
+  // Copies the file to standard output; a failure there is exit 3.
+  void copy_to_stdout(std::uint64_t size) const {
+    std::vector<char> buffer(1u << 20);
+    for (std::uint64_t done = 0; done < size;) {
+      const ssize_t got = ::pread(fd_, buffer.data(), buffer.size(), static_cast<off_t>(done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        throw ToolError(kExitFailure, fmt::format("pack: reading back the wrapper built for "
+                                                  "standard output: {}",
+                                                  got == 0 ? "it ended early" : std::strerror(errno)));
+      }
+      if (const int err = write_all(STDOUT_FILENO, buffer.data(), static_cast<std::size_t>(got));
+          err != 0) {
+        throw ToolError(kExitFailure,
+                        fmt::format("writing the wrapper to standard output: {}", std::strerror(err)));
+      }
+      done += static_cast<std::uint64_t>(got);
+    }
+  }
+
+ private:
+  std::filesystem::path directory_;
+  std::filesystem::path target_;
+  int fd_ = -1;
+};
+
 int pack(const PackOptions& options, const std::vector<PackItem>& items) {
-  // The percentage's denominator; a file that cannot be sized fails in add_*() below.
+  const bool to_stdout = options.output == "-";
+  // The percentage's denominator: streams have no size until they end.
   std::uint64_t total_bytes = 0;
+  bool open_ended = false;
   for (const PackItem& item : items) {
-    std::error_code error;
-    const std::uintmax_t size = std::filesystem::file_size(item.path, error);
-    if (!error) total_bytes += size;
+    const std::optional<std::uint64_t> size = known_size(item);
+    if (size) {
+      total_bytes += *size;
+    } else {
+      open_ended = true;
+    }
+  }
+  if (std::count_if(items.begin(), items.end(), is_stdin) > 1) {
+    throw ToolError(kExitUsage, "pack: standard input ('-') can be read for one entry only");
   }
   const ProgressBar::Mode mode = options.progress      ? ProgressBar::Mode::kOn
                                  : options.no_progress ? ProgressBar::Mode::kOff
                                                        : ProgressBar::Mode::kAuto;
-  ProgressBar bar(mode, total_bytes);  // outlives the writer, which calls it
+  ProgressBar bar(mode, total_bytes, open_ended);  // outlives the writer, which calls it
 
   WrapperWriterOptions writer_options;
   writer_options.producer = options.producer;
   writer_options.chunk_bytes = options.chunk_bytes;
-  writer_options.durable = !options.no_sync;
+  // Standard output: the file is only a staging place, copied out and gone; no fsync.
+  writer_options.durable = !options.no_sync && !to_stdout;
   if (mode != ProgressBar::Mode::kOff) {
     writer_options.progress = [&bar](const WriteProgress& progress) { bar.update(progress); };
   }
-  WrapperWriter writer(options.output, std::move(writer_options));
+  std::optional<UnnamedOutput> unnamed;
+  if (to_stdout) unnamed.emplace();
+  WrapperWriter writer(to_stdout ? unnamed->target() : std::filesystem::path(options.output),
+                       std::move(writer_options));
   for (const PackItem& item : items) {
-    if (item.library) {
+    if (is_stdin(item)) {
+      if (item.library) {
+        writer.add_library_stream(item.name, STDIN_FILENO, "standard input", item.depends);
+      } else {
+        writer.add_data_stream(item.name, STDIN_FILENO, "standard input");
+      }
+    } else if (item.library) {
       writer.add_library(item.name, item.path, item.depends);
     } else {
       writer.add_data(item.name, item.path);
@@ -133,6 +244,11 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   }
   const std::uint64_t file_size = writer.publish();
   bar.finish();
+  if (to_stdout) {
+    unnamed->take();
+    unnamed->copy_to_stdout(file_size);
+    return kExitOk;
+  }
   fmt::print("wrote {}: {} {}, {} bytes\n", in_quotes(options.output), items.size(),
              items.size() == 1 ? "entry" : "entries", file_size);
   return kExitOk;
@@ -146,7 +262,8 @@ Subcommand add_pack(CLI::App& app) {
   auto options = std::make_shared<PackOptions>();
   command
       ->add_option("-o,--output", options->output,
-                   "The wrapper file to write (replaced atomically)")
+                   "The wrapper file to write (replaced atomically, keeping its mode; a link "
+                   "to a file replaces the file); - for standard output")
       ->required()
       ->type_name("OUT");
   CLI::Option* libraries =
@@ -159,7 +276,9 @@ Subcommand add_pack(CLI::App& app) {
               [](std::string& spec) { return check_spec(spec, "NAME=PATH[:DEP,...]"); }, "",
               "library entry"));
   CLI::Option* data =
-      command->add_option("--data", options->data, "A data entry NAME, from the file PATH")
+      command->add_option("--data", options->data,
+                          "A data entry NAME, from the file PATH (- for standard input; a "
+                          "FIFO or /proc file is read until its end)")
           ->type_name("NAME=PATH")
           ->check(CLI::Validator([](std::string& spec) { return check_spec(spec, "NAME=PATH"); },
                                  "", "data entry"));

@@ -57,10 +57,11 @@ std::string cut_to_width(const std::string& text, std::size_t width) {
 
 }  // namespace
 
-ProgressBar::ProgressBar(Mode mode, std::uint64_t total_bytes)
+ProgressBar::ProgressBar(Mode mode, std::uint64_t total_bytes, bool open_ended)
     : enabled_(mode == Mode::kOn || (mode == Mode::kAuto && ::isatty(STDERR_FILENO) == 1)),
       forced_(mode == Mode::kOn),
       total_bytes_(total_bytes),
+      open_ended_(open_ended),
       start_(Clock::now()),
       columns_(enabled_ ? terminal_columns() : 80) {}
 
@@ -71,6 +72,7 @@ ProgressBar::~ProgressBar() {
 
 void ProgressBar::update(const WriteProgress& progress) noexcept {
   if (!enabled_ || finished_) return;
+  last_done_ = progress.total_done;
   const auto now = Clock::now();
   if (!forced_ && !drawn_ && now - start_ < kAutoDelay) return;
   if (drawn_ && now - last_draw_ < kRedrawInterval) return;
@@ -81,6 +83,10 @@ void ProgressBar::update(const WriteProgress& progress) noexcept {
 void ProgressBar::finish() noexcept {
   if (!enabled_ || finished_) return;
   if (drawn_ || forced_) {
+    if (open_ended_) {  // the streams have ended: now the total is known
+      open_ended_ = false;
+      total_bytes_ = std::max(total_bytes_, last_done_);
+    }
     draw({}, total_bytes_);
     (void)write_all(STDERR_FILENO, "\n", 1);
   }
@@ -89,12 +95,17 @@ void ProgressBar::finish() noexcept {
 
 void ProgressBar::draw(std::string_view entry, std::uint64_t done) noexcept {
   try {
-    done = std::min(done, total_bytes_);
-    const std::uint64_t percent = total_bytes_ == 0 ? 100 : done * 100 / total_bytes_;
-    const std::size_t filled = static_cast<std::size_t>(percent * kBarCells / 100);
-    std::string line =
-        "[" + std::string(filled, '#') + std::string(kBarCells - filled, '.') + "] " +
-        fmt::format("{:>3}%  {} / {}", percent, human_bytes(done), human_bytes(total_bytes_));
+    std::string line;
+    if (open_ended_) {
+      // Some entries are streams of unknown size: no percentage, only what was written.
+      line = fmt::format("[{}]  {} so far", std::string(kBarCells, '?'), human_bytes(done));
+    } else {
+      done = std::min(done, total_bytes_);
+      const std::uint64_t percent = total_bytes_ == 0 ? 100 : done * 100 / total_bytes_;
+      const std::size_t filled = static_cast<std::size_t>(percent * kBarCells / 100);
+      line = "[" + std::string(filled, '#') + std::string(kBarCells - filled, '.') + "] " +
+             fmt::format("{:>3}%  {} / {}", percent, human_bytes(done), human_bytes(total_bytes_));
+    }
     std::size_t width = line.size();  // ASCII so far
     const std::string name = printable(entry);
     // The name, if there is room for some of it; the line stays below the terminal's width

@@ -27,7 +27,11 @@ class ProgressBar {
   };
 
   // `total_bytes`: the sum of the entries' sizes, for the percentage (0 shows 100%).
-  ProgressBar(Mode mode, std::uint64_t total_bytes);
+  // `open_ended`: some entries are streams whose size is known only at their end (stdin, a
+  // FIFO, a /proc file); the bar then shows the bytes written so far and no percentage:
+  //   [????????????????????]  12.0 MiB so far  stdin-entry
+  // until finish() draws the final total.
+  ProgressBar(Mode mode, std::uint64_t total_bytes, bool open_ended = false);
   ~ProgressBar();
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
@@ -44,6 +48,8 @@ class ProgressBar {
   bool enabled_;
   bool forced_;
   std::uint64_t total_bytes_;
+  bool open_ended_;
+  std::uint64_t last_done_ = 0;  // total_done of the last update
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_{};
   bool drawn_ = false;  // a line is on the screen, not yet ended

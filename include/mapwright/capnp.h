@@ -186,6 +186,18 @@ class MappedMessageBuilder : public ::capnp::MessageBuilder {
   // message (unreferenced); the arena never reuses them. A null orphan is ignored.
   void discard(::capnp::Orphan<::capnp::Data>&& blob) noexcept;
 
+  // Shrinks a blob of this message to its first `size` bytes, for content whose length was
+  // not known when the blob was allocated (a stream read into it until end of file). The
+  // blob must be backed (as new_aligned_data() leaves it) and `size` at most its size (else
+  // Error(EINVAL), nothing changed). The bytes past `size` are zeroed (Cap'n Proto's
+  // truncate, stores into backed pages: what was never written costs only the stores), their
+  // whole pages punched (no blocks); when the blob is the newest object of its segment, as
+  // it is right after new_aligned_data(), its tail goes back to the arena and the next
+  // allocation starts there. Readers and builders of the blob taken before are invalid
+  // afterwards (call get() again). Shrinking to 0 leaves an empty blob: adopt it or give it
+  // to discard().
+  void shrink(::capnp::Orphan<::capnp::Data>& blob, std::uint64_t size);
+
   // Backs the memory that the next `bytes` bytes of allocations will use, so that building
   // them stores only into backed pages and cannot fail for lack of space: ensure() to there
   // when they fit in the newest segment; otherwise the next segment is started now (the rest

@@ -124,8 +124,11 @@ Digest digest_of(std::span<const std::byte> bytes) noexcept;
 struct WriteProgress {
   std::string_view entry;         // the entry being written (valid during the call only)
   std::uint64_t entry_done = 0;   // its bytes written so far
-  std::uint64_t entry_size = 0;
+  std::uint64_t entry_size = 0;   // while streaming (!entry_size_known): entry_done
   std::uint64_t total_done = 0;   // bytes of all entries written so far
+  // false while an entry of unknown size is streamed (a pipe, a FIFO, a /proc file): its
+  // size is known once the end of the stream is reached.
+  bool entry_size_known = true;
 };
 
 struct WrapperWriterOptions {
@@ -160,6 +163,12 @@ class WrapperWriter {
   // Starts a wrapper that publish() will place at `target` (its directory must exist; the
   // file is staged there, so it needs room for the whole wrapper). Backs the file's first
   // growth step at once: a full disk or RLIMIT_FSIZE is an Error here. Throws Error.
+  // The target must be a regular file or not exist: a directory (also "dir/"), a FIFO,
+  // socket or device, a symbolic link to one, or a dangling link is refused here, before
+  // anything is written (Error EISDIR, EINVAL "not a regular file", ENOENT). A symbolic
+  // link to a regular file is kept: the file it names is staged beside and replaced.
+  // publish() gives the new file the mode of the file it replaces (and its owner and group
+  // where allowed, as for root), and never writes through or removes anything else.
   explicit WrapperWriter(const std::filesystem::path& target, WrapperWriterOptions options = {});
   WrapperWriter(WrapperWriter&&) noexcept;
   WrapperWriter& operator=(WrapperWriter&&) noexcept;
@@ -176,8 +185,14 @@ class WrapperWriter {
   // A library's bytes must start with the ELF magic number (else Error(EINVAL); the loader
   // would refuse it later anyway, with a less direct message).
   //
-  // From a file: copied in the kernel (copy_file_range, else pread into the mapping). The
-  // file must be a regular file; one that shrinks while it is copied is an Error.
+  // From a file: a regular file is copied in the kernel (copy_file_range, else pread into
+  // the mapping); one that shrinks while it is copied is an Error. A FIFO, a socket, a file
+  // on procfs or sysfs, and any regular file whose size reads 0 (/proc/self/status reads 0
+  // but has content) are streamed until end of file, as add_*_stream() does. The path is
+  // opened O_NONBLOCK, so open() never waits; but a FIFO with no writer is then waited for
+  // (as `cat` would), until one opens it and closes it again. A character or block device
+  // (/dev/zero would never end) and a directory are refused: Error(EINVAL or EISDIR), "not a
+  // regular file or a stream", nothing added.
   void add_library(std::string_view name, const std::filesystem::path& path,
                    std::vector<std::string> depends = {});
   void add_library(std::string_view name, std::span<const std::byte> bytes,
@@ -190,6 +205,19 @@ class WrapperWriter {
   // and nothing is added.
   using FillChunk = std::function<void(std::span<std::byte> chunk, std::uint64_t offset)>;
   void add_data(std::string_view name, std::uint64_t size, const FillChunk& fill);
+  // From `fd` (the caller keeps it), read from its position until end of file: standard
+  // input, a pipe, a socket. The size need not be known: chunks are allocated as the bytes
+  // come (64 KiB, then twice as much each time, up to chunk_bytes; each a multiple of 4096,
+  // so one entry's chunks follow each other), read(2) straight into the mapped file, and
+  // the unused tail of the last one is given back (MappedMessageBuilder::shrink). A
+  // non-blocking fd is waited on (poll), never spun on. Progress reports have
+  // entry_size_known == false until the end. A read error is an Error naming `source` (a
+  // name for messages, e.g. "standard input") and the entry; a file that cannot grow is the
+  // same Error as for the other add_*(); either way nothing is added (bytes already read
+  // from the fd are gone from it).
+  void add_library_stream(std::string_view name, int fd, const std::string& source,
+                          std::vector<std::string> depends = {});
+  void add_data_stream(std::string_view name, int fd, const std::string& source);
 
   // Writes the metadata, checks the dependencies (each names a library entry, none itself, no
   // cycle; else Error(EINVAL) naming the entry and nothing is published), then fsyncs and

@@ -69,6 +69,43 @@ int pread_full(int fd, void* buf, std::size_t length, std::uint64_t offset,
 // write(2) until every byte is written. Async-signal-safe: used for the handler's one line.
 int write_all(int fd, const void* buf, std::size_t length) noexcept;
 
+// ---- kinds of files, modes, streams (src/os/files.cc) -------------------------------------
+
+// What stat(2) says about a file, as far as the writers and readers of wrappers need it.
+enum class FileType { kRegular, kDirectory, kFifo, kSocket, kCharDevice, kBlockDevice, kSymlink,
+                      kOther };
+struct FileStatus {
+  FileType type = FileType::kOther;
+  std::uint64_t size = 0;
+  mode_t mode = 0;  // the permission bits (st_mode & 07777)
+  uid_t uid = 0;
+  gid_t gid = 0;
+  dev_t device = 0;
+  ino_t inode = 0;
+  // The file lives on procfs or sysfs (fstat only; false for path_status): its st_size says
+  // nothing about its content, and it cannot be mapped as a whole.
+  bool pseudo = false;
+};
+// "regular file", "directory", "FIFO", "socket", "character device", "block device",
+// "symbolic link", "special file". Async-signal-safe.
+const char* to_string(FileType type) noexcept;
+// fstat(2) and fstatfs(2) of `fd`. Not async-signal-safe by contract.
+int fd_status(int fd, FileStatus* status) noexcept;
+// stat(2) (`follow`) or lstat(2) of `path`. Not async-signal-safe by contract.
+int path_status(const char* path, bool follow, FileStatus* status) noexcept;
+// realpath(3): `path` with every symbolic link and "."/".." resolved, written into `out`
+// (PATH_MAX bytes). Not async-signal-safe.
+int real_path(const char* path, char* out) noexcept;
+// fchmod(2) and fchown(2). Not async-signal-safe by contract.
+int change_mode(int fd, mode_t mode) noexcept;
+int change_owner(int fd, uid_t uid, gid_t gid) noexcept;
+// One read(2) of at most `length` bytes from `fd` at its file position; `*got` is how many
+// (0: end of file). Waits (poll, no timeout) until the fd is readable first, so that a
+// non-blocking fd waits as a blocking one would, and a FIFO opened O_NONBLOCK before any
+// writer came waits for one (read(2) alone would say end of file there at once).
+// Not async-signal-safe.
+int read_waiting(int fd, void* buf, std::size_t length, std::size_t* got) noexcept;
+
 // ---- copying between files (the loader) --------------------------------------------------
 
 // copy_file_range(2) of `length` bytes from `in_fd` at `in_offset` to `out_fd` at
