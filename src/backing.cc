@@ -205,6 +205,9 @@ void Backing::keep_target_attributes() {
   const int err = os::path_status(target_.c_str(), false, &old);
   if (err == ENOENT) return;  // nothing to replace
   if (err != 0) throw Error(err, "publishing region", name_, "(lstat of the target)");
+  // A directory that took the name meanwhile: rename(2) refuses to replace it (EISDIR,
+  // ENOTEMPTY), and a retry can follow once it is gone. Anything else it would replace.
+  if (old.type == os::FileType::kDirectory) return;
   if (old.type != os::FileType::kRegular) {
     throw Error(EINVAL, "publishing region", name_,
                 std::string("(the target is now a ") + os::to_string(old.type) +

@@ -64,7 +64,8 @@ class Backing {
   // On failure throws Error and the target is untouched. Afterwards kind() is kFile.
   // A file it replaces gives the new one its permission bits (and, where allowed: root, or
   // a group of the caller's, its owner and group; failures to chown are ignored); a target
-  // that has become something other than a regular file meanwhile is refused (EINVAL).
+  // that has become a FIFO, device, socket or link meanwhile is refused (EINVAL); rename(2)
+  // refuses a directory (EISDIR).
   void publish(bool durable);
   // Adds seals (F_ADD_SEALS). Returns 0 or the errno.
   int add_seals(int seals) const noexcept;

@@ -340,7 +340,7 @@ struct WrapperWriter::State {
       return;
     }
     if (!regular) {
-      refuse(status.type == os::FileType::kDirectory ? EISDIR : EINVAL, name,
+      refuse(EINVAL, name,
              source + " is not a regular file or a stream (a " + os::to_string(status.type) +
                  ")");
     }

@@ -267,12 +267,13 @@ TEST(Staged, UnpublishedRegionLeavesNothingBehind) {
 TEST(Staged, FailedPublishLeavesTheTargetAndCanBeRetried) {
   DiskDir dir;
   ASSERT_TRUE(dir.ok());
-  // The target's name is taken by a non-empty directory: rename() must fail.
+  // The target's name is taken by a non-empty directory after staging (staged() refuses a
+  // directory up front): rename() must fail.
   const std::filesystem::path target = dir / "out.bin";
+  Region region = Region::staged(target);
   std::filesystem::create_directory(target);
   write_pattern_file(target / "inside", 4096, 8);
 
-  Region region = Region::staged(target);
   fill(region.data(), 0, 2 * kMiB / 8, 9);
   region.finish(2 * kMiB);
   const auto error = error_from([&] { region.publish(); });

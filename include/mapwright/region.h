@@ -107,6 +107,11 @@ class Region {
   // point, `target` is untouched (the old file or none). Filesystems without O_TMPFILE get a
   // hidden named file ".<name>.mapwright-XXXXXX" in the same directory instead, removed by
   // the destructor — but left behind if the process is killed; the target is safe either way.
+  // `target` must be a regular file or not exist. A directory (also "dir/"), a FIFO, socket
+  // or device, a symbolic link to one, or a dangling link is refused here, before anything
+  // is created (Error EISDIR, EINVAL "not a regular file", ENOENT): publish() never replaces
+  // or writes through them. A symbolic link to a regular file is kept: the file it names is
+  // staged beside and replaced.
   static Region staged(const std::filesystem::path& target, RegionOptions options = {});
 
   Region(Region&&) noexcept;
@@ -136,7 +141,9 @@ class Region {
   // Staged regions only: fsyncs the file, links it into the target's directory under a
   // temporary name, renames it over the target (atomic), and fsyncs the directory. After
   // publish() the region is an ordinary file region over `target`. Throws Error on failure;
-  // the target is then untouched.
+  // the target is then untouched. A file it replaces passes on its permission bits (and its
+  // owner and group where the caller may set them, as root; best effort) to the new one; a
+  // target that became a FIFO, device, socket or link since staged() is refused (EINVAL).
   //
   // With durable == false the two fsyncs are skipped (much faster for big files: nothing
   // waits for the disk). The replacement is still atomic for every process and survives a

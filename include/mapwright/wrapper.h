@@ -191,8 +191,8 @@ class WrapperWriter {
   // but has content) are streamed until end of file, as add_*_stream() does. The path is
   // opened O_NONBLOCK, so open() never waits; but a FIFO with no writer is then waited for
   // (as `cat` would), until one opens it and closes it again. A character or block device
-  // (/dev/zero would never end) and a directory are refused: Error(EINVAL or EISDIR), "not a
-  // regular file or a stream", nothing added.
+  // (/dev/zero would never end) and a directory are refused: Error(EINVAL), "not a regular
+  // file or a stream", nothing added.
   void add_library(std::string_view name, const std::filesystem::path& path,
                    std::vector<std::string> depends = {});
   void add_library(std::string_view name, std::span<const std::byte> bytes,
