@@ -294,6 +294,16 @@ TEST_F(WrapperIo, PublishKeepsTheModeAndTheLink) {
     ASSERT_EQ(::stat(path("w.mwr").c_str(), &status), 0);
     EXPECT_EQ(status.st_mode & 07777, mode);
   }
+  if (::geteuid() == 0) {  // root may give the new file the old one's owner and group
+    ASSERT_EQ(::chown(path("w.mwr").c_str(), 4321, 4322), 0);
+    WrapperWriter writer(path("w.mwr"));
+    writer.add_data("x", bytes);
+    writer.publish();
+    struct stat status {};
+    ASSERT_EQ(::stat(path("w.mwr").c_str(), &status), 0);
+    EXPECT_EQ(status.st_uid, 4321u);
+    EXPECT_EQ(status.st_gid, 4322u);
+  }
   fs::create_symlink(path("w.mwr"), path("link"));
   WrapperWriter writer(path("link"));
   writer.add_data("y", bytes);

@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mapwright/error.h"
 #include "progress.h"
 
 namespace mapwright::tool {
@@ -227,22 +228,38 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   }
   std::optional<UnnamedOutput> unnamed;
   if (to_stdout) unnamed.emplace();
-  WrapperWriter writer(to_stdout ? unnamed->target() : std::filesystem::path(options.output),
-                       std::move(writer_options));
-  for (const PackItem& item : items) {
-    if (is_stdin(item)) {
-      if (item.library) {
-        writer.add_library_stream(item.name, STDIN_FILENO, "standard input", item.depends);
+  const auto write = [&] {
+    WrapperWriter writer(to_stdout ? unnamed->target() : std::filesystem::path(options.output),
+                         std::move(writer_options));
+    for (const PackItem& item : items) {
+      if (is_stdin(item)) {
+        if (item.library) {
+          writer.add_library_stream(item.name, STDIN_FILENO, "standard input", item.depends);
+        } else {
+          writer.add_data_stream(item.name, STDIN_FILENO, "standard input");
+        }
+      } else if (item.library) {
+        writer.add_library(item.name, item.path, item.depends);
       } else {
-        writer.add_data_stream(item.name, STDIN_FILENO, "standard input");
+        writer.add_data(item.name, item.path);
       }
-    } else if (item.library) {
-      writer.add_library(item.name, item.path, item.depends);
-    } else {
-      writer.add_data(item.name, item.path);
     }
+    return writer.publish();
+  };
+  std::uint64_t file_size = 0;
+  try {
+    file_size = write();
+  } catch (const Error& e) {
+    if (!to_stdout) throw;
+    // Name the output as it was given, not the private file it is built in.
+    std::string message = e.what();
+    const std::string hidden = "'" + unnamed->target().string() + "'";
+    for (std::size_t at = message.find(hidden); at != std::string::npos;
+         at = message.find(hidden, at)) {
+      message.replace(at, hidden.size(), "'-' (standard output)");
+    }
+    throw ToolError(kExitFailure, message);
   }
-  const std::uint64_t file_size = writer.publish();
   bar.finish();
   if (to_stdout) {
     unnamed->take();
