@@ -256,6 +256,33 @@ TEST_F(WrapperIo, AFullDiskWhileStreamingIsAnErrorNamingTheEntry) {
   EXPECT_TRUE(joined(wrapper.entry("small")) == small);
 }
 
+// MappedMessageBuilder::shrink: the tail of the newest blob goes back to the arena (the
+// next blob starts at the first aligned offset after the kept bytes), the kept bytes stay,
+// the tail reads zero; growing is refused.
+TEST_F(WrapperIo, ShrinkGivesTheNewestBlobsTailBack) {
+  Region region = Region::memfd("shrink");
+  MappedMessageBuilder builder(region);
+  auto blob = builder.new_aligned_data(64 * kKiB, 4096);
+  const auto offset = [&](const ::capnp::Data::Reader& r) {
+    return static_cast<std::uint64_t>(reinterpret_cast<const std::byte*>(r.begin()) -
+                                      region.data());
+  };
+  const std::uint64_t first = offset(blob.getReader());
+  std::memset(blob.get().begin(), 0xab, 64 * kKiB);
+  expect_error([&] { builder.shrink(blob, 64 * kKiB + 1); }, EINVAL, {"shrinking"});
+  builder.shrink(blob, 100);
+  ASSERT_EQ(blob.getReader().size(), 100u);
+  for (const auto byte : blob.getReader()) ASSERT_EQ(byte, 0xab);
+  const std::byte* tail = region.data() + first + 100;
+  for (std::size_t i = 0; i < 64 * kKiB - 104; ++i) ASSERT_EQ(tail[i], std::byte{0}) << i;
+  auto next = builder.new_aligned_data(4096, 4096);
+  EXPECT_EQ(offset(next.getReader()), first + 4096);
+  builder.shrink(next, 0);
+  EXPECT_EQ(next.getReader().size(), 0u);
+  builder.discard(std::move(next));
+  builder.discard(std::move(blob));
+}
+
 // ---- targets --------------------------------------------------------------------------------
 
 // The constructor refuses, before creating anything, a target that is a directory ("dir" or
