@@ -257,6 +257,10 @@ Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions opti
                     (status.pseudo ? "a file of procfs or sysfs" : "a ") +
                     (status.pseudo ? "" : os::to_string(status.type)) + ")");
   }
+  // A regular file: read and copied (sendfile to the loader) as any other.
+  if (const int err = os::clear_nonblocking(raw); err != 0) {
+    throw Error(err, kOpen, state->name, "(fcntl)");
+  }
   state->check();
   return Wrapper(std::move(state));
 }

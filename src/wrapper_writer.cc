@@ -344,6 +344,9 @@ struct WrapperWriter::State {
              source + " is not a regular file or a stream (a " + os::to_string(status.type) +
                  ")");
     }
+    if (const int err = os::clear_nonblocking(fd); err != 0) {
+      refuse(err, name, "fcntl of " + source);
+    }
     const std::uint64_t size = status.size;
     bool in_kernel = true;  // copy_file_range until the kernel says it cannot here
     add(name, kind, size, std::move(depends), [&](std::span<std::byte> into, std::uint64_t at) {

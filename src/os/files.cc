@@ -100,6 +100,13 @@ int change_owner(int fd, uid_t uid, gid_t gid) noexcept {
 }
 
 
+int clear_nonblocking(int fd) noexcept {
+  int flags = 0;
+  if (const int err = retry([&] { return flags = ::fcntl(fd, F_GETFL); }); err != 0) return err;
+  if ((flags & O_NONBLOCK) == 0) return 0;
+  return retry([&] { return ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK); });
+}
+
 int read_waiting(int fd, void* buf, std::size_t length, std::size_t* got) noexcept {
   for (;;) {
     pollfd wait{fd, POLLIN, 0};

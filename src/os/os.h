@@ -99,6 +99,9 @@ int real_path(const char* path, char* out) noexcept;
 // fchmod(2) and fchown(2). Not async-signal-safe by contract.
 int change_mode(int fd, mode_t mode) noexcept;
 int change_owner(int fd, uid_t uid, gid_t gid) noexcept;
+// Clears O_NONBLOCK on `fd` (fcntl F_GETFL/F_SETFL), once a file opened with it turned out
+// to be one that is read as a file. Not async-signal-safe by contract.
+int clear_nonblocking(int fd) noexcept;
 // One read(2) of at most `length` bytes from `fd` at its file position; `*got` is how many
 // (0: end of file). Waits (poll, no timeout) until the fd is readable first, so that a
 // non-blocking fd waits as a blocking one would, and a FIFO opened O_NONBLOCK before any
