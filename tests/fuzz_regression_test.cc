@@ -30,7 +30,9 @@ namespace fs = std::filesystem;
 using Driver = void (*)(mapwright::fuzz::Input);
 
 // tests/fuzz, found from this file's own path (CMake compiles it by its absolute path).
-const fs::path kFuzzDir = fs::path(__FILE__).parent_path() / "fuzz";
+// From CMake, not __FILE__: a compiler launcher (ccache with a base directory) may make
+// __FILE__ relative to the build directory, and ctest runs tests from another one.
+const fs::path kFuzzDir = MAPWRIGHT_TEST_FUZZ_DIR;
 
 struct Case {
   std::string target;  // wrapper_fuzz, ...
