@@ -29,7 +29,6 @@ namespace {
 namespace fs = std::filesystem;
 using Driver = void (*)(mapwright::fuzz::Input);
 
-// tests/fuzz, found from this file's own path (CMake compiles it by its absolute path).
 // From CMake, not __FILE__: a compiler launcher (ccache with a base directory) may make
 // __FILE__ relative to the build directory, and ctest runs tests from another one.
 const fs::path kFuzzDir = MAPWRIGHT_TEST_FUZZ_DIR;
