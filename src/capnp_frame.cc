@@ -26,7 +26,7 @@ std::uint32_t load_le32(const std::byte* p) noexcept {
 
 }  // namespace
 
-Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string& name) {
+Frame parse_frame_table(const std::byte* data, std::uint64_t length, const std::string& name) {
   if (length == 0) refuse(name, "empty file");
   if (length < 8) {
     refuse(name, "truncated header: " + str(length) +
@@ -53,8 +53,7 @@ Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string
   Frame frame;
   frame.header_bytes = header;
   frame.segments.reserve(static_cast<std::size_t>(count));
-  // count <= 511 and each size < 2^32 words: the sum fits in 64 bits with room to spare, but
-  // each step is still checked against the file before it is added.
+  // count <= 511 and each size < 2^29 words: the sum fits in 64 bits with room to spare.
   std::uint64_t offset = header;  // bytes
   for (std::uint64_t i = 0; i < count; ++i) {
     const std::uint64_t words = load_le32(data + 4 + 4 * i);
@@ -63,19 +62,28 @@ Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string
                        " words) is larger than a Cap'n Proto segment can be (" +
                        str(kMaxSegmentWords) + " words)");
     }
-    const std::uint64_t bytes = words * sizeof(::capnp::word);
-    if (bytes > length - offset) {
-      refuse(name, "segment " + str(i) + " (" + str(words) + " words at byte " + str(offset) +
-                       ") runs past the end of the file (" + str(length) + " bytes)");
-    }
     frame.segments.push_back({offset, words});
-    offset += bytes;
-  }
-  if (offset != length) {
-    refuse(name, str(length - offset) + " bytes after the message (which ends at byte " +
-                     str(offset) + " of " + str(length) + ")");
+    offset += words * sizeof(::capnp::word);
   }
   frame.size = offset;
+  return frame;
+}
+
+Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string& name) {
+  Frame frame = parse_frame_table(data, length, name);
+  for (std::size_t i = 0; i < frame.segments.size(); ++i) {
+    const FrameSegment& segment = frame.segments[i];
+    const std::uint64_t bytes = segment.words * sizeof(::capnp::word);
+    if (bytes > length - segment.offset) {
+      refuse(name, "segment " + str(i) + " (" + str(segment.words) + " words at byte " +
+                       str(segment.offset) + ") runs past the end of the file (" + str(length) +
+                       " bytes)");
+    }
+  }
+  if (frame.size != length) {
+    refuse(name, str(length - frame.size) + " bytes after the message (which ends at byte " +
+                     str(frame.size) + " of " + str(length) + ")");
+  }
   return frame;
 }
 

@@ -26,4 +26,11 @@ struct Frame {
 // says exactly what is wrong; reads nothing past data + length.
 Frame parse_frame(const std::byte* data, std::uint64_t length, const std::string& name);
 
+// The segment table alone: the message's layout as the table announces it, whatever follows.
+// `data` holds `available` bytes of the message's start (8-byte aligned); the table must lie
+// within them, but the segments may run past them or stop before their end (`size` is where
+// the table says the message ends). Refuses what parse_frame refuses about the table itself
+// (empty, truncated header, count > 511, a segment over kMaxSegmentWords), with its messages.
+Frame parse_frame_table(const std::byte* data, std::uint64_t available, const std::string& name);
+
 }  // namespace mapwright::detail

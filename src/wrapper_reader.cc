@@ -1,11 +1,18 @@
 // Wrapper: open() checks the whole structure once and turns it into plain values; after that
 // nothing reads Cap'n Proto again (no traversal limit to run out of, no pointer to chase).
+//
+// Format version 2 (wrapper.capnp, "Integrity"): open() finds the trailer at the end of the
+// file, checks that the segment table agrees with it, hashes the metadata (never a chunk)
+// and compares the digest before it reads any field; then the chunks must lie between the
+// hashed prefix and the metadata. verify_metadata() hashes the metadata again and checks
+// that the rest of that range, outside the chunks, is zero.
 
 #include "mapwright/wrapper.h"
 
 #include <fcntl.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -15,12 +22,14 @@
 
 #include <kj/exception.h>
 
+#include "capnp_frame.h"
 #include "digest.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "os/os.h"
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
+#include "wrapper_integrity.h"
 
 namespace mapwright {
 namespace {
@@ -86,22 +95,152 @@ struct Wrapper::State {
   std::uint32_t version = 0;
   std::string producer;
   std::uint64_t file_size = 0;
+  // Version 2 only: the trailer, and the hashed ranges of the first message (its size).
+  std::optional<detail::Trailer> trailer;
+  std::uint64_t prefix_end = 0;
+  std::uint64_t message_size = 0;
+  // Every chunk, in file order: [offset, offset + size) of entry `entry`'s chunk `chunk`.
+  struct ChunkRange {
+    std::uint64_t offset;
+    std::uint64_t size;
+    std::size_t entry;
+    std::size_t chunk;
+  };
+  std::vector<ChunkRange> chunk_ranges;
   std::vector<WrapperEntry> entries;
   std::unordered_map<std::string_view, std::size_t> index;  // views into entries' names
   std::vector<std::vector<std::size_t>> edges;              // direct dependencies
 
   [[noreturn]] void refuse(const std::string& what) const { throw Error(EINVAL, kOpen, name, what); }
 
-  void map() {
+  [[noreturn]] void damaged(const std::string& what) const {
+    throw Error(EBADMSG, kOpen, name, what);
+  }
+
+  int source_fd() const noexcept { return image ? image->fd() : fd.get(); }
+
+  void read_at(void* into, std::size_t length, std::uint64_t offset) const {
+    std::size_t got = 0;
+    if (const int err = os::pread_full(source_fd(), into, length, offset, &got); err != 0) {
+      throw Error(err, kOpen, name, "(pread of " + str(length) + " bytes at " + str(offset) + ")");
+    }
+    if (got != length) {
+      throw Error(EIO, kOpen, name, "(the file shrank while it was read: " + str(got) + " of " +
+                                        str(length) + " bytes at " + str(offset) + ")");
+    }
+  }
+
+  std::optional<detail::Trailer> read_trailer(std::uint64_t offset, std::string* why) const {
+    std::array<std::byte, kWrapperTrailerBytes> bytes;
+    read_at(bytes.data(), bytes.size(), offset);
+    return detail::decode_trailer(bytes, why);
+  }
+
+  // Maps the first message, [0, size): its segment table must describe exactly that.
+  void map_message(std::uint64_t size) {
     try {
-      reader = image ? std::make_unique<MappedMessageReader>(*image)
-                     : std::make_unique<MappedMessageReader>(fd.get(), 0, 0);
+      reader = std::make_unique<MappedMessageReader>(source_fd(), 0, size);
     } catch (const Error& e) {
       // The frame checks name the fd; say which wrapper, and keep the cause.
       if (e.error() == EINVAL) refuse("(not a wrapper: " + e.detail() + ")");
       throw Error(e.error(), kOpen, name, e.detail());
     }
-    file_size = reader->size();
+  }
+
+  // The root's magic and format version, before anything else is trusted.
+  std::uint32_t peek_version() {
+    try {
+      const auto root = reader->getRoot<schema::WrapperFile>();
+      if (root.getMagic() != kWrapperMagic) refuse("(not a wrapper: the magic number is wrong)");
+      return root.getFormatVersion();
+    } catch (const kj::Exception& e) {
+      refuse("(malformed Cap'n Proto data: " + std::string(e.getDescription().cStr()) + ")");
+    }
+  }
+
+  // Finds the wrapper's layout (the first message, and the trailer in version 2), maps the
+  // first message and checks the metadata digest. Reads the segment table, the trailer and
+  // the hashed metadata; no chunk, no zero range.
+  void map() {
+    constexpr std::uint64_t kTrailer = kWrapperTrailerBytes;
+    std::uint64_t n = 0;
+    if (const int err = os::file_size(source_fd(), &n); err != 0) {
+      throw Error(err, kOpen, name, "(fstat)");
+    }
+    file_size = n;
+    // The segment table: at most 4 + 4 * 511 bytes, padded to 2048.
+    std::array<::capnp::word, 256> head{};
+    const auto head_bytes = static_cast<std::size_t>(std::min<std::uint64_t>(n, sizeof head));
+    read_at(head.data(), head_bytes, 0);
+    const auto* head_data = reinterpret_cast<const std::byte*>(head.data());
+    std::uint64_t s = 0;
+    try {
+      s = detail::parse_frame_table(head_data, head_bytes, name).size;
+    } catch (const Error& e) {
+      refuse("(not a wrapper: " + e.detail() + ")");
+    }
+
+    std::string why;
+    if (n >= kTrailer) trailer = read_trailer(n - kTrailer, &why);
+    if (trailer && trailer->wrapper_size != n) {
+      // A trailer for a wrapper that does not start at offset 0 (another wrapper appended to
+      // this one, say): not ours; wrappers inside larger files are not supported yet.
+      why = "it is the trailer of a wrapper of " + str(trailer->wrapper_size) +
+            " bytes, not of the whole file";
+      trailer.reset();
+    }
+    if (trailer) {
+      // Version 2, found from its end.
+      if (s != n - kTrailer) {
+        damaged("(the segment table says the message ends at byte " + str(s) +
+                ", but the trailer puts its end at byte " + str(n - kTrailer) +
+                ": the file is damaged)");
+      }
+    } else if (n < s) {
+      damaged("(truncated at byte " + str(n) + " of at least " + str(s) + " expected)");
+    }
+    map_message(s);
+    message_size = s;
+
+    if (!trailer) {
+      // No trailer at the end: a version 1 file, or a version 2 file with its end missing,
+      // damaged, or followed by other bytes.
+      const std::uint32_t v = peek_version();
+      if (v == 1) {
+        if (n > s) {
+          damaged("(" + str(n - s) + " bytes after the wrapper, which ends at byte " + str(s) + ")");
+        }
+        return;
+      }
+      if (v == kWrapperFormatVersion) {
+        const std::uint64_t e = s + kTrailer;
+        if (n < e) damaged("(truncated at byte " + str(n) + " of " + str(e) + " expected)");
+        if (n == e) damaged("(the trailer is damaged: " + why + ")");
+        std::string inner;
+        const auto after = read_trailer(s, &inner);
+        if (after && after->wrapper_size == e) {
+          damaged("(" + str(n - e) + " bytes after the wrapper, which ends at byte " + str(e) + ")");
+        }
+        damaged("(no valid trailer at the end of the file (" + why + ") nor after its message (" +
+                inner + "): the file is damaged)");
+      }
+      return;  // read_root() refuses the version
+    }
+
+    prefix_end = detail::hashed_prefix_end(reader->data());
+    const std::uint64_t m = trailer->metadata_offset;
+    if (m < prefix_end || m > s || m % sizeof(::capnp::word) != 0) {
+      damaged("(the trailer's metadata offset " + str(m) + " is not a word between " +
+              str(prefix_end) + " and " + str(s) + ": the file is damaged)");
+    }
+    check_metadata_digest();
+  }
+
+  void check_metadata_digest() const {
+    if (detail::metadata_digest(reader->data(), prefix_end, trailer->metadata_offset,
+                                message_size, trailer->wrapper_size) != trailer->metadata_digest) {
+      damaged("(the metadata digest does not match: the file is damaged)");
+    }
   }
 
   void check_root() {
@@ -118,9 +257,13 @@ struct Wrapper::State {
       refuse("(not a wrapper: the magic number is wrong)");
     }
     version = root.getFormatVersion();
-    if (version != kWrapperFormatVersion) {
-      refuse("(format version " + str(version) + " is not supported; this build reads version " +
+    if (version != kWrapperFormatVersion && version != 1) {
+      refuse("(format version " + str(version) + " is not supported; this build reads versions 1 and " +
              str(kWrapperFormatVersion) + ")");
+    }
+    if (trailer && version != kWrapperFormatVersion) {
+      damaged("(the root says format version " + str(version) + " but the file has a version " +
+              str(kWrapperFormatVersion) + " trailer: the file is damaged)");
     }
     producer = root.getProducer();
     const auto list = root.getEntries();
@@ -186,28 +329,91 @@ struct Wrapper::State {
     entries.push_back(std::move(entry));
   }
 
-  // No two chunks (of one entry or of two) share a byte.
-  void check_overlaps() const {
-    struct Range {
-      const std::byte* first;
-      std::size_t size;
-      std::size_t entry;
-    };
-    std::vector<Range> ranges;
+  // No two chunks (of one entry or of two) share a byte; in version 2 every chunk lies
+  // between the hashed prefix and the metadata, so the rest of that range is the zero part.
+  void check_overlaps() {
     for (std::size_t i = 0; i < entries.size(); ++i) {
-      for (const auto& chunk : entries[i].chunks) ranges.push_back({chunk.data(), chunk.size(), i});
+      for (std::size_t c = 0; c < entries[i].chunks.size(); ++c) {
+        const auto& chunk = entries[i].chunks[c];
+        chunk_ranges.push_back({static_cast<std::uint64_t>(chunk.data() - reader->data()),
+                                chunk.size(), i, c});
+      }
     }
-    std::sort(ranges.begin(), ranges.end(),
-              [](const Range& a, const Range& b) { return a.first < b.first; });
-    for (std::size_t k = 1; k < ranges.size(); ++k) {
-      const Range& before = ranges[k - 1];
-      if (ranges[k].first < before.first + before.size) {
-        const std::size_t a = std::min(before.entry, ranges[k].entry);
-        const std::size_t b = std::max(before.entry, ranges[k].entry);
+    std::sort(chunk_ranges.begin(), chunk_ranges.end(),
+              [](const ChunkRange& a, const ChunkRange& b) { return a.offset < b.offset; });
+    for (std::size_t k = 1; k < chunk_ranges.size(); ++k) {
+      const ChunkRange& before = chunk_ranges[k - 1];
+      if (chunk_ranges[k].offset < before.offset + before.size) {
+        const std::size_t a = std::min(before.entry, chunk_ranges[k].entry);
+        const std::size_t b = std::max(before.entry, chunk_ranges[k].entry);
         refuse(entry_label(b, entries[b].name) + ": its bytes overlap those of " +
                (a == b ? std::string("itself") : entry_label(a, entries[a].name)));
       }
     }
+    if (!trailer || chunk_ranges.empty()) return;
+    const ChunkRange& first = chunk_ranges.front();
+    const ChunkRange& last = chunk_ranges.back();
+    const auto outside = [&](const ChunkRange& range) {
+      refuse(entry_label(range.entry, entries[range.entry].name) + ": chunk " + str(range.chunk) +
+             " at byte " + str(range.offset) + " is not between the segment table (" +
+             str(prefix_end) + " bytes) and the metadata (at byte " +
+             str(trailer->metadata_offset) + ")");
+    };
+    if (first.offset < prefix_end) outside(first);
+    if (last.offset + last.size > trailer->metadata_offset) outside(last);
+  }
+
+  // The first non-zero byte of [begin, end) of the message, or end.
+  std::uint64_t first_nonzero(std::uint64_t begin, std::uint64_t end) const noexcept {
+    const std::byte* data = reader->data();
+    std::uint64_t at = begin;
+    while (at < end && at % sizeof(std::uint64_t) != 0) {
+      if (data[at] != std::byte{0}) return at;
+      ++at;
+    }
+    for (; at + sizeof(std::uint64_t) <= end; at += sizeof(std::uint64_t)) {
+      std::uint64_t word;
+      std::memcpy(&word, data + at, sizeof word);
+      if (word != 0) break;
+    }
+    for (; at < end; ++at) {
+      if (data[at] != std::byte{0}) return at;
+    }
+    return end;
+  }
+
+  void verify_metadata() const {
+    if (!trailer) return;
+    const char* kVerify = "verifying wrapper";
+    std::string why;
+    const auto now = read_trailer(file_size - kWrapperTrailerBytes, &why);
+    if (!now || now->wrapper_size != trailer->wrapper_size ||
+        now->metadata_offset != trailer->metadata_offset ||
+        now->metadata_digest != trailer->metadata_digest) {
+      throw Error(EBADMSG, kVerify, name,
+                  "(the trailer changed since the file was opened: the file is damaged)");
+    }
+    if (detail::metadata_digest(reader->data(), prefix_end, trailer->metadata_offset,
+                                message_size, trailer->wrapper_size) != trailer->metadata_digest) {
+      throw Error(EBADMSG, kVerify, name, "(the metadata digest does not match: the file is damaged)");
+    }
+    std::uint64_t at = prefix_end;
+    const auto zero_until = [&](std::uint64_t end, const std::string& where) {
+      const std::uint64_t bad = first_nonzero(at, end);
+      if (bad != end) {
+        throw Error(EBADMSG, kVerify, name,
+                    "(byte " + str(bad) + ", " + where +
+                        ", is not zero: the file is damaged)");
+      }
+    };
+    for (const ChunkRange& range : chunk_ranges) {
+      zero_until(range.offset, "before " + entry_label(range.entry, entries[range.entry].name) +
+                                   " chunk " + str(range.chunk));
+      at = range.offset + range.size;
+    }
+    zero_until(trailer->metadata_offset, chunk_ranges.empty()
+                                             ? std::string("between the segment table and the metadata")
+                                             : std::string("between the last chunk and the metadata"));
   }
 
   void check_graph() {
@@ -288,6 +494,7 @@ Wrapper Wrapper::open(const SealedImage& image, WrapperOpenOptions options) {
 
 const std::string& Wrapper::name() const noexcept { return state_->name; }
 std::uint32_t Wrapper::format_version() const noexcept { return state_->version; }
+bool Wrapper::metadata_checked() const noexcept { return state_->trailer.has_value(); }
 const std::string& Wrapper::producer() const noexcept { return state_->producer; }
 std::uint64_t Wrapper::file_size() const noexcept { return state_->file_size; }
 int Wrapper::fd() const noexcept { return state_->image ? state_->image->fd() : state_->fd.get(); }
@@ -309,7 +516,10 @@ bool Wrapper::verify_entry(const WrapperEntry& entry) const noexcept {
   return digest.finish() == entry.digest;
 }
 
+void Wrapper::verify_metadata() const { state_->verify_metadata(); }
+
 void Wrapper::verify() const {
+  verify_metadata();
   for (const WrapperEntry& entry : state_->entries) {
     if (!verify_entry(entry)) {
       throw Error(EBADMSG, "verifying wrapper", state_->name,

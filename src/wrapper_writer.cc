@@ -1,8 +1,10 @@
 // WrapperWriter: entries' bytes go straight into the staged file's mapping, chunk by chunk,
-// each chunk a page-aligned Data blob; the metadata is written at publish(), after them.
+// each chunk a page-aligned Data blob; the metadata is written at publish(), after them, and
+// then the trailer (format version 2, wrapper.capnp "Integrity").
 //
-//   file: [segment table][root ptr][blob][pad][blob]...[pad][blob][root struct, entries]
-//                                   └── entry 1 ──┘       └ entry n ┘ └── publish() ──┘
+//   file: [segment table][root ptr][blob][pad][blob]...[pad][blob][root struct, entries][trailer]
+//          └─── hashed ──────────┘ └── entry 1 ──┘       └ entry n ┘ └─ hashed (metadata) ─┘
+//                                   pads, gaps, segment tails: zero
 
 #include "mapwright/wrapper.h"
 
@@ -24,6 +26,7 @@
 #include "os/os.h"
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
+#include "wrapper_integrity.h"
 
 namespace mapwright {
 namespace {
@@ -159,6 +162,13 @@ struct WrapperWriter::State {
       words += entry.chunks.size() * (1 + kFar) + kFar;
     }
     return words * sizeof(::capnp::word);
+  }
+
+  // Where the next object allocated in the message goes: the used end of its newest segment.
+  std::uint64_t metadata_offset() {
+    const auto segments = builder.getSegmentsForOutput();
+    return static_cast<std::uint64_t>(
+        reinterpret_cast<const std::byte*>(segments[segments.size() - 1].end()) - region.data());
   }
 
   [[noreturn]] void refuse(int error, std::string_view name, const std::string& what) const {
@@ -480,6 +490,12 @@ std::uint64_t WrapperWriter::publish() {
   }
   s.spent = true;  // from here on a failure leaves a half-written root: no second try
 
+  // Everything allocated from here on (the root and its landing pad, the entries, their
+  // texts and lists, the far pointers to chunks in older segments) lands in the newest
+  // segment from its used end: reserve() made room there, and older segments are full.
+  // That is the hashed metadata; below it, [hashed prefix, metadata_offset) holds only the
+  // chunks and zeros.
+  const std::uint64_t metadata_offset = s.metadata_offset();
   auto root = s.builder.initRoot<schema::WrapperFile>();
   root.setMagic(kWrapperMagic);
   root.setFormatVersion(kWrapperFormatVersion);
@@ -506,7 +522,28 @@ std::uint64_t WrapperWriter::publish() {
       chunks.adopt(static_cast<::capnp::uint>(c), std::move(from.chunks[c]));
     }
   }
-  const std::uint64_t size = s.builder.finish();
+  const std::uint64_t message_size = s.builder.finish();
+  const std::uint64_t size = message_size + kWrapperTrailerBytes;
+  const std::uint64_t prefix_end = detail::hashed_prefix_end(s.region.data());
+  if (metadata_offset < prefix_end || metadata_offset > message_size) {
+    throw Error(EINVAL, "writing wrapper", s.subject,
+                "(the metadata is not where the writer placed it: " +
+                    std::to_string(metadata_offset) + " of " + std::to_string(message_size) + ")");
+  }
+  detail::Trailer trailer;
+  trailer.wrapper_size = size;
+  trailer.metadata_offset = metadata_offset;
+  trailer.metadata_digest = detail::metadata_digest(s.region.data(), prefix_end, metadata_offset,
+                                                    message_size, size);
+  const auto bytes = detail::encode_trailer(trailer);
+  try {
+    s.region.ensure(size);
+  } catch (const Error& e) {
+    throw Error(e.error(), "writing wrapper", s.subject,
+                "(trailer: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
+  }
+  std::memcpy(s.region.data() + message_size, bytes.data(), bytes.size());
+  s.region.finish(size);
   s.region.publish(Region::PublishOptions{.durable = s.options.durable});
   return size;
 }

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "mapwright/wrapper.h"
 #include "wrapper.capnp.h"
+#include "wrapper_integrity.h"
 
 namespace mapwright {
 namespace {
@@ -270,7 +271,9 @@ TEST_F(CliTest, TruncatedWrapperIsRefused) {
   }
 }
 
-// Another format version in the root struct: refused, and the message says why.
+// Another format version in the root struct: refused, and the message says why. (In format
+// version 2 the root is covered by the metadata digest: the trailer is rewritten to match, as
+// a writer of that other version would have, so that the version is what open() refuses.)
 TEST_F(CliTest, OtherFormatVersionIsRefused) {
   const fs::path wrapper = pack_standard();
   // Find formatVersion's file offset through the schema: the root's data section holds the
@@ -300,6 +303,19 @@ TEST_F(CliTest, OtherFormatVersionIsRefused) {
   ASSERT_EQ(::pwrite(fd, &other, sizeof other, static_cast<off_t>(version_offset)),
             static_cast<ssize_t>(sizeof other));
   ::close(fd);
+  {
+    std::string changed = read_file(wrapper);
+    const std::uint64_t message = changed.size() - kWrapperTrailerBytes;
+    const auto* bytes = reinterpret_cast<const std::byte*>(changed.data());
+    auto trailer = detail::decode_trailer({bytes + message, kWrapperTrailerBytes}, nullptr);
+    ASSERT_TRUE(trailer.has_value());
+    trailer->metadata_digest =
+        detail::metadata_digest(bytes, detail::hashed_prefix_end(bytes), trailer->metadata_offset,
+                                message, trailer->wrapper_size);
+    const auto encoded = detail::encode_trailer(*trailer);
+    std::memcpy(changed.data() + message, encoded.data(), encoded.size());
+    write_file(wrapper, changed);
+  }
 
   for (const char* command : {"verify", "inspect"}) {
     const Outcome outcome = tool({command, wrapper});

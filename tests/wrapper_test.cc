@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <fstream>
@@ -25,6 +26,7 @@
 #include "fixture_paths.h"
 #include "mapwright/error.h"
 #include "wrapper.capnp.h"
+#include "wrapper_integrity.h"
 
 namespace mapwright {
 namespace {
@@ -90,8 +92,8 @@ Sample write_sample(const TempDir& dir, WrapperWriterOptions options = {}) {
   return sample;
 }
 
-// A message with the wrapper schema written by MallocMessageBuilder: for inputs the writer
-// refuses to make.
+// A message with the wrapper schema written by MallocMessageBuilder, with a valid version 2
+// trailer (so open() gets past the metadata digest): for inputs the writer refuses to make.
 template <class Build>
 std::filesystem::path craft(const TempDir& dir, const std::string& name, Build&& build) {
   ::capnp::MallocMessageBuilder message;
@@ -101,11 +103,28 @@ std::filesystem::path craft(const TempDir& dir, const std::string& name, Build&&
   root.setProducer("crafted");
   build(root);
   const std::filesystem::path path = dir / name;
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  EXPECT_GE(fd, 0);
-  ::capnp::writeMessageToFd(fd, message);
-  ::close(fd);
+  const auto words = ::capnp::messageToFlatArray(message);
+  std::vector<std::byte> bytes(reinterpret_cast<const std::byte*>(words.asBytes().begin()),
+                               reinterpret_cast<const std::byte*>(words.asBytes().end()));
+  const auto trailer = detail::trailer_for_metadata_only(bytes);
+  bytes.insert(bytes.end(), trailer.begin(), trailer.end());
+  write_file(path, bytes);
   return path;
+}
+
+// A version 2 file changed on purpose: its trailer rewritten with the digest of the metadata
+// as it now is, so that open() gets past the digest to the check under test.
+void reseal(std::vector<std::byte>& file, std::uint64_t metadata_offset = 0) {
+  const std::uint64_t message = file.size() - kWrapperTrailerBytes;
+  const auto old = detail::decode_trailer(std::span(file).subspan(message), nullptr);
+  ASSERT_TRUE(old.has_value());
+  detail::Trailer trailer = *old;
+  if (metadata_offset != 0) trailer.metadata_offset = metadata_offset;
+  trailer.metadata_digest =
+      detail::metadata_digest(file.data(), detail::hashed_prefix_end(file.data()),
+                              trailer.metadata_offset, message, trailer.wrapper_size);
+  const auto bytes = detail::encode_trailer(trailer);
+  std::memcpy(file.data() + message, bytes.data(), bytes.size());
 }
 
 void add_empty(schema::WrapperFile::Builder root, std::initializer_list<const char*> names,
@@ -441,9 +460,9 @@ TEST(WrapperOpen, RefusesFilesThatAreNotWrappers) {
 
   const auto bad_magic = craft(dir, "magic.mwr", [](auto root) { root.setMagic(42); });
   expect_error([&] { Wrapper::open(bad_magic); }, EINVAL, {"magic"});
-  const auto bad_version = craft(dir, "version.mwr", [](auto root) { root.setFormatVersion(2); });
+  const auto bad_version = craft(dir, "version.mwr", [](auto root) { root.setFormatVersion(3); });
   expect_error([&] { Wrapper::open(bad_version); }, EINVAL,
-               {"format version 2 is not supported", "reads version 1"});
+               {"format version 3 is not supported", "reads versions 1 and 2"});
 }
 
 TEST(WrapperOpen, RefusesATruncatedWrapperAtEveryLength) {
@@ -455,7 +474,13 @@ TEST(WrapperOpen, RefusesATruncatedWrapperAtEveryLength) {
                              whole.size() - 8, whole.size() - 1}) {
     SCOPED_TRACE(length);
     write_file(cut, std::span(whole).first(length));
-    expect_error([&] { Wrapper::open(cut); }, EINVAL, {"cut.mwr"});
+    // Up to the segment table it is not a wrapper at all; past it, a damaged one.
+    if (length <= 8) {
+      expect_error([&] { Wrapper::open(cut); }, EINVAL, {"cut.mwr", "not a wrapper"});
+    } else {
+      expect_error([&] { Wrapper::open(cut); }, EBADMSG,
+                   {"cut.mwr", "truncated at byte " + std::to_string(length) + " of "});
+    }
   }
 }
 
@@ -579,6 +604,11 @@ TEST(WrapperOpen, RefusesOverlappingAndOutOfBoundsChunksBeforeReadingThem) {
   const std::uint64_t word = blob_pointer(at, a_offset, blob_size);
   std::memcpy(overlap.data() + at, &word, 8);
   write_file(dir / "overlap.mwr", overlap);
+  // The pointer is metadata: as it is, the digest refuses the file first.
+  expect_error([&] { Wrapper::open(dir / "overlap.mwr"); }, EBADMSG,
+               {"overlap.mwr", "the metadata digest does not match"});
+  reseal(overlap);
+  write_file(dir / "overlap.mwr", overlap);
   expect_error([&] { Wrapper::open(dir / "overlap.mwr"); }, EINVAL,
                {"overlap.mwr", "overlap", "'liba'"});
 
@@ -586,8 +616,19 @@ TEST(WrapperOpen, RefusesOverlappingAndOutOfBoundsChunksBeforeReadingThem) {
   std::vector<std::byte> outside = file;
   const std::uint64_t past = blob_pointer(at, blob_offset, file.size() * 2);
   std::memcpy(outside.data() + at, &past, 8);
+  reseal(outside);
   write_file(dir / "outside.mwr", outside);
   expect_error([&] { Wrapper::open(dir / "outside.mwr"); }, EINVAL, {"outside.mwr", "malformed"});
+
+  // Metadata that starts inside the last chunk: in version 2 no byte is both an entry's
+  // and the metadata's.
+  std::vector<std::byte> inside = file;
+  const std::uint64_t last = std::max({a_offset, blob_offset});
+  reseal(inside, last);
+  write_file(dir / "inside.mwr", inside);
+  expect_error([&] { Wrapper::open(dir / "inside.mwr"); }, EINVAL,
+               {"inside.mwr", "is not between the segment table",
+                "and the metadata (at byte " + std::to_string(last) + ")"});
 }
 
 // ---- verify -------------------------------------------------------------------------------------

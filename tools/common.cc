@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -33,6 +34,16 @@ bool is_damage(int error) {
   }
 }
 
+// A version 1 wrapper opens, but no digest covers its metadata: say so, once, on stderr.
+void warn_unchecked(const Wrapper& wrapper) {
+  const std::string line = fmt::format(
+      "mapwright: warning: wrapper {} is format version {}: no digest covers its metadata "
+      "(names, kinds, dependencies); repack it to have every byte checked\n",
+      in_quotes(wrapper.name()), wrapper.format_version());
+  std::fflush(stdout);
+  (void)write_all(STDERR_FILENO, line.data(), line.size());
+}
+
 }  // namespace
 
 Wrapper open_wrapper(const std::filesystem::path& path) {
@@ -43,7 +54,9 @@ Wrapper open_wrapper(const std::filesystem::path& path) {
                                               std::strerror(EISDIR)));
   }
   try {
-    return Wrapper::open(path);
+    Wrapper wrapper = Wrapper::open(path);
+    if (!wrapper.metadata_checked()) warn_unchecked(wrapper);
+    return wrapper;
   } catch (const Error& e) {
     // Wrapper::open refuses a FIFO, a device or a /proc file with EINVAL: not damage, the
     // wrong kind of file.

@@ -32,8 +32,10 @@ std::string join_dependencies(const std::vector<std::string>& names) {
 
 void print_text(const Wrapper& wrapper) {
   const std::vector<WrapperEntry>& entries = wrapper.entries();
-  fmt::print("wrapper {}: format version {}, producer {}, {} bytes, {} {}\n",
-             in_quotes(wrapper.name()), wrapper.format_version(), in_quotes(wrapper.producer()),
+  fmt::print("wrapper {}: format version {} ({}), producer {}, {} bytes, {} {}\n",
+             in_quotes(wrapper.name()), wrapper.format_version(),
+             wrapper.metadata_checked() ? "metadata checked" : "metadata unchecked: repack",
+             in_quotes(wrapper.producer()),
              wrapper.file_size(), entries.size(), entries.size() == 1 ? "entry" : "entries");
 
   constexpr std::size_t kColumns = 7;
@@ -77,6 +79,7 @@ void print_text(const Wrapper& wrapper) {
 void print_json(const Wrapper& wrapper) {
   std::string out = "{\n";
   out += fmt::format("  \"format_version\": {},\n", wrapper.format_version());
+  out += fmt::format("  \"metadata_checked\": {},\n", wrapper.metadata_checked());
   out += fmt::format("  \"producer\": {},\n", json_string(wrapper.producer()));
   out += fmt::format("  \"file_size\": {},\n", wrapper.file_size());
   out += "  \"entries\": [";
@@ -117,12 +120,14 @@ Subcommand add_inspect(CLI::App& app) {
   auto options = std::make_shared<InspectOptions>();
   command->add_option("FILE", options->file, "The wrapper file")->required();
   command->add_flag("--json", options->json,
-                    "Print JSON for scripts: {\"format_version\", \"producer\", \"file_size\", "
+                    "Print JSON for scripts: {\"format_version\", \"metadata_checked\", \"producer\", "
+                    "\"file_size\", "
                     "\"entries\": [{\"name\", \"kind\", \"offset\", \"size\", \"digest\", "
                     "\"dependencies\", \"chunks\"}]}");
   command->footer(
-      std::string("The structure is checked when the file is opened; the digests are not "
-                  "(use `mapwright verify`).\n"
+      std::string("The structure (and in format version 2 the metadata digest) is checked when "
+                  "the file is opened; the entries' digests and the padding are not (use "
+                  "`mapwright verify`).\n"
                   "The digest is XXH3-128 in hex, as xxh128sum prints it for the extracted "
                   "entry.\n\n") +
       kExitCodesHelp);

@@ -40,6 +40,11 @@ bool is_option(std::string_view argument) { return argument.size() > 1 && argume
 
 int run(const RunOptions& options) {
   const Wrapper wrapper = open_wrapper(options.file);
+  try {
+    wrapper.verify_metadata();  // format version 2: every byte outside the entries, too
+  } catch (const Error& e) {
+    throw ToolError(kExitDamaged, std::string(e.what()) + "; nothing was loaded");
+  }
   std::vector<std::string> damaged;
   for (const WrapperEntry& entry : wrapper.entries()) {
     if (!wrapper.verify_entry(entry)) damaged.push_back(in_quotes(entry.name));

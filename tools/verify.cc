@@ -1,4 +1,5 @@
-// tools/verify.cc — `mapwright verify`: the structure (when opened) and every entry's digest.
+// tools/verify.cc — `mapwright verify`: the structure and metadata digest (when opened), the
+// zero bytes and the metadata again (format version 2), and every entry's digest.
 #include <memory>
 #include <string>
 #include <vector>
@@ -7,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mapwright/error.h"
 
 namespace mapwright::tool {
 namespace {
@@ -17,6 +19,11 @@ struct VerifyOptions {
 
 int verify(const VerifyOptions& options) {
   const Wrapper wrapper = open_wrapper(options.file);
+  try {
+    wrapper.verify_metadata();  // nothing to check in version 1 (open_wrapper warned)
+  } catch (const Error& e) {
+    throw ToolError(kExitDamaged, e.what());
+  }
   std::vector<std::string> damaged;
   for (const WrapperEntry& entry : wrapper.entries()) {
     const bool ok = wrapper.verify_entry(entry);
@@ -31,8 +38,13 @@ int verify(const VerifyOptions& options) {
                     in_quotes(wrapper.name()), damaged.size() == 1 ? "entry" : "entries",
                     fmt::join(damaged, ", "), damaged.size(), count));
   }
-  fmt::print("wrapper {}: {} {} ok\n", in_quotes(wrapper.name()), count,
-             count == 1 ? "entry" : "entries");
+  fmt::print("wrapper {}: {} {} ok, {}\n", in_quotes(wrapper.name()), count,
+             count == 1 ? "entry" : "entries",
+             wrapper.metadata_checked()
+                 ? "metadata and every other byte ok (format version " +
+                       std::to_string(wrapper.format_version()) + ")"
+                 : "metadata UNCHECKED (format version " +
+                       std::to_string(wrapper.format_version()) + ": repack to check it)");
   return kExitOk;
 }
 
@@ -44,8 +56,11 @@ Subcommand add_verify(CLI::App& app) {
   auto options = std::make_shared<VerifyOptions>();
   command->add_option("FILE", options->file, "The wrapper file")->required();
   command->footer(
-      std::string("Prints one line per entry (ok / DIGEST MISMATCH). The digest (XXH3-128) "
-                  "detects accidental damage; it is not a signature.\n\n") +
+      std::string("Prints one line per entry (ok / DIGEST MISMATCH), then a summary. In format "
+                  "version 2 every byte of the file is checked: the metadata digest, the "
+                  "padding (must be zero) and each entry's digest, so any flipped bit is "
+                  "found; a version 1 file has no metadata digest (a warning says so). The "
+                  "digests (XXH3-128) detect accidental damage; they are not a signature.\n\n") +
       kExitCodesHelp);
   return {command, [options] { return verify(*options); }};
 }

@@ -1,11 +1,43 @@
-# mapwright/wrapper.capnp — the wrapper file format (format version 1).
+# mapwright/wrapper.capnp — the wrapper file format (format version 2; version 1 is still read).
 #
-# A wrapper file is ONE Cap'n Proto message in standard stream framing (the segment table,
-# then the segments), so the stock tool decodes it:
+# A version 2 wrapper file is TWO Cap'n Proto messages in standard stream framing, back to
+# back: the wrapper itself (the segment table, then the segments; root: WrapperFile with
+# producer and entries), then the TRAILER, a tiny single-segment message whose root is also a
+# WrapperFile, carrying only magic, formatVersion, wrapperSize, metadataOffset and
+# metadataDigest. The stock tool decodes both:
 #
 #   capnp decode <include dir>/mapwright/wrapper.capnp WrapperFile < file.mwr
 #
-# (It prints every embedded byte; `mapwright inspect` prints the table of entries.)
+# prints two WrapperFile structs: the first with the producer and every entry (and every
+# embedded byte: `mapwright inspect` prints the table of entries instead), wrapperSize = 0
+# and metadataOffset = 0; the second with only the trailer fields. (A version 1 file is the
+# first message alone; `capnp decode` prints one struct.)
+#
+# The trailer is always the last kWrapperTrailerBytes (88) bytes, written exactly as
+# Cap'n Proto's MallocMessageBuilder + writeMessage encode it (segment table 00000000
+# 0a000000, root pointer, 4 data words, 3 pointers, the 16-byte digest): a reader finds the
+# wrapper's first byte from the end of the file alone, as wrapperSize bytes before the end.
+# (Today the wrapper must start at offset 0; wrappers appended to a larger file come later.)
+#
+# Integrity (version 2): every byte of the file is in exactly one of
+#   * a CHUNK (an entry's bytes): covered by the entry's digest (Wrapper::verify_entry);
+#   * the HASHED METADATA: the segment table and the root pointer (bytes [0, H), H = the
+#     table's size + 8), and [metadataOffset, S), S = the first message's size — the root,
+#     the entries, their names, kinds, dependencies, digests, the chunk pointers, far pointers
+#     and landing pads, all written last. metadataDigest (XXH3-128, canonical byte order) is
+#     the digest of: bytes [0, H), bytes [metadataOffset, S), then wrapperSize and
+#     metadataOffset as little-endian UInt64s. Wrapper::open checks it (it reads no blob:
+#     its cost grows with the number of entries, not their sizes);
+#   * ZERO: everything else in [H, metadataOffset) — the alignment padding before each chunk,
+#     the bytes after a chunk up to its 8-byte word, unused segment tails (holes in files over
+#     4 GiB), given-up blobs. Which bytes these are follows from the chunk pointers and
+#     metadataOffset, so the digest covers the partition too. Wrapper::verify checks they are
+#     zero (open() does not read them);
+#   * the TRAILER: checked field by field and byte for byte against its encoding.
+# So a flip of any single bit anywhere is refused by open() or verify().
+#
+# Version 1 files (no trailer; no metadataDigest) are still read: their entries' digests are
+# checked, but not their metadata (Wrapper::metadata_checked() is false; the tool warns).
 #
 # How mapwright writes it (a reader must not rely on more than the schema and the checks
 # listed under "What a reader checks"):
@@ -14,15 +46,19 @@
 #     consecutive in the file unless a Cap'n Proto segment ends between them (only in files
 #     larger than 4 GiB).
 #   * The entries' metadata (this root and the Entry structs) is written last, after every
-#     blob, so the file is built front to back in one pass.
+#     blob, so the file is built front to back in one pass; then the trailer.
 #
 # What a reader checks (mapwright::Wrapper::open):
-#   * the stream framing and segment table (sizes within the file, no trailing bytes);
-#   * magic and formatVersion;
+#   * the trailer (version 2): its encoding, magic, formatVersion 2, wrapperSize = the file's
+#     size, metadataOffset within the first message; the metadata digest;
+#   * the stream framing and segment table (sizes within the file; the first message ends
+#     exactly where the trailer begins, or, in version 1, at the end of the file);
+#   * magic and formatVersion (1 or 2; 2 if there is a trailer);
 #   * each entry: a non-empty name without NUL, unique; a known kind; a 16-byte digest of a
 #     known algorithm; chunks whose sizes add up to `size` with no overflow, each starting
-#     page-aligned, none overlapping another entry's bytes; dependencies only on libraries,
-#     none on itself, none on data, no cycle.
+#     page-aligned, none overlapping another entry's bytes (version 2: all of them inside
+#     [H, metadataOffset)); dependencies only on libraries, none on itself, none on data, no
+#     cycle.
 @0xd9e1ca8b3f6a5c27;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -30,13 +66,19 @@ $Cxx.namespace("mapwright::schema");
 
 # "MWRAPPER" in ASCII, read as a little-endian UInt64.
 const wrapperMagic :UInt64 = 0x524550504152574d;
-const wrapperFormatVersion :UInt32 = 1;
+const wrapperFormatVersion :UInt32 = 2;
+# The size of the trailer message at the end of a version 2 file, in bytes.
+const wrapperTrailerBytes :UInt64 = 88;
 
 struct WrapperFile {
   magic @0 :UInt64;            # must equal wrapperMagic
-  formatVersion @1 :UInt32;    # must equal wrapperFormatVersion
+  formatVersion @1 :UInt32;    # wrapperFormatVersion (2), or 1 in files written before it
   producer @2 :Text;           # who wrote the file, e.g. "mapwright 0.1.0"
   entries @3 :List(Entry);
+  # The trailer's fields (version 2): set in the trailer message only, 0/null in the first.
+  wrapperSize @4 :UInt64;      # bytes of the whole wrapper, trailer included
+  metadataOffset @5 :UInt64;   # where the hashed metadata of the first message starts
+  metadataDigest @6 :Data;     # 16 bytes, XXH3-128 (see "Integrity" above)
 }
 
 struct Entry {

@@ -1,8 +1,8 @@
 // mapwright/wrapper.h — wrapper files: shared libraries and data blobs embedded in one file,
 // written in place and published atomically, opened, verified and loaded at startup.
 //
-// The format is one Cap'n Proto message (schema: mapwright/wrapper.capnp, installed beside
-// this header). Each entry holds a name, a kind (shared library or data), its bytes — in
+// The format (version 2) is one Cap'n Proto message and a fixed-size trailer (schema and
+// layout: mapwright/wrapper.capnp, installed beside this header). Each entry holds a name, a kind (shared library or data), its bytes — in
 // page-aligned chunks written straight into the mapped file — their size, a digest, and for
 // a library the names of the library entries it needs loaded first. Stock readers (capnp
 // decode) read it; a stock writer (MallocMessageBuilder) cannot make one that open()
@@ -47,14 +47,22 @@
 // function keeps up to one chunk (chunk_bytes) mapped while the callback writes it.
 //
 // Reading (Wrapper): open() maps the file read-only and checks everything a reader relies on
-// before handing out any byte (the list is in wrapper.capnp); the entries are then plain
+// before handing out any byte (the list is in wrapper.capnp; the metadata digest included); the entries are then plain
 // C++ values and each entry's bytes a zero-copy span of the mapping. verify() hashes the
-// bytes and compares each digest. load_library() copies a library entry in the kernel from
+// bytes and compares each digest, and checks every other byte of the file (below). load_library() copies a library entry in the kernel from
 // the wrapper's fd into a sealed memfd and dlopen()s it (loader.h): nothing is written to
 // disk.
 //
+// Whole-file integrity (format version 2): every byte of the file is covered by an entry's
+// digest (its chunks), by the metadata digest (segment table, root, names, kinds,
+// dependencies, digests, chunk pointers: checked by open(), which reads no blob), or must be
+// zero (padding, gaps, unused segment tails: checked by verify()); the trailer is checked
+// byte for byte. So open() or verify() refuses any single flipped bit anywhere. Version 1
+// files (written before) are still read, but their metadata is covered by no digest:
+// metadata_checked() is false, and a flip there can go unnoticed — repack them.
+//
 // What the digest is, and is not: XXH3-128 (xxHash, Debian's libxxhash-dev) of each entry's
-// bytes. It detects accidental damage — a flipped bit or byte, a truncated or torn copy, a
+// bytes, and of the metadata. It detects accidental damage — a flipped bit or byte, a truncated or torn copy, a
 // block from another file — with overwhelming probability (a random change goes unnoticed
 // with probability 2^-128). It is NOT a signature and not a cryptographic hash: anyone who
 // can change the file can change the digest beside the bytes, or craft other bytes with the
@@ -95,8 +103,10 @@ namespace mapwright {
 
 // "MWRAPPER" read as a little-endian integer; the root's first field.
 inline constexpr std::uint64_t kWrapperMagic = 0x524550504152574dull;
-// The format version this build writes and reads.
-inline constexpr std::uint32_t kWrapperFormatVersion = 1;
+// The format version this build writes (it reads this one and version 1).
+inline constexpr std::uint32_t kWrapperFormatVersion = 2;
+// The size of the trailer, the last bytes of a version 2 wrapper (wrapper.capnp).
+inline constexpr std::uint64_t kWrapperTrailerBytes = 88;
 // The default size of an entry's chunks (a Cap'n Proto Data blob is < 512 MiB).
 inline constexpr std::uint64_t kDefaultChunkBytes = 256ull << 20;
 // Every chunk starts at a file offset that is a multiple of this, whatever the page size.
@@ -219,12 +229,14 @@ class WrapperWriter {
                           std::vector<std::string> depends = {});
   void add_data_stream(std::string_view name, int fd, const std::string& source);
 
-  // Writes the metadata, checks the dependencies (each names a library entry, none itself, no
+  // Writes the metadata and then the trailer with the metadata digest (wrapper.capnp,
+  // "Integrity"), checks the dependencies (each names a library entry, none itself, no
   // cycle; else Error(EINVAL) naming the entry and nothing is published), then fsyncs and
   // atomically replaces the target. Returns the file's size. The writer is spent afterwards.
   // Room for the metadata is backed before any of it is written: if the file cannot grow
   // that far, Error (ENOSPC, EFBIG) with nothing written, and publish() can be called again
-  // once there is room. A failure after that point (fsync, rename) spends the writer too.
+  // once there is room. A failure after that point (the trailer's few bytes past the
+  // message's end, fsync, rename) spends the writer too.
   std::uint64_t publish();
 
   std::uint64_t entry_count() const noexcept;
@@ -285,10 +297,14 @@ class LoadedLibraries {
 
 class Wrapper {
  public:
-  // Opens and maps `path` read-only and checks its structure (see wrapper.capnp). Throws
-  // Error: ENOENT and friends from open(2); EINVAL for anything malformed, naming the entry
-  // and what is wrong ("wrapper 'app.mwr': entry 'libfoo.so': chunk 2 starts at ... which is
-  // not page-aligned"); nothing is read past a bound that was not checked first.
+  // Opens and maps `path` read-only and checks its structure (see wrapper.capnp) and, for
+  // version 2, the metadata digest; it reads no entry's bytes. Throws Error: ENOENT and
+  // friends from open(2); EINVAL for anything malformed, naming the entry and what is wrong
+  // ("wrapper 'app.mwr': entry 'libfoo.so': chunk 2 starts at ... which is not
+  // page-aligned"), or for what is not a wrapper at all; EBADMSG for a damaged file: "the
+  // metadata digest does not match: the file is damaged", a damaged trailer, a segment table
+  // that disagrees with the trailer, "truncated at byte N of M expected", "N bytes after the
+  // wrapper". Nothing is read past a bound that was not checked first.
   static Wrapper open(const std::filesystem::path& path, WrapperOpenOptions options = {});
   // The same over an fd (dup()ed; the caller keeps its own), read from offset 0 to its end.
   static Wrapper open(int fd, WrapperOpenOptions options = {});
@@ -300,7 +316,11 @@ class Wrapper {
   ~Wrapper();
 
   const std::string& name() const noexcept;
+  // 2 (or 1 for a file written before whole-file integrity).
   std::uint32_t format_version() const noexcept;
+  // True when the metadata is covered by a digest that open() checked (version 2); false for
+  // version 1 files, whose names, kinds, dependencies and layout no digest covers.
+  bool metadata_checked() const noexcept;
   const std::string& producer() const noexcept;
   std::uint64_t file_size() const noexcept;
   int fd() const noexcept;
@@ -313,7 +333,12 @@ class Wrapper {
 
   // Hashes the entry's bytes and compares them with its digest.
   bool verify_entry(const WrapperEntry& entry) const noexcept;
-  // Every entry; throws Error(EBADMSG) naming the first entry whose digest does not match.
+  // Version 2: hashes the metadata again and compares it with the trailer's digest, and checks
+  // that every byte outside the chunks and the metadata is zero; throws Error(EBADMSG) naming
+  // the first damaged range ("byte N, before entry #0 'x' chunk 0, is not zero"). It reads the
+  // whole file but the chunks. Version 1: nothing to check (metadata_checked() is false).
+  void verify_metadata() const;
+  // verify_metadata(), then every entry; throws Error(EBADMSG) naming what does not match.
   void verify() const;
 
   // Loads one library entry (kind kSharedLibrary; else Error(EINVAL)): copied in the kernel

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -22,8 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "../support/wrapper_v1_fixture.h"  // a format version 1 file, as bytes
 #include "mapwright/wrapper.h"
 #include "wrapper.capnp.h"  // the schema's generated C++ (build/*/generated/schema)
+#include "wrapper_integrity.h"  // the trailer, for wrappers written by MallocMessageBuilder
 
 namespace {
 
@@ -64,12 +67,15 @@ Bytes to_bytes(::capnp::MessageBuilder& message) {
 
 // Wrappers of library entries without bytes (so without chunks, which only WrapperWriter can
 // align), written by MallocMessageBuilder: a few hundred bytes each, that reach the
-// dependency checks in a few mutations. `deps[i]` are entry i's dependencies.
-Bytes metadata_only(const std::vector<std::string>& names, const std::vector<std::vector<std::string>>& deps) {
+// dependency checks in a few mutations. `deps[i]` are entry i's dependencies. Format version
+// 1 (no trailer, no metadata digest: a mutation of the metadata reaches the checks after it)
+// or 2 (a valid trailer: the fuzzer mostly finds the digest, and learns the trailer).
+Bytes metadata_only(const std::vector<std::string>& names, const std::vector<std::vector<std::string>>& deps,
+                    std::uint32_t version = 1) {
   ::capnp::MallocMessageBuilder message;
   auto root = message.initRoot<mapwright::schema::WrapperFile>();
   root.setMagic(mapwright::kWrapperMagic);
-  root.setFormatVersion(mapwright::kWrapperFormatVersion);
+  root.setFormatVersion(version);
   root.setProducer("make_seeds");
   auto list = root.initEntries(static_cast<::capnp::uint>(names.size()));
   const auto empty = mapwright::digest_of({});
@@ -80,7 +86,12 @@ Bytes metadata_only(const std::vector<std::string>& names, const std::vector<std
     auto d = list[i].initDependencies(static_cast<::capnp::uint>(deps[i].size()));
     for (::capnp::uint k = 0; k < deps[i].size(); ++k) d.set(k, deps[i][k]);
   }
-  return to_bytes(message);
+  Bytes bytes = to_bytes(message);
+  if (version >= 2) {
+    const auto trailer = mapwright::detail::trailer_for_metadata_only(std::as_bytes(std::span(bytes)));
+    for (const std::byte b : trailer) bytes.push_back(static_cast<std::uint8_t>(b));
+  }
+  return bytes;
 }
 
 void make_wrappers(const fs::path& dir) {
@@ -121,6 +132,14 @@ void make_wrappers(const fs::path& dir) {
   write_file(dir / "metadata_cycle.bin", metadata_only({"a", "b"}, {{"b"}, {"a"}}));
   write_file(dir / "metadata_missing_dependency.bin", metadata_only({"a"}, {{"z"}}));
   write_file(dir / "metadata_duplicate_names.bin", metadata_only({"a", "a"}, {{}, {}}));
+  write_file(dir / "metadata_chain_v2.bin", metadata_only({"a", "b", "c"}, {{}, {"a"}, {"a", "b"}}, 2));
+  write_file(dir / "metadata_cycle_v2.bin", metadata_only({"a", "b"}, {{"b"}, {"a"}}, 2));
+  {
+    const auto v1 = mapwright::test::wrapper_v1_fixture();
+    Bytes bytes(v1.size());
+    std::memcpy(bytes.data(), v1.data(), v1.size());
+    write_file(dir / "version1.mwr", bytes);
+  }
 }
 
 
@@ -156,8 +175,10 @@ void make_messages(const fs::path& dir, const fs::path& wrappers) {
   // Three segments, the last two empty (the free slots MappedMessageBuilder leaves).
   write_file(dir / "empty_segments.bin",
              Bytes{2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
-  // A wrapper is a message too, with 4096-aligned blobs.
-  write_file(dir / "wrapper.bin", read_file(wrappers / "libraries_and_data.mwr"));
+  // A wrapper is a message too, with 4096-aligned blobs (and, in format version 2, a second
+  // message after it, the trailer: left out here, since this target reads one message).
+  const Bytes wrapper = read_file(wrappers / "libraries_and_data.mwr");
+  write_file(dir / "wrapper.bin", Bytes(wrapper.begin(), wrapper.end() - mapwright::kWrapperTrailerBytes));
 }
 
 // The sealed_image_fuzz layout (drivers.h): 5 header bytes, the payload, the content.
