@@ -21,4 +21,16 @@ Error::Error(int error, std::string operation, std::string subject, std::string 
       subject_(std::move(subject)),
       detail_(std::move(detail)) {}
 
+Error::Error(int error, std::string operation, std::string subject, std::string detail,
+             DetailIsCause)
+    : std::system_error(error, std::generic_category(), compose(operation, subject, detail)),
+      operation_(std::move(operation)),
+      subject_(std::move(subject)),
+      detail_(std::move(detail)),
+      text_(compose(operation_, subject_, detail_)) {}
+
+const char* Error::what() const noexcept {
+  return text_.empty() ? std::system_error::what() : text_.c_str();
+}
+
 }  // namespace mapwright

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "elf_info.h"
 #include "mapwright/error.h"
 #include "os/os.h"
 
@@ -44,6 +45,9 @@ struct LibraryAccess {
                       LoadReport report) {
     Library library;
     library.handle_ = handle;
+    Lmid_t lmid = LM_ID_BASE;
+    if (dlinfo(handle, RTLD_DI_LMID, &lmid) != 0) dlerror();
+    library.namespace_id_ = static_cast<long>(lmid);
     library.fd_ = fd;
     library.path_ = std::move(path);
     library.name_ = std::move(name);
@@ -64,6 +68,8 @@ struct Source {
   // Appended to dlerror()'s text: glibc says "No such file or directory" for an ELF built
   // for another machine.
   std::string hint;
+  // What check_elf() read: the SONAME, for the collision check before dlopen().
+  detail::ElfInfo elf;
 };
 
 using os::kAllSeals;
@@ -90,62 +96,22 @@ std::size_t read_source(const Source& source, std::uint64_t position, void* buff
   return got;
 }
 
-#if defined(__x86_64__)
-constexpr unsigned kHostMachine = EM_X86_64;
-#elif defined(__aarch64__)
-constexpr unsigned kHostMachine = EM_AARCH64;
-#elif defined(__i386__)
-constexpr unsigned kHostMachine = EM_386;
-#elif defined(__arm__)
-constexpr unsigned kHostMachine = EM_ARM;
-#elif defined(__riscv)
-constexpr unsigned kHostMachine = EM_RISCV;
-#elif defined(__powerpc64__)
-constexpr unsigned kHostMachine = EM_PPC64;
-#elif defined(__s390x__)
-constexpr unsigned kHostMachine = EM_S390;
-#else
-constexpr unsigned kHostMachine = 0;  // unknown: no hint
-#endif
-
-// Refuses a host-class ELF whose program headers or loadable segments lie past the end of the
-// image: the dynamic linker would map them and fault (SIGBUS) on the first touch. Anything
-// that does not look like a host ELF is left to dlopen() to describe.
+// Reads the image's ELF headers (elf_info.h) into source.elf. Refuses an image whose
+// program headers, loadable segments or dynamic section lie past its end: the dynamic linker
+// would map them and fault (SIGBUS) on the first touch. Everything else that dlopen() refuses
+// is left to dlopen() to describe, with a hint for a foreign machine.
 void check_elf(Source& source, const std::string& name) {
-  ElfW(Ehdr) header;
-  if (read_source(source, 0, &header, sizeof header, name) != sizeof header) return;
-  if (std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) return;
-  constexpr unsigned char kClass = sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32;
-  constexpr unsigned char kData = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB
-                                                                             : ELFDATA2MSB;
-  if (header.e_ident[EI_CLASS] != kClass || header.e_ident[EI_DATA] != kData) return;
-  if (kHostMachine != 0 && header.e_machine != kHostMachine) {
-    source.hint = "; the ELF header says machine " + std::to_string(header.e_machine) +
-                  ", this process runs on machine " + std::to_string(kHostMachine);
-    return;
-  }
-  if (header.e_phentsize != sizeof(ElfW(Phdr))) return;
-  const std::uint64_t table_end =
-      static_cast<std::uint64_t>(header.e_phoff) +
-      static_cast<std::uint64_t>(header.e_phnum) * sizeof(ElfW(Phdr));
-  if (table_end > source.size) {
-    throw Error(EINVAL, "loading library", name,
-                "(truncated ELF: program headers end at byte " + std::to_string(table_end) +
-                    ", the image has " + std::to_string(source.size) + ")");
-  }
-  std::vector<ElfW(Phdr)> headers(header.e_phnum);
-  const std::size_t table_bytes = headers.size() * sizeof(ElfW(Phdr));
-  if (read_source(source, header.e_phoff, headers.data(), table_bytes, name) != table_bytes) {
-    throw Error(EINVAL, "loading library", name, "(truncated ELF: short read of program headers)");
-  }
-  for (const auto& segment : headers) {
-    if (segment.p_type != PT_LOAD) continue;
-    const std::uint64_t end = static_cast<std::uint64_t>(segment.p_offset) + segment.p_filesz;
-    if (end > source.size) {
-      throw Error(EINVAL, "loading library", name,
-                  "(truncated ELF: a loadable segment ends at byte " + std::to_string(end) +
-                      ", the image has " + std::to_string(source.size) + ")");
-    }
+  source.elf = detail::read_elf(source.size, [&](std::uint64_t offset, void* buffer,
+                                                 std::size_t length) {
+    return read_source(source, offset, buffer, length, name);
+  });
+  switch (source.elf.problem) {
+    case detail::ElfProblem::kTruncated:
+      throw Error(EINVAL, "loading library", name, "(" + source.elf.reason + ")");
+    case detail::ElfProblem::kWrongMachine:
+      source.hint = "; the ELF header says it was " + source.elf.reason;
+      break;
+    default: break;
   }
 }
 
@@ -199,8 +165,48 @@ void fill(int out, const Source& source, LoadReport& report, const std::string& 
   report.bytes_copied = copied;
 }
 
-// Whether some loaded object already has `path` as its name: dlopen(path) would return it.
-bool name_in_use(const std::string& path) {
+// The namespace a load goes into, and where to look for objects already loaded there.
+struct Target {
+  LoadOptions::Namespace kind = LoadOptions::Namespace::kDefault;
+  Lmid_t lmid = LM_ID_BASE;     // kBeside: the namespace of `beside`
+  void* beside_handle = nullptr;  // kBeside: a handle in that namespace
+};
+
+Target target_of(const LoadOptions& options, const std::string& name) {
+  Target target;
+  target.kind = options.link_namespace;
+  if (target.kind != LoadOptions::Namespace::kDefault &&
+      options.visibility == LoadOptions::Visibility::kGlobal) {
+    // glibc's dlmopen() refuses RTLD_GLOBAL outside the base namespace ("invalid mode").
+    throw Error(EINVAL, "loading library", name,
+                "(Visibility::kGlobal is only for the default namespace: glibc refuses "
+                "RTLD_GLOBAL in a namespace of its own)");
+  }
+  if (target.kind == LoadOptions::Namespace::kBeside) {
+    if (options.beside == nullptr || options.beside->handle() == nullptr) {
+      throw Error(EINVAL, "loading library", name,
+                  "(Namespace::kBeside needs LoadOptions::beside, a loaded Library)");
+    }
+    target.lmid = options.beside->namespace_id();
+    target.beside_handle = options.beside->handle();
+  }
+  return target;
+}
+
+// Whether some loaded object of the target namespace already has `path` as its name: dlopen
+// of `path` would return it. A new namespace holds nothing yet.
+bool name_in_use(const std::string& path, const Target& target) {
+  if (target.kind == LoadOptions::Namespace::kNew) return false;
+  if (target.kind == LoadOptions::Namespace::kBeside) {
+    // dl_iterate_phdr() shows the caller's namespace only: walk the other one's link map.
+    link_map* map = nullptr;
+    if (dlinfo(target.beside_handle, RTLD_DI_LINKMAP, &map) != 0 || map == nullptr) return false;
+    while (map->l_prev != nullptr) map = map->l_prev;
+    for (; map != nullptr; map = map->l_next) {
+      if (map->l_name != nullptr && path == map->l_name) return true;
+    }
+    return false;
+  }
   struct Search {
     const std::string* path;
     bool found;
@@ -223,10 +229,91 @@ int dlopen_flags(const LoadOptions& options) {
          (options.visibility == LoadOptions::Visibility::kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
 }
 
-[[noreturn]] void throw_dlerror(const std::string& name, const std::string& hint) {
+// The object of the target namespace whose SONAME (or name) is `soname`, as the dynamic
+// linker matches a DT_NEEDED entry: its path, or empty if there is none. A new namespace
+// holds nothing yet.
+std::string loaded_soname_path(const std::string& soname, const Target& target) {
+  if (target.kind == LoadOptions::Namespace::kNew) return {};
+  // RTLD_NOLOAD: the dynamic linker's own lookup (names and SONAMEs of loaded objects, then
+  // a file of that name already loaded), loading nothing.
+  void* handle = target.kind == LoadOptions::Namespace::kBeside
+                     ? dlmopen(target.lmid, soname.c_str(), RTLD_LAZY | RTLD_NOLOAD)
+                     : dlopen(soname.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) {
+    dlerror();
+    return {};
+  }
+  std::string path = soname;
+  link_map* map = nullptr;
+  if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr && map->l_name != nullptr &&
+      map->l_name[0] != '\0') {
+    path = map->l_name;
+  }
+  dlclose(handle);
+  return path;
+}
+
+// Whether the file behind `path` is itself loaded in the target namespace (under another
+// name: the same sealed image loaded twice): dlopen() would return that object again, so its
+// SONAME is no collision.
+bool same_file_loaded(const std::string& path, const Target& target) {
+  void* handle = target.kind == LoadOptions::Namespace::kBeside
+                     ? dlmopen(target.lmid, path.c_str(), RTLD_LAZY | RTLD_NOLOAD)
+                     : dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) {
+    dlerror();
+    return false;
+  }
+  dlclose(handle);
+  return true;
+}
+
+[[noreturn]] void throw_dlerror(const char* call, const std::string& name,
+                                const std::string& hint) {
   const char* text = dlerror();
   throw Error(ENOEXEC, "loading library", name,
-              std::string("(") + (text != nullptr ? text : "dlopen failed") + hint + ")");
+              std::string("failed in ") + call + ": " + (text != nullptr ? text : "no reason given") +
+                  hint,
+              Error::DetailIsCause{});
+}
+
+// dlopen()/dlmopen() of `path` into the target namespace, after refusing a SONAME that an
+// object already loaded there has (see loader.h). Throws with dlerror()'s text.
+void* open_handle(const std::string& path, const Source& source, const LoadOptions& options,
+                  const Target& target, const std::string& name) {
+  if (source.elf.has_soname && !options.allow_duplicate_soname) {
+    if (const std::string loaded = loaded_soname_path(source.elf.soname, target);
+        !loaded.empty() && !same_file_loaded(path, target)) {
+      throw Error(EEXIST, "loading library", name,
+                  "(its SONAME " + source.elf.soname + " is already loaded" +
+                      (loaded != source.elf.soname ? " from " + loaded : std::string()) +
+                      (target.kind == LoadOptions::Namespace::kDefault
+                           ? " in this namespace: the dynamic linker would bind whatever needs "
+                             "it to that object; load it in a namespace of its own "
+                             "(LoadOptions::Namespace::kNew))"
+                           : " in the namespace it goes into)"));
+    }
+  }
+  dlerror();
+  void* handle = nullptr;
+  switch (target.kind) {
+    case LoadOptions::Namespace::kDefault:
+      handle = dlopen(path.c_str(), dlopen_flags(options));
+      if (handle == nullptr) throw_dlerror("dlopen", name, source.hint);
+      break;
+    case LoadOptions::Namespace::kNew:
+      handle = dlmopen(LM_ID_NEWLM, path.c_str(), dlopen_flags(options));
+      if (handle == nullptr) throw_dlerror("dlmopen (a new namespace)", name, source.hint);
+      break;
+    case LoadOptions::Namespace::kBeside:
+      handle = dlmopen(target.lmid, path.c_str(), dlopen_flags(options));
+      if (handle == nullptr) {
+        throw_dlerror(("dlmopen (namespace " + std::to_string(target.lmid) + ")").c_str(), name,
+                      source.hint);
+      }
+      break;
+  }
+  return handle;
 }
 
 // LoadOptions::check over `size` bytes of `fd` from offset 0, mapped read-only for the call.
@@ -250,9 +337,10 @@ void run_check(int fd, std::uint64_t size, const LoadOptions& options, const std
 // dlopen("/proc/self/fd/N") of an fd the caller owns; the fd goes to the Library.
 Library open_through_proc(os::OwnedFd fd, const Source& source, const LoadOptions& options,
                           const std::string& name, LoadReport report) {
+  const Target target = target_of(options, name);
   std::string path = proc_path(fd.get());
   // A stale name left by someone who closed the fd of a still-loaded library: move up.
-  while (name_in_use(path)) {
+  while (name_in_use(path, target)) {
     int higher = -1;
     const int err = os::dup_cloexec(fd.get(), fd.get() + 1, &higher);
     if (err != 0) throw Error(err, "loading library", name, "(dup)");
@@ -260,9 +348,7 @@ Library open_through_proc(os::OwnedFd fd, const Source& source, const LoadOption
     path = proc_path(fd.get());
   }
   run_check(fd.get(), source.size, options, name);
-  dlerror();
-  void* handle = dlopen(path.c_str(), dlopen_flags(options));
-  if (handle == nullptr) throw_dlerror(name, source.hint);
+  void* handle = open_handle(path, source, options, target, name);
   return LibraryAccess::make(handle, fd.release(), std::move(path), name, std::move(report));
 }
 
@@ -305,7 +391,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
         break;
       }
       os::OwnedFd fd(raw);
-      if (name_in_use(path)) {  // a deleted earlier file's name, still loaded under it
+      if (name_in_use(path, target_of(options, name))) {  // a deleted earlier file's name, still loaded under it
         os::unlink(path.c_str());
         continue;
       }
@@ -322,10 +408,14 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
         os::unlink(path.c_str());
         throw;
       }
-      dlerror();
-      void* handle = dlopen(path.c_str(), dlopen_flags(options));
+      void* handle = nullptr;
+      try {
+        handle = open_handle(path, source, options, target_of(options, name), name);
+      } catch (...) {
+        os::unlink(path.c_str());
+        throw;
+      }
       os::unlink(path.c_str());
-      if (handle == nullptr) throw_dlerror(name, source.hint);
       return LibraryAccess::make(handle, -1, std::move(path), name, std::move(report));
     }
   }
@@ -385,6 +475,7 @@ Library load_fd(Source source, bool whole_sealed, const LoadOptions& options,
 
 Library::Library(Library&& other) noexcept
     : handle_(std::exchange(other.handle_, nullptr)),
+      namespace_id_(other.namespace_id_),
       fd_(std::exchange(other.fd_, -1)),
       path_(std::move(other.path_)),
       name_(std::move(other.name_)),
@@ -394,6 +485,7 @@ Library& Library::operator=(Library&& other) noexcept {
   if (this != &other) {
     reset();
     handle_ = std::exchange(other.handle_, nullptr);
+    namespace_id_ = other.namespace_id_;
     fd_ = std::exchange(other.fd_, -1);
     path_ = std::move(other.path_);
     name_ = std::move(other.name_);
@@ -421,8 +513,8 @@ void* Library::symbol(const char* symbol_name) const {
   void* address = dlsym(handle_, symbol_name);
   if (address == nullptr) {
     if (const char* text = dlerror(); text != nullptr) {
-      throw Error(ENOENT, "looking up symbol", name_,
-                  std::string("'") + symbol_name + "' (" + text + ")");
+      throw Error(ENOENT, "looking up symbol", name_, std::string("'") + symbol_name + "': " + text,
+                  Error::DetailIsCause{});
     }
   }
   return address;
@@ -431,7 +523,7 @@ void* Library::symbol(const char* symbol_name) const {
 Library load_library(const SealedImage& image, const LoadOptions& options) {
   const std::string name =
       options.name.empty() ? "sealed image fd " + std::to_string(image.fd()) : options.name;
-  return load_fd(Source{image.fd(), 0, image.size(), nullptr, false, {}}, true, options, name);
+  return load_fd(Source{image.fd(), 0, image.size(), nullptr, false, {}, {}}, true, options, name);
 }
 
 Library load_library(int fd, std::uint64_t offset, std::uint64_t size,
@@ -445,12 +537,12 @@ Library load_library(int fd, std::uint64_t offset, std::uint64_t size,
     std::uint64_t file_size = 0;
     whole_sealed = os::file_size(fd, &file_size) == 0 && file_size == size;
   }
-  return load_fd(Source{fd, offset, size, nullptr, false, {}}, whole_sealed, options, name);
+  return load_fd(Source{fd, offset, size, nullptr, false, {}, {}}, whole_sealed, options, name);
 }
 
 Library load_library(std::span<const std::byte> bytes, const LoadOptions& options) {
   const std::string name = options.name.empty() ? "memory span" : options.name;
-  Source source{-1, 0, bytes.size(), bytes.data(), true, {}};
+  Source source{-1, 0, bytes.size(), bytes.data(), true, {}, {}};
   check_elf(source, name);
   return load_copy(source, options, name, LoadReport{});
 }

@@ -565,11 +565,30 @@ LoadedLibraries Wrapper::load_in_order(const std::vector<std::size_t>& order,
                                        const LoadOptions& options) const {
   LoadedLibraries loaded;
   for (const std::size_t i : order) {
-    const std::string& entry_name = state_->entries[i].name;
+    const WrapperEntry& entry = state_->entries[i];
     LoadOptions one = options;
-    one.name = (options.name.empty() ? state_->name : options.name) + ":" + detail::printable(entry_name);
-    loaded.libraries_.push_back(load_library(entry_name, std::move(one)));
-    loaded.names_.push_back(entry_name);
+    one.name = (options.name.empty() ? state_->name : options.name) + ":" + detail::printable(entry.name);
+    // One new namespace for the whole set: the first library makes it, the others join it,
+    // so that each finds its dependencies (by SONAME) there.
+    if (options.link_namespace == LoadOptions::Namespace::kNew && !loaded.libraries_.empty()) {
+      one.link_namespace = LoadOptions::Namespace::kBeside;
+      one.beside = &loaded.libraries_.front();
+    }
+    try {
+      loaded.libraries_.push_back(load_library(entry.name, std::move(one)));
+    } catch (const Error& e) {
+      // A DT_NEEDED name that is neither loaded nor on disk: say how the wrapper can carry it.
+      if (e.error() != ENOEXEC ||
+          e.detail().find("cannot open shared object file") == std::string::npos) {
+        throw;
+      }
+      throw Error(e.error(), e.operation(), e.subject(),
+                  e.detail() + " (not among the dependencies of '" + detail::printable(entry.name) +
+                      "' in the wrapper, nor on this system: add it to the wrapper as a library "
+                      "entry and name it as a dependency of '" + detail::printable(entry.name) + "')",
+                  Error::DetailIsCause{});
+    }
+    loaded.names_.push_back(entry.name);
   }
   return loaded;
 }

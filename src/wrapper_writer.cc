@@ -15,11 +15,13 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
 #include "backing.h"
 #include "digest.h"
+#include "elf_info.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "os/extent.h"
@@ -121,6 +123,8 @@ struct WrapperWriter::State {
     Digest digest;
     std::vector<std::string> dependencies;
     PendingBlobs chunks;
+    std::string source;    // the file it was copied from, for messages; empty from memory
+    detail::ElfInfo elf;   // a library's SONAME and DT_NEEDED (check_elf)
   };
 
   std::filesystem::path target;
@@ -208,8 +212,9 @@ struct WrapperWriter::State {
   // write-back is started): the resident set stays at a few pieces, whatever the entry's size.
   template <class Write>
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
-           std::vector<std::string> depends, Write&& write) {
-    Pending entry{std::string(name), kind, size, {}, std::move(depends), PendingBlobs(builder)};
+           std::vector<std::string> depends, std::string source, Write&& write) {
+    Pending entry{std::string(name), kind,          size, {}, std::move(depends),
+                  PendingBlobs(builder), std::move(source), {}};
     Release release(region.fd(), region.data(), options.durable);
     // Declared after `entry`: the digest thread is joined before the blobs are discarded.
     detail::DigestPipeline digest(
@@ -251,14 +256,86 @@ struct WrapperWriter::State {
     entries.push_back(std::move(entry));
   }
 
-  // The bytes of a library entry start with the ELF magic number. The blobs of a refused
+  // "entry 'x'", or "entry 'x' from 'path'" for an entry copied from a file.
+  static std::string label(const Pending& entry) {
+    return "entry '" + detail::printable(entry.name) + "'" +
+           (entry.source.empty() ? std::string() : " from '" + entry.source + "'");
+  }
+
+  // A library entry must be what dlopen() can load (elf_info.h): an ELF shared object of this
+  // process's class, byte order and machine, whose headers and loadable segments lie inside
+  // it. Reads the ELF header, the program headers and the dynamic section through the mapping
+  // (a few pages), and keeps the SONAME and DT_NEEDED for publish(). The blobs of a refused
   // entry are discarded, as after any failed add: zero, and no blocks where they cover pages.
-  void check_elf(const Pending& entry) const {
-    static constexpr unsigned char kMagic[4] = {0x7f, 'E', 'L', 'F'};
-    const bool elf = entry.size >= sizeof kMagic &&
-                     std::memcmp(entry.chunks.front().getReader().begin(), kMagic,
-                                 sizeof kMagic) == 0;
-    if (!elf) refuse(EINVAL, entry.name, "a library must be an ELF file (no ELF magic number)");
+  void check_elf(Pending& entry) const {
+    // Where each chunk starts in the entry (a stream's chunks grow: sizes differ).
+    std::vector<std::uint64_t> starts;
+    std::uint64_t at = 0;
+    for (std::size_t c = 0; c < entry.chunks.size(); ++c) {
+      starts.push_back(at);
+      at += entry.chunks[c].getReader().size();
+    }
+    entry.elf = detail::read_elf(entry.size, [&](std::uint64_t offset, void* buffer,
+                                                 std::size_t length) {
+      std::size_t done = 0;
+      while (done < length && offset + done < entry.size) {
+        const std::uint64_t position = offset + done;
+        const auto chunk = static_cast<std::size_t>(
+            std::upper_bound(starts.begin(), starts.end(), position) - starts.begin() - 1);
+        const auto bytes = entry.chunks[chunk].getReader();
+        const std::uint64_t within = position - starts[chunk];
+        if (within >= bytes.size()) break;  // past the chunks: reads as truncated
+        const std::size_t piece = static_cast<std::size_t>(
+            std::min<std::uint64_t>(length - done, bytes.size() - within));
+        std::memcpy(static_cast<std::byte*>(buffer) + done, bytes.begin() + within, piece);
+        done += piece;
+      }
+      return done;
+    });
+    if (entry.elf.problem != detail::ElfProblem::kNone) {
+      throw Error(EINVAL, "writing wrapper", subject, label(entry) + ": " + entry.elf.reason);
+    }
+  }
+
+  // What the dynamic linker needs to use a library entry as another's dependency: it matches
+  // the dependent's DT_NEEDED names against the SONAMEs of loaded objects, so a dependency
+  // without a SONAME can never be the object a DT_NEEDED entry names (it is loaded under
+  // "/proc/self/fd/N"), and being loaded first with RTLD_LOCAL (the loader's default, and
+  // the only choice in a namespace of its own) lends the dependent none of its symbols: the
+  // dependency can do nothing, and the dependent would be linked against a file on disk, or
+  // not load. Refused. Accepted: a dependency whose SONAME the dependent does not list
+  // (useless, but it may be meant for a library loaded later). Entries whose dynamic section
+  // could not be read are not judged.
+  void check_sonames() const {
+    std::unordered_map<std::string_view, const Pending*> by_name;
+    for (const Pending& entry : entries) by_name.emplace(entry.name, &entry);
+    for (const Pending& entry : entries) {
+      if (entry.kind != EntryKind::kSharedLibrary || !entry.elf.dynamic_read) continue;
+      for (const std::string& name : entry.dependencies) {
+        const Pending& dependency = *by_name.at(name);  // check_dependencies() passed
+        if (!dependency.elf.dynamic_read || dependency.elf.has_soname) continue;
+        // The dependent's DT_NEEDED names that no SONAME among its dependencies matches.
+        std::vector<std::string> unmatched;
+        for (const std::string& needed : entry.elf.needed) {
+          const bool matched = std::any_of(
+              entry.dependencies.begin(), entry.dependencies.end(), [&](const std::string& d) {
+                const Pending& other = *by_name.at(d);
+                return other.elf.has_soname && other.elf.soname == needed;
+              });
+          if (!matched) unmatched.push_back("'" + detail::printable(needed) + "'");
+        }
+        std::string names;
+        for (const std::string& one : unmatched) names += (names.empty() ? "" : ", ") + one;
+        const std::string dependent = "'" + detail::printable(entry.name) + "'";
+        throw Error(EINVAL, "writing wrapper", subject,
+                    "entry " + dependent + " depends on '" + detail::printable(name) + "', but " +
+                        label(dependency) + " has no SONAME, so the dynamic loader cannot match " +
+                        (unmatched.size() == 1 ? "the DT_NEEDED " + names + " of " + dependent
+                         : unmatched.empty()   ? "any DT_NEEDED of " + dependent
+                                               : "any DT_NEEDED of " + dependent + " (" + names + ")") +
+                        " to it (link the dependency with -Wl,-soname,NAME)");
+      }
+    }
   }
 
   // Reads `fd` until end of file into chunks allocated as the bytes come (see
@@ -266,7 +343,8 @@ struct WrapperWriter::State {
   // otherwise its blobs are discarded and the exception propagates.
   void add_stream(std::string_view name, EntryKind kind, int fd, const std::string& source,
                   std::vector<std::string> depends) {
-    Pending entry{std::string(name), kind, 0, {}, std::move(depends), PendingBlobs(builder)};
+    Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(builder),
+                  source,            {}};
     Release release(region.fd(), region.data(), options.durable);
     // On this thread: a stream's size is not known, and pieces come as the reads do.
     detail::DigestPipeline digest(
@@ -359,7 +437,8 @@ struct WrapperWriter::State {
     }
     const std::uint64_t size = status.size;
     bool in_kernel = true;  // copy_file_range until the kernel says it cannot here
-    add(name, kind, size, std::move(depends), [&](std::span<std::byte> into, std::uint64_t at) {
+    add(name, kind, size, std::move(depends), source,
+        [&](std::span<std::byte> into, std::uint64_t at) {
       const auto out_offset = static_cast<std::uint64_t>(into.data() - region.data());
       std::uint64_t copied = 0;
       // The destination is backed (new_aligned_data), so copy_file_range never extends the
@@ -396,7 +475,7 @@ struct WrapperWriter::State {
   void add_span(std::string_view name, EntryKind kind, std::span<const std::byte> bytes,
                 std::vector<std::string> depends) {
     check_name(name);
-    add(name, kind, bytes.size(), std::move(depends),
+    add(name, kind, bytes.size(), std::move(depends), {},
         [&](std::span<std::byte> into, std::uint64_t at) {
           std::memcpy(into.data(), bytes.data() + at, into.size());
         });
@@ -453,7 +532,7 @@ void WrapperWriter::add_data(std::string_view name, std::uint64_t size, const Fi
   s.check_name(name);
   if (!fill) s.refuse(EINVAL, name, "no fill function");
   // fill() sees whole chunks; add() walks them in pieces, so call fill at a chunk's start.
-  s.add(name, EntryKind::kData, size, {}, [&](std::span<std::byte> piece, std::uint64_t at) {
+  s.add(name, EntryKind::kData, size, {}, {}, [&](std::span<std::byte> piece, std::uint64_t at) {
     const std::uint64_t chunk_start = at / s.options.chunk_bytes * s.options.chunk_bytes;
     if (at != chunk_start) return;  // filled with its chunk
     const std::uint64_t length = std::min(s.options.chunk_bytes, size - chunk_start);
@@ -479,6 +558,7 @@ std::uint64_t WrapperWriter::publish() {
     }
   }
   detail::check_dependencies(graph, "writing wrapper", s.subject);
+  s.check_sonames();
   // The metadata is written by Cap'n Proto's stores: back room for all of it first, so that a
   // full disk or RLIMIT_FSIZE is an Error here, before anything is written (and publish() can
   // be tried again), never a fault in the middle of it.

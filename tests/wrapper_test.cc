@@ -698,9 +698,17 @@ TEST(WrapperLoad, LibrariesLoadWithTheirDependenciesAndWriteNothing) {
     EXPECT_EQ(libraries[1].report().bytes_written_to_disk, 0u);
     expect_error([&] { (void)libraries.at("blob"); }, ENOENT, {"'blob'"});
 
-    const LoadedLibraries all = wrapper.load_all();
+    // A second set beside the first would be refused (liba's SONAME is loaded already: the
+    // new libb would bind to the old liba); in a namespace of their own they load, together.
+    expect_error([&] { (void)wrapper.load_all(); }, EEXIST, {":liba'", "libmwfixture_a.so"});
+    LoadOptions isolated;
+    isolated.link_namespace = LoadOptions::Namespace::kNew;
+    const LoadedLibraries all = wrapper.load_all(isolated);
     ASSERT_EQ(all.size(), 2u);
     EXPECT_EQ(all[0].name(), sample.path.string() + ":liba");
+    EXPECT_NE(all[0].namespace_id(), 0);
+    EXPECT_EQ(all[1].namespace_id(), all[0].namespace_id());
+    EXPECT_EQ(all.at("libb").function<int()>("fixture_b_answer")(), 43);
 
     expect_error([&] { (void)wrapper.load_library("blob"); }, EINVAL, {"blob", "data entry"});
     expect_error([&] { (void)wrapper.load_library("ghost"); }, ENOENT, {"'ghost'"});

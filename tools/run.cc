@@ -26,7 +26,9 @@ struct RunOptions {
 constexpr const char* kRunFooter =
     "Every entry's digest is checked first: nothing is loaded from a damaged wrapper (exit 1).\n"
     "LIB and the library entries it depends on are loaded from the wrapper, dependencies\n"
-    "first, through sealed memfds (nothing is written to disk); then SYMBOL is called as\n"
+    "first, through sealed memfds (nothing is written to disk), into a link-map namespace of\n"
+    "their own (dlmopen): they find each other before anything else, never the tool's own\n"
+    "libraries (libkj, libcapnp, libfmt, libstdc++); then SYMBOL is called as\n"
     "int SYMBOL(int argc, char** argv) with argv = {LIB, ARGS...}, and the tool exits with\n"
     "its return value (its low 8 bits, as for any exit status); the libraries are unloaded\n"
     "(dlclose) before the exit. Before the call, the exit codes below apply; once the function\n"
@@ -71,11 +73,23 @@ int run(const RunOptions& options) {
 
   // The loader hashes each library's sealed copy again: a file changed since the check above
   // is refused there (EBADMSG), and that is damage too.
+  // In a link-map namespace of their own (dlmopen), so that a wrapper library whose SONAME
+  // is one the tool itself links (libkj, libcapnp, libfmt, libstdc++) is the one its
+  // dependents bind to, not the tool's.
+  LoadOptions load_options;
+  load_options.link_namespace = LoadOptions::Namespace::kNew;
   const LoadedLibraries libraries = [&] {
     try {
-      return wrapper.load_with_dependencies(options.library);
+      return wrapper.load_with_dependencies(options.library, load_options);
     } catch (const Error& e) {
       if (e.error() == EBADMSG) throw ToolError(kExitDamaged, e.what());
+      if (e.error() == ENOEXEC &&
+          e.detail().find("cannot open shared object file") != std::string::npos) {
+        throw ToolError(kExitFailure,
+                        std::string(e.what()) +
+                            "; with mapwright pack, a library's dependencies follow its path: "
+                            "--lib NAME=PATH:DEP[,DEP...]");
+      }
       throw;
     }
   }();
@@ -98,8 +112,19 @@ int run(const RunOptions& options) {
   for (std::string& argument : arguments) argv.push_back(argument.data());
   argv.push_back(nullptr);
 
+  // The namespace has its own copy of the C library, with its own stdio buffers, which the
+  // tool's exit() does not flush: flush them through its fflush (if the library links libc).
+  using Flush = int(std::FILE*);
+  Flush* namespace_fflush = nullptr;
+  try {
+    namespace_fflush = libraries.at(options.library).function<Flush>("fflush");
+  } catch (const Error&) {
+    // No C library in the namespace: nothing buffered there.
+  }
+
   std::fflush(nullptr);  // our output, if any, before the function's
   const int status = function(static_cast<int>(arguments.size()), argv.data());
+  if (namespace_fflush != nullptr) namespace_fflush(nullptr);
   std::fflush(nullptr);  // the function's stdio output, before the libraries go
   return status;
 }

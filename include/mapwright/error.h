@@ -20,6 +20,14 @@ class Error : public std::system_error {
   // `subject` is quoted in the message; leave it empty when there is none. `detail` follows
   // it after a space (sizes, offsets, the reason an input was refused).
   Error(int error, std::string operation, std::string subject, std::string detail = {});
+  // For a cause that is not an errno — dlerror()'s text, say: what() ends with `detail` and
+  // not with strerror(error), which would mislead ("undefined symbol: f: No such file or
+  // directory"). code() is still `error`, for callers that test it.
+  struct DetailIsCause {};
+  Error(int error, std::string operation, std::string subject, std::string detail,
+        DetailIsCause);
+
+  const char* what() const noexcept override;
 
   int error() const noexcept { return code().value(); }
   const std::string& operation() const noexcept { return operation_; }
@@ -30,6 +38,7 @@ class Error : public std::system_error {
   std::string operation_;
   std::string subject_;
   std::string detail_;
+  std::string text_;  // what(), when the detail is the cause; else empty
 };
 
 }  // namespace mapwright

@@ -23,6 +23,38 @@
 // A failure of dlopen() itself (not an ELF, wrong architecture, a missing dependency) does
 // not fall down the ladder: it is thrown at once.
 //
+// Namespaces (LoadOptions::Namespace). glibc keeps loaded objects in link-map namespaces:
+// a DT_NEEDED name is matched against the names and SONAMEs of the objects already loaded IN
+// THE SAME NAMESPACE (then searched for on disk), and undefined symbols are bound to them.
+//   * kDefault: dlopen(), into the caller's namespace — the program and every library it
+//     linked (libstdc++, libkj, libfmt...). A library whose SONAME is already taken there is
+//     refused before dlopen() (EEXIST, naming the object that has it: "its SONAME
+//     libkj-0.9.2.so is already loaded from /lib/.../libkj-0.9.2.so"): it would load as a
+//     second copy, and whatever needs that SONAME would bind to the first one — "undefined
+//     symbol", or worse, the wrong code. LoadOptions::allow_duplicate_soname loads it anyway.
+//     The same file loaded twice (a SealedImage) is no duplicate: dlopen() returns it again.
+//   * kNew: dlmopen(LM_ID_NEWLM): a namespace of its own, where it sees nothing of the
+//     program's libraries; what it needs is loaded there — from earlier kBeside loads, else
+//     from disk. Library::namespace_id() says which namespace; load its dependents with
+//     kBeside (Wrapper::load_with_dependencies() and load_all() put one call's libraries in
+//     one new namespace that way).
+//   * kBeside: dlmopen() into the namespace of LoadOptions::beside.
+// What a namespace costs and forbids (glibc 2.36, Debian 12):
+//   * at most 16 namespaces per process, the program's own included (DL_NNS); when they run
+//     out, dlmopen()'s text says "no more namespaces available for dlmopen()". A namespace is
+//     free again once everything in it is unloaded.
+//   * every namespace that needs the C library loads ITS OWN COPY of libc (and libstdc++,
+//     libm...): its own malloc heap, stdio buffers (its stdout is not flushed by the
+//     program's exit(): call its fflush, as `mapwright run` does), errno, locale and atexit
+//     list. Never free() in one namespace what was malloc()ed in another, and never pass a
+//     FILE*, a std::string or any object that owns memory across.
+//   * each copy of libc takes static TLS, of which glibc reserves room for a few namespaces
+//     only (the glibc.rtld.nns tunable, default 4): beyond that, or with libraries that use
+//     initial-exec TLS, dlmopen() can fail with "cannot allocate memory in static TLS block".
+//   * RTLD_GLOBAL is refused in a namespace of its own (Visibility::kGlobal is EINVAL there).
+//   * dl_iterate_phdr() shows only the caller's namespace; the stale-name check below walks
+//     the other namespace's link map instead (dlinfo RTLD_DI_LINKMAP of `beside`).
+//
 // Hazards, plainly:
 //   * glibc recognises an already loaded library by the PATH it was opened with (before it
 //     even opens the file), and a loaded object's path never changes. "/proc/self/fd/N" names
@@ -44,19 +76,22 @@
 //     and it pins one for good (NODELETE) when the main program or another non-dlopen()ed
 //     object looks a symbol of it up with dlsym(RTLD_DEFAULT/RTLD_NEXT, ...) — symbol() uses
 //     the handle and does not. A pinned library also keeps its soname visible to later loads.
-//   * The image is checked before dlopen(): a truncated ELF (program headers or a loadable
-//     segment past the end of the image) is refused with EINVAL, because the dynamic linker
-//     would map past the end of the file and die by SIGBUS on the first touch. Other defects
-//     are left to dlopen() to report.
+//   * The image is checked before dlopen(): a truncated ELF (program headers, a loadable
+//     segment or the dynamic section past the end of the image) is refused with EINVAL,
+//     because the dynamic linker would map past the end of the file and die by SIGBUS on the
+//     first touch. Other defects are left to dlopen() to report. Its SONAME is read then too,
+//     for the namespace check above.
 //   * Constructors in the library (and in its dependencies) run inside load_library(), and
 //     destructors inside ~Library, on the calling thread.
 //   * With the memfd strategies each Library holds one fd and a memfd's worth of memory
 //     (the image's size, shared with the SealedImage in step 1).
 //
 // Errors: everything is a mapwright::Error naming the image (LoadOptions::name, or a default
-// "sealed image fd N", "fd N at offset O", "memory span"). dlopen() failures have code
-// ENOEXEC and dlerror()'s text as detail(); a missing symbol has ENOENT; system-call failures
-// their errno.
+// "sealed image fd N", "fd N at offset O", "memory span"). dlopen()/dlmopen() failures have
+// code ENOEXEC and a missing symbol ENOENT; both end with dlerror()'s own text ("failed in
+// dlopen: libfoo.so: cannot open shared object file: No such file or directory", "'f':
+// /proc/self/fd/5: undefined symbol: f"), with no errno text after it (Error::DetailIsCause).
+// A SONAME already loaded is EEXIST; system-call failures have their errno.
 #pragma once
 
 #include <cstddef>
@@ -88,11 +123,36 @@ enum class CopyMethod {
 };
 const char* to_string(CopyMethod method) noexcept;
 
+class Library;
+
 struct LoadOptions {
   enum class Binding { kLazy, kNow };        // RTLD_LAZY / RTLD_NOW
   enum class Visibility { kLocal, kGlobal };  // RTLD_LOCAL / RTLD_GLOBAL
   Binding binding = Binding::kNow;
+  // kGlobal only with Namespace::kDefault (glibc refuses RTLD_GLOBAL elsewhere: EINVAL).
   Visibility visibility = Visibility::kLocal;
+  // The link-map namespace the library goes into: which loaded objects its DT_NEEDED entries
+  // are matched against (by SONAME) and its undefined symbols bound to. See "Namespaces" at
+  // the top of this file.
+  enum class Namespace {
+    // dlopen(): the caller's namespace, beside the program and every library it linked.
+    // Refused (EEXIST, before dlopen) if an object with the library's SONAME is already
+    // loaded there: whatever needs that SONAME would bind to the other object.
+    kDefault,
+    // dlmopen(LM_ID_NEWLM): a new namespace, holding this library and what it needs.
+    kNew,
+    // dlmopen() into the namespace of `beside` (a Library loaded with kNew or kBeside),
+    // refused (EEXIST) like kDefault if an object there has the library's SONAME.
+    kBeside,
+  };
+  Namespace link_namespace = Namespace::kDefault;
+  // For kBeside: a loaded Library, alive for the call (the loaded one does not refer to it).
+  const Library* beside = nullptr;
+  // Load even if an object with the library's SONAME is already loaded in the namespace
+  // (kDefault, kBeside): a second copy, which is fine for a library nothing else needs by
+  // that SONAME — whatever does binds to the first. Loading the same SealedImage twice is no
+  // duplicate: dlopen() returns the loaded object again.
+  bool allow_duplicate_soname = false;
   // Used in error messages; empty gives "sealed image fd N", "fd N at offset O", "memory span".
   std::string name;
   // Called with the bytes exactly as dlopen() will read them — the sealed memfd (the image
@@ -134,6 +194,10 @@ class Library {
   }
 
   void* handle() const noexcept { return handle_; }
+  // The link-map namespace it was loaded into (dlinfo RTLD_DI_LMID): 0 (LM_ID_BASE) for the
+  // program's own, else the one Namespace::kNew made. Libraries loaded with kBeside of this
+  // one share it.
+  long namespace_id() const noexcept { return namespace_id_; }
   // The fd the library was opened through (-1 for a named temporary file, already closed).
   int fd() const noexcept { return fd_; }
   // The path given to dlopen(): "/proc/self/fd/N", or the (now unlinked) temporary file name.
@@ -148,6 +212,7 @@ class Library {
   void reset() noexcept;
 
   void* handle_ = nullptr;
+  long namespace_id_ = 0;
   int fd_ = -1;
   std::string path_;
   std::string name_;

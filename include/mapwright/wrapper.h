@@ -192,8 +192,13 @@ class WrapperWriter {
   // file). A library's `depends` name other
   // library entries, added before or after it; they are checked at publish().
   //
-  // A library's bytes must start with the ELF magic number (else Error(EINVAL); the loader
-  // would refuse it later anyway, with a less direct message).
+  // A library's bytes must be what dlopen() can load: an ELF shared object (ET_DYN, not a
+  // relocatable .o, an executable or a position-independent executable) of this process's
+  // class, byte order and machine, whose program headers, loadable segments and dynamic
+  // section lie inside it. Else Error(EINVAL) naming the entry, the file and the reason
+  // ("entry 'x' from 'foo.o': not a shared library (ELF type ET_REL)", "...: built for
+  // machine EM_AARCH64, this system runs EM_X86_64", "...: truncated ELF: ..."), and nothing
+  // is added. Its SONAME and DT_NEEDED names are kept for publish().
   //
   // From a file: a regular file is copied in the kernel (copy_file_range, else pread into
   // the mapping); one that shrinks while it is copied is an Error. A FIFO, a socket, a file
@@ -231,7 +236,10 @@ class WrapperWriter {
 
   // Writes the metadata and then the trailer with the metadata digest (wrapper.capnp,
   // "Integrity"), checks the dependencies (each names a library entry, none itself, no
-  // cycle; else Error(EINVAL) naming the entry and nothing is published), then fsyncs and
+  // cycle, none twice, none without a SONAME — the dynamic linker matches DT_NEEDED names
+  // against SONAMEs, so it could never use such an entry for the dependent; else
+  // Error(EINVAL) naming the entry and nothing is published; a dependency whose SONAME the
+  // dependent does not list is accepted), then fsyncs and
   // atomically replaces the target. Returns the file's size. The writer is spent afterwards.
   // Room for the metadata is backed before any of it is written: if the file cannot grow
   // that far, Error (ENOSPC, EFBIG) with nothing written, and publish() can be called again
@@ -350,9 +358,15 @@ class Wrapper {
   // "<wrapper>:<entry>"; options.check, if set, runs after the digest check.
   Library load_library(std::string_view name, LoadOptions options = {}) const;
   // `name`'s dependencies (depth first, each once), then `name`. Here options.name, if set,
-  // replaces "<wrapper>" in each library's "<wrapper>:<entry>" name.
+  // replaces "<wrapper>" in each library's "<wrapper>:<entry>" name. With
+  // options.link_namespace == kNew, all of them go into ONE new namespace (the first makes
+  // it, the rest are loaded beside it), so that each finds its dependencies there before
+  // anything else, never the program's own libraries (loader.h, "Namespaces"); in the default
+  // namespace, a library whose SONAME the program already has loaded is refused (EEXIST). A
+  // DT_NEEDED name that is neither loaded nor on disk is ENOEXEC with dlerror()'s text and
+  // "add it to the wrapper as a library entry and name it as a dependency of '<entry>'".
   LoadedLibraries load_with_dependencies(std::string_view name, LoadOptions options = {}) const;
-  // Every library entry, each after its dependencies.
+  // Every library entry, each after its dependencies (in one new namespace, as above).
   LoadedLibraries load_all(LoadOptions options = {}) const;
 
  private:

@@ -38,6 +38,7 @@
 #include <kj/array.h>
 #include <kj/exception.h>
 
+#include "elf_info.h"  // src/: the fuzz targets and the regression suite see the internals
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "mapwright/sealed_image.h"
@@ -530,6 +531,46 @@ inline void run_sealed_image(Input input) {
     }
   }
   leaks.verify();
+}
+
+// ---- elf_info_fuzz ------------------------------------------------------------------------
+
+// The input is a shared library's bytes, read by detail::read_elf() (src/elf_info.h) as the
+// wrapper writer and the loader read them: every read must lie inside the input, and what it
+// says must be consistent — a problem has a reason, no problem means an ET_DYN of this machine,
+// a SONAME only from a dynamic section that was read — and the same whether read through a
+// callback or from the span.
+inline void run_elf_info(Input input) {
+  const auto bytes = std::as_bytes(input);
+  const detail::ElfReadAt read = [bytes](std::uint64_t offset, void* buffer, std::size_t length) {
+    MAPWRIGHT_FUZZ_CHECK(offset < bytes.size() && length <= bytes.size() - offset,
+                         "read_elf read outside the image");
+    std::memcpy(buffer, bytes.data() + offset, length);
+    return length;
+  };
+  const detail::ElfInfo info = detail::read_elf(bytes.size(), read);
+  if (info.problem == detail::ElfProblem::kNone) {
+    MAPWRIGHT_FUZZ_CHECK(info.reason.empty(), "a reason without a problem");
+    MAPWRIGHT_FUZZ_CHECK(info.type == 3 /* ET_DYN */, "accepted an ELF that is not ET_DYN");
+    MAPWRIGHT_FUZZ_CHECK(detail::host_elf_machine() == 0 || info.machine == detail::host_elf_machine(),
+                         "accepted an ELF for another machine");
+  } else {
+    MAPWRIGHT_FUZZ_CHECK(!info.reason.empty(), "a problem without a reason");
+  }
+  MAPWRIGHT_FUZZ_CHECK(info.dynamic_read || (!info.has_soname && info.needed.empty()),
+                       "a SONAME or DT_NEEDED from a dynamic section that was not read");
+  MAPWRIGHT_FUZZ_CHECK(info.has_soname || info.soname.empty(), "a SONAME without DT_SONAME");
+  std::uint64_t sum = info.soname.size();
+  for (const std::string& name : info.needed) {
+    MAPWRIGHT_FUZZ_CHECK(name.find('\0') == std::string::npos, "a DT_NEEDED name holds a NUL");
+    sum += name.size();
+  }
+  sink(sum);
+  const detail::ElfInfo again = detail::read_elf(bytes);
+  MAPWRIGHT_FUZZ_CHECK(again.problem == info.problem && again.reason == info.reason &&
+                           again.has_soname == info.has_soname && again.soname == info.soname &&
+                           again.needed == info.needed && again.dynamic_read == info.dynamic_read,
+                       "read_elf over a span and over a callback disagree");
 }
 
 }  // namespace mapwright::fuzz

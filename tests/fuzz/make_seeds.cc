@@ -25,6 +25,7 @@
 
 #include "../support/wrapper_v1_fixture.h"  // a format version 1 file, as bytes
 #include "mapwright/wrapper.h"
+#include "tiny_elf.h"
 #include "wrapper.capnp.h"  // the schema's generated C++ (build/*/generated/schema)
 #include "wrapper_integrity.h"  // the trailer, for wrappers written by MallocMessageBuilder
 
@@ -49,8 +50,8 @@ std::span<const std::byte> as_bytes(const std::string& text) {
   return std::as_bytes(std::span(text.data(), text.size()));
 }
 
-// A "library" that passes the writer's ELF-magic check; nothing ever loads it.
-std::string fake_elf(const std::string& tag) { return std::string("\x7f" "ELF\x02\x01\x01", 7) + tag; }
+// A "library" that passes the writer's ELF checks (tiny_elf.h); nothing ever loads it.
+std::string fake_elf(const std::string& tag) { return mapwright::fuzz::tiny_elf(tag + ".so"); }
 
 std::string pattern(std::size_t size) {
   std::string bytes(size, '\0');
@@ -213,6 +214,19 @@ void make_image_inputs(const fs::path& dir) {
   write_file(dir / "adopt_file", image_input(kFile, 0, kAdopt, 0, 0, content));
 }
 
+// elf_info_fuzz: tiny libraries with and without a SONAME and DT_NEEDED names, and one cut
+// short inside its dynamic section.
+void make_elf_inputs(const fs::path& dir) {
+  const auto bytes = [](const std::string& text) { return Bytes(text.begin(), text.end()); };
+  using mapwright::fuzz::tiny_elf;
+  write_file(dir / "soname_and_needed.so", bytes(tiny_elf("liba.so.1", {"libb.so", "libc.so.6"})));
+  write_file(dir / "no_soname.so", bytes(tiny_elf("", {"libb.so"})));
+  write_file(dir / "nothing_needed.so", bytes(tiny_elf("libkj-0.9.2.so")));
+  std::string cut = tiny_elf("libcut.so", {"libx.so"});
+  cut.resize(cut.size() - 20);
+  write_file(dir / "truncated.so", bytes(cut));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -222,12 +236,14 @@ int main(int argc, char** argv) {
   }
   try {
     const fs::path root = argv[1];
-    for (const char* target : {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz"}) {
+    for (const char* target :
+         {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz"}) {
       fs::create_directories(root / target);
     }
     make_wrappers(root / "wrapper_fuzz");
     make_messages(root / "segment_table_fuzz", root / "wrapper_fuzz");
     make_image_inputs(root / "sealed_image_fuzz");
+    make_elf_inputs(root / "elf_info_fuzz");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;
