@@ -52,6 +52,9 @@
 //     only (the glibc.rtld.nns tunable, default 4): beyond that, or with libraries that use
 //     initial-exec TLS, dlmopen() can fail with "cannot allocate memory in static TLS block".
 //   * RTLD_GLOBAL is refused in a namespace of its own (Visibility::kGlobal is EINVAL there).
+//   * a library linked with a sanitizer runtime (-fsanitize=address: DT_NEEDED libasan) loads
+//     that runtime again in the new namespace, and a sanitized process aborts ("ASan runtime
+//     does not come first"); TSan's finds no static TLS. Libraries without one load fine.
 //   * dl_iterate_phdr() shows only the caller's namespace; the stale-name check below walks
 //     the other namespace's link map instead (dlinfo RTLD_DI_LINKMAP of `beside`).
 //
