@@ -47,9 +47,11 @@ void fsync_directory(const std::filesystem::path& directory, const std::string& 
 
 [[noreturn]] void refuse_kind(const std::string& operation, const std::filesystem::path& target,
                               os::FileType type, const char* via) {
+  // The detail is the cause: "Invalid argument" after it would only mislead.
   throw Error(type == os::FileType::kDirectory ? EISDIR : EINVAL, operation, target.string(),
               std::string("(not a regular file: ") + via + "a " + os::to_string(type) +
-                  "; nothing written)");
+                  "; nothing written)",
+              Error::DetailIsCause{});
 }
 
 }  // namespace
@@ -211,7 +213,8 @@ void Backing::keep_target_attributes() {
   if (old.type != os::FileType::kRegular) {
     throw Error(EINVAL, "publishing region", name_,
                 std::string("(the target is now a ") + os::to_string(old.type) +
-                    ", not a regular file; it was left alone)");
+                    ", not a regular file; it was left alone)",
+                Error::DetailIsCause{});
   }
   // Owner first: chown clears the set-user-ID and set-group-ID bits that chmod then sets.
   // Best effort: only root (or a member of the group) may give the file away.

@@ -34,6 +34,9 @@
 namespace mapwright {
 namespace {
 
+// For errors whose detail is the whole cause (bad input): no strerror() text after it.
+constexpr Error::DetailIsCause kCause{};
+
 constexpr const char* kOpen = "opening wrapper";
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
@@ -57,7 +60,8 @@ std::span<const std::byte> WrapperEntry::bytes() const {
   if (chunks.empty()) return {};
   if (!contiguous()) {
     throw Error(EINVAL, "reading wrapper entry", name,
-                "(its " + str(chunks.size()) + " chunks are not contiguous in the file: use chunks)");
+                "(its " + str(chunks.size()) + " chunks are not contiguous in the file: use chunks)",
+                kCause);
   }
   return {chunks.front().data(), size};
 }
@@ -111,10 +115,12 @@ struct Wrapper::State {
   std::unordered_map<std::string_view, std::size_t> index;  // views into entries' names
   std::vector<std::vector<std::size_t>> edges;              // direct dependencies
 
-  [[noreturn]] void refuse(const std::string& what) const { throw Error(EINVAL, kOpen, name, what); }
+  [[noreturn]] void refuse(const std::string& what) const {
+    throw Error(EINVAL, kOpen, name, what, kCause);
+  }
 
   [[noreturn]] void damaged(const std::string& what) const {
-    throw Error(EBADMSG, kOpen, name, what);
+    throw Error(EBADMSG, kOpen, name, what, kCause);
   }
 
   int source_fd() const noexcept { return image ? image->fd() : fd.get(); }
@@ -126,7 +132,7 @@ struct Wrapper::State {
     }
     if (got != length) {
       throw Error(EIO, kOpen, name, "(the file shrank while it was read: " + str(got) + " of " +
-                                        str(length) + " bytes at " + str(offset) + ")");
+                                        str(length) + " bytes at " + str(offset) + ")", kCause);
     }
   }
 
@@ -391,11 +397,12 @@ struct Wrapper::State {
         now->metadata_offset != trailer->metadata_offset ||
         now->metadata_digest != trailer->metadata_digest) {
       throw Error(EBADMSG, kVerify, name,
-                  "(the trailer changed since the file was opened: the file is damaged)");
+                  "(the trailer changed since the file was opened: the file is damaged)", kCause);
     }
     if (detail::metadata_digest(reader->data(), prefix_end, trailer->metadata_offset,
                                 message_size, trailer->wrapper_size) != trailer->metadata_digest) {
-      throw Error(EBADMSG, kVerify, name, "(the metadata digest does not match: the file is damaged)");
+      throw Error(EBADMSG, kVerify, name,
+                  "(the metadata digest does not match: the file is damaged)", kCause);
     }
     std::uint64_t at = prefix_end;
     const auto zero_until = [&](std::uint64_t end, const std::string& where) {
@@ -403,7 +410,7 @@ struct Wrapper::State {
       if (bad != end) {
         throw Error(EBADMSG, kVerify, name,
                     "(byte " + str(bad) + ", " + where +
-                        ", is not zero: the file is damaged)");
+                        ", is not zero: the file is damaged)", kCause);
       }
     };
     for (const ChunkRange& range : chunk_ranges) {
@@ -461,7 +468,8 @@ Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions opti
     throw Error(EINVAL, kOpen, state->name,
                 std::string("(not a regular file: ") +
                     (status.pseudo ? "a file of procfs or sysfs" : "a ") +
-                    (status.pseudo ? "" : os::to_string(status.type)) + ")");
+                    (status.pseudo ? "" : os::to_string(status.type)) + ")",
+                Error::DetailIsCause{});
   }
   // A regular file: read and copied (sendfile to the loader) as any other.
   if (const int err = os::clear_nonblocking(raw); err != 0) {
@@ -524,7 +532,7 @@ void Wrapper::verify() const {
     if (!verify_entry(entry)) {
       throw Error(EBADMSG, "verifying wrapper", state_->name,
                   "entry '" + detail::printable(entry.name) + "': the digest does not match its bytes (expected " +
-                      entry.digest.hex() + ")");
+                      entry.digest.hex() + ")", kCause);
     }
   }
 }
@@ -533,16 +541,19 @@ Library Wrapper::load_library(std::string_view name, LoadOptions options) const 
   const WrapperEntry& e = entry(name);
   if (options.name.empty()) options.name = state_->name + ":" + detail::printable(e.name);
   if (e.kind != EntryKind::kSharedLibrary) {
-    throw Error(EINVAL, "loading library", options.name, "(it is a data entry, not a library)");
+    throw Error(EINVAL, "loading library", options.name, "(it is a data entry, not a library)",
+                kCause);
   }
-  if (e.size == 0) throw Error(EINVAL, "loading library", options.name, "(the entry is empty)");
+  if (e.size == 0) {
+    throw Error(EINVAL, "loading library", options.name, "(the entry is empty)", kCause);
+  }
   // What is loaded is what the digest describes: the sealed copy is hashed just before
   // dlopen(), so a file changed after open() or verify() cannot slip anything in.
   options.check = [digest = e.digest, user = std::move(options.check),
                    label = options.name](std::span<const std::byte> bytes) {
     if (digest_of(bytes) != digest) {
       throw Error(EBADMSG, "loading library", label,
-                  "(its bytes do not match the entry's digest " + digest.hex() + ")");
+                  "(its bytes do not match the entry's digest " + digest.hex() + ")", kCause);
     }
     if (user) user(bytes);
   };

@@ -33,6 +33,9 @@
 namespace mapwright {
 namespace {
 
+// For errors whose detail is the whole cause (bad input): no strerror() text after it.
+constexpr Error::DetailIsCause kCause{};
+
 constexpr std::uint64_t kPiece = 8ull << 20;  // copied and hashed at a time; progress step
 constexpr std::uint64_t kParallelDigestBytes = 32ull << 20;
 // Hashed bytes are released (write-back started, pages dropped) in batches of this much.
@@ -179,21 +182,27 @@ struct WrapperWriter::State {
     throw Error(error, "writing wrapper", subject,
                 "entry '" + detail::printable(name) + "': " + what);
   }
+  // The same when `what` is the whole cause (bad input, not a failed system call): no
+  // strerror() text after it.
+  [[noreturn]] void refuse_input(int error, std::string_view name, const std::string& what) const {
+    throw Error(error, "writing wrapper", subject,
+                "entry '" + detail::printable(name) + "': " + what, kCause);
+  }
 
   void check_usable() const {
     if (spent) {
-      throw Error(EINVAL, "writing wrapper", subject, "(publish() has already run)");
+      throw Error(EINVAL, "writing wrapper", subject, "(publish() has already run)", kCause);
     }
   }
 
   void check_name(std::string_view name) const {
     check_usable();
-    if (name.empty()) refuse(EINVAL, name, "the name is empty");
+    if (name.empty()) refuse_input(EINVAL, name, "the name is empty");
     if (name.size() > kMaxEntryNameBytes) {
-      refuse(EINVAL, name, "the name is longer than " + str(kMaxEntryNameBytes) + " bytes");
+      refuse_input(EINVAL, name, "the name is longer than " + str(kMaxEntryNameBytes) + " bytes");
     }
-    if (name.find('\0') != std::string_view::npos) refuse(EINVAL, name, "the name contains NUL");
-    if (names.count(std::string(name)) != 0) refuse(EEXIST, name, "the name is already used");
+    if (name.find('\0') != std::string_view::npos) refuse_input(EINVAL, name, "the name contains NUL");
+    if (names.count(std::string(name)) != 0) refuse_input(EEXIST, name, "the name is already used");
   }
 
   void report(std::string_view name, std::uint64_t entry_done, std::uint64_t entry_size) {
@@ -293,7 +302,8 @@ struct WrapperWriter::State {
       return done;
     });
     if (entry.elf.problem != detail::ElfProblem::kNone) {
-      throw Error(EINVAL, "writing wrapper", subject, label(entry) + ": " + entry.elf.reason);
+      throw Error(EINVAL, "writing wrapper", subject, label(entry) + ": " + entry.elf.reason,
+                  kCause);
     }
   }
 
@@ -333,7 +343,7 @@ struct WrapperWriter::State {
                         (unmatched.size() == 1 ? "the DT_NEEDED " + names + " of " + dependent
                          : unmatched.empty()   ? "any DT_NEEDED of " + dependent
                                                : "any DT_NEEDED of " + dependent + " (" + names + ")") +
-                        " to it (link the dependency with -Wl,-soname,NAME)");
+                        " to it (link the dependency with -Wl,-soname,NAME)", kCause);
       }
     }
   }
@@ -428,8 +438,8 @@ struct WrapperWriter::State {
       return;
     }
     if (!regular) {
-      refuse(EINVAL, name,
-             source + " is not a regular file or a stream (a " + os::to_string(status.type) +
+      refuse_input(EINVAL, name,
+                   source + " is not a regular file or a stream (a " + os::to_string(status.type) +
                  ")");
     }
     if (const int err = os::clear_nonblocking(fd); err != 0) {
@@ -453,7 +463,7 @@ struct WrapperWriter::State {
         const int err = os::copy_file_range(fd, at, region.fd(), out_offset, into.size(), &copied);
         if (err == 0 && copied == into.size()) return;
         if (err == 0) {
-          refuse(EIO, name, source + " ended after " + str(at + copied) + " of " + str(size) +
+          refuse_input(EIO, name, source + " ended after " + str(at + copied) + " of " + str(size) +
                                 " bytes (it shrank while it was copied)");
         }
         if (err != EXDEV && err != ENOSYS && err != EOPNOTSUPP && err != EINVAL && err != EPERM) {
@@ -466,7 +476,7 @@ struct WrapperWriter::State {
         refuse(err, name, "reading " + source);
       }
       if (got != into.size()) {
-        refuse(EIO, name, source + " ended after " + str(at + got) + " of " + str(size) +
+        refuse_input(EIO, name, source + " ended after " + str(at + got) + " of " + str(size) +
                               " bytes (it shrank while it was copied)");
       }
     });
@@ -487,7 +497,7 @@ WrapperWriter::WrapperWriter(const std::filesystem::path& target, WrapperWriterO
   if (chunk == 0 || chunk % 4096 != 0 || chunk > (512ull << 20) - 4096) {
     throw Error(EINVAL, "writing wrapper", target.string(),
                 "(chunk size " + str(chunk) +
-                    " is not a multiple of 4096 between 4096 and 512 MiB - 4096)");
+                    " is not a multiple of 4096 between 4096 and 512 MiB - 4096)", kCause);
   }
   // Before anything is created: a target that is not a regular file is refused by name.
   (void)detail::check_publish_target(target, "writing wrapper");
@@ -530,7 +540,7 @@ void WrapperWriter::add_data(std::string_view name, std::span<const std::byte> b
 void WrapperWriter::add_data(std::string_view name, std::uint64_t size, const FillChunk& fill) {
   State& s = *state_;
   s.check_name(name);
-  if (!fill) s.refuse(EINVAL, name, "no fill function");
+  if (!fill) s.refuse_input(EINVAL, name, "no fill function");
   // fill() sees whole chunks; add() walks them in pieces, so call fill at a chunk's start.
   s.add(name, EntryKind::kData, size, {}, {}, [&](std::span<std::byte> piece, std::uint64_t at) {
     const std::uint64_t chunk_start = at / s.options.chunk_bytes * s.options.chunk_bytes;
@@ -554,7 +564,7 @@ std::uint64_t WrapperWriter::publish() {
     if (const auto twice = std::adjacent_find(seen.begin(), seen.end()); twice != seen.end()) {
       throw Error(EINVAL, "writing wrapper", s.subject,
                   "entry '" + detail::printable(entry.name) + "': depends on '" +
-                      detail::printable(*twice) + "' twice");
+                      detail::printable(*twice) + "' twice", kCause);
     }
   }
   detail::check_dependencies(graph, "writing wrapper", s.subject);

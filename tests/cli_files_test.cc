@@ -175,7 +175,8 @@ TEST_F(CliTest, PackOntoADirectoryIsRefusedBeforeCopying) {
         tool({"pack", "-o", target, "--data", "big=" + path("big.bin").string(), "--progress"});
     EXPECT_EXIT_CODE(packed, 3);
     expect_one_error_line(packed, {"writing wrapper '" + target + "'",
-                                   "not a regular file: a directory", "Is a directory"});
+                                   "not a regular file: a directory"});
+    EXPECT_THAT(packed.err, Not(HasSubstr("Is a directory")));
     EXPECT_THAT(packed.err, Not(HasSubstr("publishing region")));
   }
   EXPECT_TRUE(fs::is_empty(path("dir")));
