@@ -19,9 +19,12 @@
 #include "mapwright/error.h"
 #include "mapwright/loader.h"
 #include "mapwright/wrapper.h"
+#include "wrapper_helpers.h"
 
 namespace mapwright {
 namespace {
+
+using test::expect_error;
 
 using test::TempDir;
 
@@ -43,20 +46,6 @@ std::string real_kj_path() {
   if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr) path = map->l_name;
   dlclose(handle);
   return path;
-}
-
-template <class Body>
-void expect_error(Body&& body, int code, std::initializer_list<std::string> parts) {
-  try {
-    body();
-    ADD_FAILURE() << "no error thrown; expected one containing '" << *parts.begin() << "'";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.error(), code) << e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
-          << "'" << e.what() << "' does not contain '" << part << "'";
-    }
-  }
 }
 
 LoadOptions in_new_namespace() {
