@@ -19,6 +19,7 @@
 #include "fixture_paths.h"
 #include "mapwright/error.h"
 #include "mapwright/wrapper.h"
+#include "sanitizers.h"
 #include "wrapper_helpers.h"
 #include "wrapper_integrity.h"
 #include "wrapper_v1_fixture.h"
@@ -76,6 +77,14 @@ bool refused(int fd, std::string* message) {
   }
 }
 
+// Under the sanitizers each check is 5-10 times slower: there, one bit of every byte (bit
+// offset % 8), so that every byte is still flipped; all eight in the other builds.
+#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
+constexpr bool kEveryBit = false;
+#else
+constexpr bool kEveryBit = true;
+#endif
+
 // Flips every bit of `file` in turn (flip, check, flip back) and returns those that open()
 // and verify() both accepted, as "byte N bit B". Two threads, each over its own copy and half
 // of the bytes, when there are two CPUs (the flips are independent).
@@ -91,6 +100,7 @@ std::vector<std::string> surviving_flips(const std::vector<std::byte>& file) {
     std::string message;
     for (std::uint64_t offset = begin; offset < end; ++offset) {
       for (int bit = 0; bit < 8; ++bit) {
+        if (!kEveryBit && bit != static_cast<int>(offset % 8)) continue;
         flips.put(offset, file[offset] ^ static_cast<std::byte>(1u << bit));
         if (!refused(flips.fd(), &message)) {
           survivors->push_back("byte " + std::to_string(offset) + " bit " + std::to_string(bit));
@@ -139,7 +149,7 @@ TEST(WrapperIntegrity, EveryBitFlipOfASingleSegmentWrapperIsRefused) {
   const std::vector<std::byte> file = small_wrapper(dir, {}, 1000);
   ASSERT_EQ(segment_count(file), 1u);
   const auto survivors = surviving_flips(file);
-  EXPECT_TRUE(survivors.empty()) << survivors.size() << " of " << file.size() * 8
+  EXPECT_TRUE(survivors.empty()) << survivors.size() << " of " << file.size() * (kEveryBit ? 8 : 1)
                                  << " flips went unnoticed: " << first_few(survivors);
 }
 
@@ -162,7 +172,7 @@ TEST(WrapperIntegrity, EveryBitFlipOfAMultiSegmentWrapperIsRefused) {
     ASSERT_EQ(segment_count(file), chunks);
   }
   const auto survivors = surviving_flips(file);
-  EXPECT_TRUE(survivors.empty()) << survivors.size() << " of " << file.size() * 8
+  EXPECT_TRUE(survivors.empty()) << survivors.size() << " of " << file.size() * (kEveryBit ? 8 : 1)
                                  << " flips went unnoticed: " << first_few(survivors);
 }
 
@@ -185,7 +195,7 @@ TEST(WrapperIntegrity, AnEmptyWrapperAndASealedOneAreCheckedToo) {
     wrapper.verify();
   }
   const auto survivors = surviving_flips(file);
-  EXPECT_TRUE(survivors.empty()) << survivors.size() << " of " << file.size() * 8
+  EXPECT_TRUE(survivors.empty()) << survivors.size() << " of " << file.size() * (kEveryBit ? 8 : 1)
                                  << " flips went unnoticed: " << first_few(survivors);
 
   const std::vector<std::byte> small = small_wrapper(dir, {}, 1000);
