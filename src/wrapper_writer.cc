@@ -45,6 +45,10 @@ constexpr std::uint64_t kReleaseBytes = 8ull << 20;
 constexpr std::uint64_t kFaultAroundBytes = 2ull << 20;
 // A stream's first chunk; each next one is twice as large, up to chunk_bytes.
 constexpr std::uint64_t kFirstStreamChunk = 64ull << 10;
+// ... up to this (or chunk_bytes, if smaller). Giving back the unused tail of a stream's last
+// chunk zeroes it (Cap'n Proto's truncate) before the hole is punched, so the tail's pages are
+// resident for a moment: with 256 MiB chunks, streaming 1 GiB from a pipe peaked at 263 MiB.
+constexpr std::uint64_t kLargestStreamChunk = 16ull << 20;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
 
@@ -367,8 +371,9 @@ struct WrapperWriter::State {
     };
     try {
       std::uint64_t next_report = kPiece;
-      for (std::uint64_t length = std::min(kFirstStreamChunk, options.chunk_bytes);;
-           length = std::min(length * 2, options.chunk_bytes)) {
+      const std::uint64_t largest = std::min(kLargestStreamChunk, options.chunk_bytes);
+      for (std::uint64_t length = std::min(kFirstStreamChunk, largest);;
+           length = std::min(length * 2, largest)) {
         try {
           entry.chunks.add(builder.new_aligned_data(length, kWrapperAlignment));
         } catch (const Error& e) {

@@ -222,9 +222,11 @@ class WrapperWriter {
   void add_data(std::string_view name, std::uint64_t size, const FillChunk& fill);
   // From `fd` (the caller keeps it), read from its position until end of file: standard
   // input, a pipe, a socket. The size need not be known: chunks are allocated as the bytes
-  // come (64 KiB, then twice as much each time, up to chunk_bytes; each a multiple of 4096,
-  // so one entry's chunks follow each other), read(2) straight into the mapped file, and
-  // the unused tail of the last one is given back (MappedMessageBuilder::shrink). A
+  // come (64 KiB, then twice as much each time, up to 16 MiB or chunk_bytes if smaller; each
+  // a multiple of 4096, so one entry's chunks follow each other), read(2) straight into the
+  // mapped file, and the unused tail of the last one is given back
+  // (MappedMessageBuilder::shrink, which zeroes it first: so the resident set stays within
+  // some 30 MiB, as for a file). A
   // non-blocking fd is waited on (poll), never spun on. Progress reports have
   // entry_size_known == false until the end. A read error is an Error naming `source` (a
   // name for messages, e.g. "standard input") and the entry; a file that cannot grow is the
