@@ -229,20 +229,24 @@ int dlopen_flags(const LoadOptions& options) {
          (options.visibility == LoadOptions::Visibility::kGlobal ? RTLD_GLOBAL : RTLD_LOCAL);
 }
 
-// The object of the target namespace whose SONAME (or name) is `soname`, as the dynamic
-// linker matches a DT_NEEDED entry: its path, or empty if there is none. A new namespace
-// holds nothing yet.
-std::string loaded_soname_path(const std::string& soname, const Target& target) {
-  if (target.kind == LoadOptions::Namespace::kNew) return {};
-  // RTLD_NOLOAD: the dynamic linker's own lookup (names and SONAMEs of loaded objects, then
-  // a file of that name already loaded), loading nothing.
+// The object of the target namespace that dlopen(`name`) would return without loading
+// anything (RTLD_NOLOAD: the dynamic linker's own lookup of names and SONAMEs of loaded
+// objects, then of a file of that name already loaded), with a reference taken: dlclose() it.
+// nullptr if none; a new namespace holds nothing yet.
+void* find_loaded(const std::string& name, const Target& target) {
+  if (target.kind == LoadOptions::Namespace::kNew) return nullptr;
   void* handle = target.kind == LoadOptions::Namespace::kBeside
-                     ? dlmopen(target.lmid, soname.c_str(), RTLD_LAZY | RTLD_NOLOAD)
-                     : dlopen(soname.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-  if (handle == nullptr) {
-    dlerror();
-    return {};
-  }
+                     ? dlmopen(target.lmid, name.c_str(), RTLD_LAZY | RTLD_NOLOAD)
+                     : dlopen(name.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) dlerror();
+  return handle;
+}
+
+// The path of the object of the target namespace whose SONAME (or name) is `soname`, as the
+// dynamic linker matches a DT_NEEDED entry; empty if there is none.
+std::string loaded_soname_path(const std::string& soname, const Target& target) {
+  void* handle = find_loaded(soname, target);
+  if (handle == nullptr) return {};
   std::string path = soname;
   link_map* map = nullptr;
   if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr && map->l_name != nullptr &&
@@ -257,18 +261,13 @@ std::string loaded_soname_path(const std::string& soname, const Target& target) 
 // name: the same sealed image loaded twice): dlopen() would return that object again, so its
 // SONAME is no collision.
 bool same_file_loaded(const std::string& path, const Target& target) {
-  void* handle = target.kind == LoadOptions::Namespace::kBeside
-                     ? dlmopen(target.lmid, path.c_str(), RTLD_LAZY | RTLD_NOLOAD)
-                     : dlopen(path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-  if (handle == nullptr) {
-    dlerror();
-    return false;
-  }
+  void* handle = find_loaded(path, target);
+  if (handle == nullptr) return false;
   dlclose(handle);
   return true;
 }
 
-[[noreturn]] void throw_dlerror(const char* call, const std::string& name,
+[[noreturn]] void throw_dlerror(const std::string& call, const std::string& name,
                                 const std::string& hint) {
   const char* text = dlerror();
   throw Error(ENOEXEC, "loading library", name,
@@ -296,23 +295,16 @@ void* open_handle(const std::string& path, const Source& source, const LoadOptio
   }
   dlerror();
   void* handle = nullptr;
-  switch (target.kind) {
-    case LoadOptions::Namespace::kDefault:
-      handle = dlopen(path.c_str(), dlopen_flags(options));
-      if (handle == nullptr) throw_dlerror("dlopen", name, source.hint);
-      break;
-    case LoadOptions::Namespace::kNew:
-      handle = dlmopen(LM_ID_NEWLM, path.c_str(), dlopen_flags(options));
-      if (handle == nullptr) throw_dlerror("dlmopen (a new namespace)", name, source.hint);
-      break;
-    case LoadOptions::Namespace::kBeside:
-      handle = dlmopen(target.lmid, path.c_str(), dlopen_flags(options));
-      if (handle == nullptr) {
-        throw_dlerror(("dlmopen (namespace " + std::to_string(target.lmid) + ")").c_str(), name,
-                      source.hint);
-      }
-      break;
+  std::string call = "dlopen";
+  if (target.kind == LoadOptions::Namespace::kDefault) {
+    handle = dlopen(path.c_str(), dlopen_flags(options));
+  } else {
+    const bool fresh = target.kind == LoadOptions::Namespace::kNew;
+    handle = dlmopen(fresh ? LM_ID_NEWLM : target.lmid, path.c_str(), dlopen_flags(options));
+    call = fresh ? "dlmopen (a new namespace)"
+                 : "dlmopen (namespace " + std::to_string(target.lmid) + ")";
   }
+  if (handle == nullptr) throw_dlerror(call, name, source.hint);
   return handle;
 }
 
@@ -363,6 +355,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
     dirs.emplace_back(tmpdir);
   }
   dirs.insert(dirs.end(), {"/tmp", "/var/tmp", "."});
+  const Target target = target_of(options, name);
   std::string why;
   int last_error = ENOENT;
   for (const std::string& dir : dirs) {
@@ -391,7 +384,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
         break;
       }
       os::OwnedFd fd(raw);
-      if (name_in_use(path, target_of(options, name))) {  // a deleted earlier file's name, still loaded under it
+      if (name_in_use(path, target)) {  // a deleted earlier file's name, still loaded under it
         os::unlink(path.c_str());
         continue;
       }
@@ -410,7 +403,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
       }
       void* handle = nullptr;
       try {
-        handle = open_handle(path, source, options, target_of(options, name), name);
+        handle = open_handle(path, source, options, target, name);
       } catch (...) {
         os::unlink(path.c_str());
         throw;

@@ -71,11 +71,7 @@ std::optional<Trailer> decode_trailer(std::span<const std::byte> bytes, std::str
     return fail("it is not a Cap'n Proto message");
   }
   // Every other bit (pointers, padding, producer and entries null) as the encoding has it.
-  if (encode_trailer(trailer) != [&] {
-        std::array<std::byte, kWrapperTrailerBytes> copy;
-        std::memcpy(copy.data(), bytes.data(), copy.size());
-        return copy;
-      }()) {
+  if (std::memcmp(encode_trailer(trailer).data(), bytes.data(), kWrapperTrailerBytes) != 0) {
     return fail("it is not encoded as a trailer is");
   }
   return trailer;

@@ -465,11 +465,10 @@ Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions opti
     throw Error(err, kOpen, state->name, "(fstat)");
   }
   if (status.type != os::FileType::kRegular || status.pseudo) {
-    throw Error(EINVAL, kOpen, state->name,
-                std::string("(not a regular file: ") +
-                    (status.pseudo ? "a file of procfs or sysfs" : "a ") +
-                    (status.pseudo ? "" : os::to_string(status.type)) + ")",
-                Error::DetailIsCause{});
+    // ENODEV, as mmap(2) says of a file it cannot map: the wrong kind of file, not damage.
+    const std::string kind = status.pseudo ? std::string("a file of procfs or sysfs")
+                                           : std::string("a ") + os::to_string(status.type);
+    throw Error(ENODEV, kOpen, state->name, "(not a regular file: " + kind + ")", kCause);
   }
   // A regular file: read and copied (sendfile to the loader) as any other.
   if (const int err = os::clear_nonblocking(raw); err != 0) {
@@ -597,7 +596,7 @@ LoadedLibraries Wrapper::load_in_order(const std::vector<std::size_t>& order,
                   e.detail() + " (not among the dependencies of '" + detail::printable(entry.name) +
                       "' in the wrapper, nor on this system: add it to the wrapper as a library "
                       "entry and name it as a dependency of '" + detail::printable(entry.name) + "')",
-                  Error::DetailIsCause{});
+                  kCause);
     }
     loaded.names_.push_back(entry.name);
   }

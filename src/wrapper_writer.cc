@@ -578,7 +578,9 @@ std::uint64_t WrapperWriter::publish() {
   // full disk or RLIMIT_FSIZE is an Error here, before anything is written (and publish() can
   // be tried again), never a fault in the middle of it.
   try {
-    s.builder.reserve(s.metadata_bound_bytes());
+    // With the trailer's bytes: it goes right after the message's end, which the metadata
+    // moves to at most that far, so nothing after this point needs the file to grow.
+    s.builder.reserve(s.metadata_bound_bytes() + kWrapperTrailerBytes);
   } catch (const Error& e) {
     throw Error(e.error(), "writing wrapper", s.subject,
                 "(metadata: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
@@ -631,12 +633,7 @@ std::uint64_t WrapperWriter::publish() {
   trailer.metadata_digest = detail::metadata_digest(s.region.data(), prefix_end, metadata_offset,
                                                     message_size, size);
   const auto bytes = detail::encode_trailer(trailer);
-  try {
-    s.region.ensure(size);
-  } catch (const Error& e) {
-    throw Error(e.error(), "writing wrapper", s.subject,
-                "(trailer: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
-  }
+  s.region.ensure(size);  // backed by the reserve() above: no growth, so no failure for room
   std::memcpy(s.region.data() + message_size, bytes.data(), bytes.size());
   s.region.finish(size);
   s.region.publish(Region::PublishOptions{.durable = s.options.durable});

@@ -58,10 +58,8 @@ Wrapper open_wrapper(const std::filesystem::path& path) {
     if (!wrapper.metadata_checked()) warn_unchecked(wrapper);
     return wrapper;
   } catch (const Error& e) {
-    // Wrapper::open refuses a FIFO, a device or a /proc file with EINVAL: not damage, the
-    // wrong kind of file.
-    const bool wrong_kind = e.detail().starts_with("(not a regular file");
-    throw ToolError(is_damage(e.error()) && !wrong_kind ? kExitDamaged : kExitFailure, e.what());
+    // A FIFO, a device or a /proc file is ENODEV: the wrong kind of file, not damage.
+    throw ToolError(is_damage(e.error()) ? kExitDamaged : kExitFailure, e.what());
   } catch (const kj::Exception& e) {
     // The library is meant to turn these into Error; should one get through, it is about
     // the file's content.

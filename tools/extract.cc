@@ -68,8 +68,9 @@ int extract(const ExtractOptions& options) {
     if (e.operation().starts_with("creating staging") && e.detail().starts_with("(")) {
       // The target refused as it is ("(not a regular file: a FIFO; nothing written)").
       return ToolError(kExitFailure,
-                       fmt::format("extracting entry {} to {} {}: {}", in_quotes(entry->name),
-                                   in_quotes(options.output), e.detail(), e.code().message()));
+                       fmt::format("extracting entry {} to {} {}{}", in_quotes(entry->name),
+                                   in_quotes(options.output), e.detail(),
+                                   e.detail_is_cause() ? "" : ": " + e.code().message()));
     }
     return ToolError(kExitFailure,
                      fmt::format("extracting entry {} to {}: {} (the target is left as it was)",

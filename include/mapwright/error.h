@@ -30,6 +30,8 @@ class Error : public std::system_error {
   const char* what() const noexcept override;
 
   int error() const noexcept { return code().value(); }
+  // Whether it was made with DetailIsCause: what() ends with detail(), no strerror() text.
+  bool detail_is_cause() const noexcept { return !text_.empty(); }
   const std::string& operation() const noexcept { return operation_; }
   const std::string& subject() const noexcept { return subject_; }
   const std::string& detail() const noexcept { return detail_; }

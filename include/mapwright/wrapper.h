@@ -243,10 +243,10 @@ class WrapperWriter {
   // Error(EINVAL) naming the entry and nothing is published; a dependency whose SONAME the
   // dependent does not list is accepted), then fsyncs and
   // atomically replaces the target. Returns the file's size. The writer is spent afterwards.
-  // Room for the metadata is backed before any of it is written: if the file cannot grow
-  // that far, Error (ENOSPC, EFBIG) with nothing written, and publish() can be called again
-  // once there is room. A failure after that point (the trailer's few bytes past the
-  // message's end, fsync, rename) spends the writer too.
+  // Room for the metadata and the trailer is backed before any of it is written: if the
+  // file cannot grow that far, Error (ENOSPC, EFBIG) with nothing written, and publish() can
+  // be called again once there is room. A failure after that point (fsync, rename) spends
+  // the writer too.
   std::uint64_t publish();
 
   std::uint64_t entry_count() const noexcept;
@@ -314,7 +314,9 @@ class Wrapper {
   // page-aligned"), or for what is not a wrapper at all; EBADMSG for a damaged file: "the
   // metadata digest does not match: the file is damaged", a damaged trailer, a segment table
   // that disagrees with the trailer, "truncated at byte N of M expected", "N bytes after the
-  // wrapper". Nothing is read past a bound that was not checked first.
+  // wrapper"; ENODEV for what is not a regular file (a FIFO, a device, a procfs or sysfs
+  // file: "not a regular file: a FIFO"), refused without waiting (opened O_NONBLOCK).
+  // Nothing is read past a bound that was not checked first.
   static Wrapper open(const std::filesystem::path& path, WrapperOpenOptions options = {});
   // The same over an fd (dup()ed; the caller keeps its own), read from offset 0 to its end.
   static Wrapper open(int fd, WrapperOpenOptions options = {});

@@ -99,7 +99,6 @@ int change_owner(int fd, uid_t uid, gid_t gid) noexcept {
   return retry([&] { return ::fchown(fd, uid, gid); });
 }
 
-
 int clear_nonblocking(int fd) noexcept {
   int flags = 0;
   if (const int err = retry([&] { return flags = ::fcntl(fd, F_GETFL); }); err != 0) return err;

@@ -102,16 +102,6 @@ int file_size(int fd, std::uint64_t* size) noexcept {
   return err;
 }
 
-int file_kind(int fd, std::uint64_t* size, bool* regular) noexcept {
-  struct stat st;
-  const int err = retry([&] { return ::fstat(fd, &st); });
-  if (err == 0) {
-    *size = static_cast<std::uint64_t>(st.st_size);
-    *regular = S_ISREG(st.st_mode);
-  }
-  return err;
-}
-
 int fsync(int fd) noexcept {
   return retry([&] { return ::fsync(fd); });
 }

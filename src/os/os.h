@@ -56,8 +56,6 @@ int ftruncate(int fd, std::uint64_t size) noexcept;
 int fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length) noexcept;
 // fstat(2), reporting st_size only. Async-signal-safe.
 int file_size(int fd, std::uint64_t* size) noexcept;
-// fstat(2): the size, and whether the file is a regular file. Async-signal-safe.
-int file_kind(int fd, std::uint64_t* size, bool* regular) noexcept;
 int fsync(int fd) noexcept;  // Async-signal-safe.
 // sync_file_range(SYNC_FILE_RANGE_WRITE): starts write-back of the range and returns without
 // waiting, so that a later fsync has less left to do. Not async-signal-safe by contract.
