@@ -331,9 +331,10 @@ void writer_add_data_fill(const Setting& s) {
 
 void writer_publish(const Setting& s) {
   WrapperWriter writer(s.target());
-  // The only chunk starts at 4096 and ends where the first growth step ends (1 MiB): the
+  // The only chunk starts at 32 KiB (the writer aligns a chunk to a power of two near 1/16
+  // of its length: 32 KiB here) and ends where the first growth step ends (1 MiB): the
   // metadata needs the next byte.
-  const std::vector<std::byte> bytes(kBacked - 4096, std::byte{9});
+  const std::vector<std::byte> bytes(kBacked - 32768, std::byte{9});
   writer.add_data("blob", bytes);
   s.arm(kBacked);
   expect_failure(s, "writing wrapper", [&] { writer.publish(); });

@@ -173,6 +173,57 @@ TEST(Wrapper, LargeEntriesAreChunkedBackToBack) {
   EXPECT_TRUE(wrapper.verify_entry(blob));
 }
 
+// Large entries start where the page cache can hold them in large folios (wrapper.h,
+// chunk_bytes): at a power of two near 1/16 of the first chunk, up to 2 MiB, that divides
+// chunk_bytes, so that the chunks still follow each other; small ones and streams at 4096.
+TEST(Wrapper, LargeEntriesStartAtLargeFolioBoundariesAndStayContiguous) {
+  TempDir dir;
+  struct Case {
+    const char* name;
+    std::uint64_t size;
+    std::uint64_t chunk_bytes;
+    std::uint64_t alignment;
+  };
+  const Case cases[] = {
+      {"small", 100 * kKiB, kDefaultChunkBytes, 4 * kKiB},        // 6.25 KiB -> 4 KiB
+      {"medium", 1 * kMiB + 5, kDefaultChunkBytes, 64 * kKiB},    // 64 KiB
+      {"big", 40 * kMiB, kDefaultChunkBytes, 2 * kMiB},           // 2.5 MiB -> 2 MiB
+      {"odd_chunks", 10 * kMiB, 3 * kMiB, 128 * kKiB},            // 192 KiB -> 128 KiB, | 1 MiB
+      {"page_chunks", 1 * kMiB, 12 * kKiB, 4 * kKiB},             // 12 KiB chunks: 4 KiB
+      {"mib_chunks", 5 * kMiB + 77, 1 * kMiB + 4 * kKiB, 4 * kKiB},  // divides: 4 KiB
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::filesystem::path input = dir / (std::string(c.name) + ".bin");
+    const std::vector<std::byte> bytes = pattern_bytes(c.size, 7);
+    write_file(input, bytes);
+    WrapperWriterOptions options;
+    options.chunk_bytes = c.chunk_bytes;
+    const std::filesystem::path path = dir / (std::string(c.name) + ".mwr");
+    {
+      WrapperWriter writer(path, options);
+      writer.add_data("first", std::span<const std::byte>(bytes.data(), 5000));  // unaligned end
+      writer.add_data(c.name, input);
+      writer.add_data("again", bytes);  // from memory: the same rule
+      writer.publish();
+    }
+    const Wrapper wrapper = Wrapper::open(path);
+    for (const char* name : {c.name, "again"}) {
+      const WrapperEntry& entry = wrapper.entry(name);
+      EXPECT_EQ(entry.offset % c.alignment, 0u) << name << " at " << entry.offset;
+      EXPECT_TRUE(entry.contiguous()) << name;
+      EXPECT_EQ(entry.chunks.size(), (c.size + c.chunk_bytes - 1) / c.chunk_bytes) << name;
+      ASSERT_EQ(entry.bytes().size(), bytes.size());
+      EXPECT_EQ(std::memcmp(entry.bytes().data(), bytes.data(), bytes.size()), 0) << name;
+    }
+    EXPECT_NO_THROW(wrapper.verify());
+    // The padding is at most 1/16 of a chunk per entry (and a hole): the file stays close to
+    // what it holds.
+    EXPECT_LT(std::filesystem::file_size(path),
+              5000 + 2 * c.size + 2 * std::min(c.size, c.chunk_bytes) / 16 + 64 * kKiB);
+  }
+}
+
 TEST(Wrapper, ChunksSplitAcrossSegmentsStillReadAndLoad) {
   TempDir dir;
   WrapperWriterOptions options;
