@@ -4,6 +4,7 @@
 #include "mapwright/share.h"
 
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
@@ -13,7 +14,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -202,6 +205,57 @@ TEST(LibraryBundle, RoundTripLoadsEachLibraryFromTheReceivedMemfdWithNoCopy) {
     }
     EXPECT_EQ(loaded[0].name(), "received:liba");
   }
+}
+
+TEST(LibraryBundle, ChunksWithGapsBetweenThemAreGatheredIntoOneImage) {
+  // Segments of 12 KiB and chunks of 8 KiB: a gap after each chunk, as in files over 4 GiB.
+  TempDir dir;
+  const auto path = dir / "gapped.mwr";
+  WrapperWriterOptions options;
+  options.durable = false;
+  options.chunk_bytes = 8192;
+  options.message.segment_words = 12 * 1024 / 8;
+  {
+    WrapperWriter writer(path, options);
+    add_sample(writer);
+    writer.publish();
+  }
+  const Wrapper wrapper = Wrapper::open(path);
+  ASSERT_FALSE(wrapper.entry("liba").contiguous());
+  const LibraryBundle bundle = LibraryBundle::from_wrapper(wrapper);
+  SocketPair pair;
+  send_bundle(pair.sender(), bundle);
+  const LoadedLibraries loaded = receive_bundle(pair.receiver()).load();
+  EXPECT_EQ(loaded.at("libb").function<int()>("fixture_b_answer")(), 43);
+}
+
+TEST(LibraryBundle, ALoadThatFailsUnloadsWhatItLoadedAndSaysWhy) {
+  // A well-formed bundle of the big fixture, then libb without liba: big loads, libb's
+  // DT_NEEDED libmwfixture_a.so is nowhere, and big is unloaded again.
+  TempDir dir;
+  const Wrapper wrapper = write_wrapper(dir, add_sample);
+  const LibraryBundle full = LibraryBundle::from_wrapper(wrapper);
+  const BundledLibrary& b = full.libraries()[1];
+  std::ifstream in(MAPWRIGHT_FIXTURE_BIG, std::ios::binary);
+  const std::string big_bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const SealedImage big = sealed_text(big_bytes);
+  SocketPair pair;
+  detail::send_bundle_message(
+      pair.sender(),
+      detail::encode_bundle({wire_for("big", big), {b.name, b.digest, b.image.size(), {}}}),
+      std::vector<int>{big.fd(), b.image.fd()});
+  const LibraryBundle received = receive_bundle(pair.receiver());
+  ASSERT_EQ(::dlopen("libmwfixture_big.so", RTLD_NOW | RTLD_NOLOAD), nullptr);
+  try {
+    received.load({.name = "partial"});
+    ADD_FAILURE() << "loaded a library without its dependency";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.error(), ENOEXEC) << e.what();
+    EXPECT_NE(std::string(e.what()).find("partial:libb"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("libmwfixture_a.so"), std::string::npos) << e.what();
+  }
+  // Loaded first, unloaded by the failure (matched by its SONAME).
+  EXPECT_EQ(::dlopen("libmwfixture_big.so", RTLD_NOW | RTLD_NOLOAD), nullptr);
 }
 
 TEST(LibraryBundle, LoadIntoANewNamespacePutsTheWholeSetInOne) {

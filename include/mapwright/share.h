@@ -10,6 +10,16 @@
 // step 1): nothing is copied, and every process that loads the bundle maps the same page-
 // cache pages — N sandboxes cost one copy of each library, not N (measured below).
 //
+// Measured (kernel 6.18, 2 shared vCPUs; share_sandbox_test and share_bench, release build):
+//   * eight sandboxed children that loaded the ~8 MB fixture from one bundle and read all of
+//     it: Rss 8212 KiB each (65696 KiB in all), Pss 1032 KiB each — 8256 KiB in all for an
+//     8207 KiB library, one copy (share_sandbox_test EightSandboxesLoadingThe8MBLibrary...);
+//   * receive-to-first-call in a fresh child (build/release/tests/bench/share_bench, medians
+//     of 3 runs): 3.2-3.5 ms for the 8 MB library against 14.7-18.1 ms when the child is
+//     sent the wrapper's fd and loads from it (a kernel copy per child): 4.3-5.7x faster;
+//     for two ~16 KB libraries 0.83-0.88 ms against 0.97-0.99 ms (1.1-1.2x). Of the 3.3 ms,
+//     about 1 ms is the receiver's own XXH3 of the 8 MiB it is given.
+//
 //   sender                                        receiver (no file system, no O_CREAT)
 //   Wrapper ─LibraryBundle::from_wrapper()─► memfds ─send_bundle()─► receive_bundle()
 //            copy once, seal, hash                   one sendmsg,    check everything
