@@ -169,11 +169,15 @@ LibraryBundle receive_bundle(int unix_socket) {
   // process some 80 us of page faults).
   constexpr std::size_t kBufferBytes = kMaxBundleMessageBytes + 1;
   const auto buffer = std::make_unique_for_overwrite<std::byte[]>(kBufferBytes);
+  // On a stream, the header alone first: the fds arrive with the first byte of their
+  // message, and a longer read could run into the next message (a stream keeps no
+  // boundaries; the kernel only stops after a part that carried fds).
+  const std::size_t first = type == SOCK_STREAM ? detail::kBundleHeaderBytes : kBufferBytes;
   int received[os::kMaxFdsPerMessage];
   std::size_t got = 0;
   std::size_t count = 0;
   int flags = 0;
-  if (const int err = os::receive_with_fds(unix_socket, buffer.get(), kBufferBytes, received,
+  if (const int err = os::receive_with_fds(unix_socket, buffer.get(), first, received,
                                            os::kMaxFdsPerMessage, &got, &count, &flags);
       err != 0) {
     throw Error(err, operation, subject, "(recvmsg)");
@@ -191,8 +195,8 @@ LibraryBundle receive_bundle(int unix_socket) {
   }
   if ((flags & MSG_TRUNC) != 0) refuse(EPROTO, "the message is longer than a bundle message may be");
   if (type == SOCK_STREAM) {
-    // The first part carried the fds; the rest follows without any. First the header (for
-    // the announced length), then exactly that many bytes: never into the next message.
+    // The first part carried the fds; the rest follows without any: the rest of the header
+    // (for the announced length), then exactly that many bytes.
     std::size_t want = detail::kBundleHeaderBytes;
     for (bool header = true;; header = false) {
       while (got < want) {

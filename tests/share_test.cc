@@ -258,6 +258,26 @@ TEST(LibraryBundle, ALoadThatFailsUnloadsWhatItLoadedAndSaysWhy) {
   EXPECT_EQ(::dlopen("libmwfixture_big.so", RTLD_NOW | RTLD_NOLOAD), nullptr);
 }
 
+TEST(LibraryBundle, BundlesBackToBackOnAStreamArriveOneByOne) {
+  // A stream has no message boundaries: the receiver must not read into the next bundle,
+  // whose fds would come with it. An empty bundle (no fds) first, then one with fds, then
+  // two with fds.
+  TempDir dir;
+  const Wrapper wrapper = write_wrapper(dir, add_sample);
+  const LibraryBundle bundle = LibraryBundle::from_wrapper(wrapper);
+  const Wrapper data_only = write_wrapper(dir, [](WrapperWriter& w) { w.add_data("d", std::as_bytes(std::span("x"))); });
+  const LibraryBundle empty = LibraryBundle::from_wrapper(data_only);
+  SocketPair pair(SOCK_STREAM);
+  send_bundle(pair.sender(), empty);
+  send_bundle(pair.sender(), bundle);
+  send_bundle(pair.sender(), bundle);
+  send_bundle(pair.sender(), empty);
+  EXPECT_EQ(receive_bundle(pair.receiver()).size(), 0u);
+  EXPECT_EQ(receive_bundle(pair.receiver()).size(), 2u);
+  EXPECT_EQ(receive_bundle(pair.receiver()).size(), 2u);
+  EXPECT_EQ(receive_bundle(pair.receiver()).size(), 0u);
+}
+
 TEST(LibraryBundle, LoadIntoANewNamespacePutsTheWholeSetInOne) {
   TempDir dir;
   const Wrapper wrapper = write_wrapper(dir, add_sample);

@@ -60,9 +60,10 @@
 //
 // Sockets: a connected Unix-domain socket of any type. SOCK_SEQPACKET is the one to prefer:
 // a message arrives whole or not at all, its length is known, and it cannot run into the
-// next one. On SOCK_STREAM the receiver reads the announced length after the first part
-// (which carries the fds), so a peer that announces more than it sends and keeps the socket
-// open makes receive_bundle() wait (set SO_RCVTIMEO to bound it: EAGAIN). On SOCK_DGRAM
+// next one. On SOCK_STREAM the receiver reads the header (the fds arrive with its first
+// byte), then exactly the announced length, so bundles sent back to back arrive one by one;
+// but a peer that announces more than it sends and keeps the socket open makes
+// receive_bundle() wait (set SO_RCVTIMEO to bound it: EAGAIN). On SOCK_DGRAM
 // (socketpair) a message larger than the socket's buffer cannot be sent at all (EMSGSIZE).
 //
 // Loading (load()): each library in bundle order, so that a dependent finds its dependencies
