@@ -38,6 +38,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bundle_wire.h"
@@ -180,12 +181,25 @@ struct SandboxOptions {
   bool unprivileged = false;  // drop to uid/gid 65534 before making the namespaces
 };
 
-// A sandboxed process, as the test sees it.
+// A sandboxed process, as the test sees it. Destroyed without wait() (a failed assertion
+// returned early), it closes its socket — the sandbox's next receive sees the end of the
+// stream and exits — and waits for it.
 struct Sandbox {
   pid_t pid = -1;       // the child forked here; it waits for the one inside and exits as it does
   pid_t inner = -1;     // pid 1 of the new PID namespace, as numbered in this one
   int socket = -1;      // the test's end; the sandbox's is its fd 3
   std::string skipped;  // why no sandbox could be made, if none could
+
+  Sandbox() = default;
+  Sandbox(Sandbox&& other) noexcept
+      : pid(std::exchange(other.pid, -1)),
+        inner(other.inner),
+        socket(std::exchange(other.socket, -1)),
+        skipped(std::move(other.skipped)) {}
+  Sandbox& operator=(Sandbox&&) = delete;
+  ~Sandbox() {
+    if (pid > 0) wait();
+  }
 
   // Waits for the sandbox to end: its exit code, or 128 + the signal that ended it.
   int wait() {
@@ -194,6 +208,7 @@ struct Sandbox {
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
+    pid = -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
 };
@@ -379,11 +394,12 @@ void receive_load_and_call(SandboxOptions options) {
     sandbox.wait();
     GTEST_SKIP() << sandbox.skipped;
   }
-  std::string landlock = receive_text(sandbox.socket);
+  const std::string landlock = receive_text(sandbox.socket);
   if (landlock != "landlock on") {
-    // The checks of /proc/self/exe need it; say so and stop (the sandbox fails them).
+    // Without it /proc/self/exe still opens the test's binary on the host: no sandbox that
+    // can open no host file. Say so rather than pass (the sandbox fails that check).
     sandbox.wait();
-    GTEST_SKIP() << landlock;
+    GTEST_SKIP() << landlock << ": without Landlock, /proc/self/exe still reaches the host's file";
   }
   const std::string ready = receive_text(sandbox.socket);
   ASSERT_EQ(ready, "ready");
