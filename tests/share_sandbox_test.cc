@@ -377,6 +377,11 @@ void receive_load_and_call(SandboxOptions options) {
   Sandbox sandbox = start_sandbox(
       [&](int socket) {
         check_confinement(socket, binary, true);
+        // Who it is outside: root, or nobody (65534) for the unprivileged test.
+        std::ifstream map("/proc/self/uid_map");
+        std::uint64_t inside = 1, outside = 1;
+        map >> inside >> outside;
+        send_text(socket, "uid " + std::to_string(inside) + " is " + std::to_string(outside));
         send_text(socket, "ready");
         const LibraryBundle received = receive_bundle(socket);
         const LoadedLibraries loaded = received.load({.name = "sandbox"});
@@ -401,6 +406,7 @@ void receive_load_and_call(SandboxOptions options) {
     sandbox.wait();
     GTEST_SKIP() << landlock << ": without Landlock, /proc/self/exe still reaches the host's file";
   }
+  EXPECT_EQ(receive_text(sandbox.socket), options.unprivileged ? "uid 0 is 65534" : "uid 0 is 0");
   const std::string ready = receive_text(sandbox.socket);
   ASSERT_EQ(ready, "ready");
   send_bundle(sandbox.socket, bundle);
