@@ -20,12 +20,18 @@
 #include <string>
 #include <vector>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/io.h>
+
 #include "bundle_wire.h"
 #include "child.h"
 #include "fixture_paths.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
 #include "mapwright/wrapper.h"
+#include "wrapper.capnp.h"
+#include "wrapper_integrity.h"
 
 namespace mapwright {
 namespace {
@@ -60,12 +66,6 @@ struct SocketPair {
   }
 };
 
-// A wrapper of the two fixture libraries (libb needs liba) and a data entry.
-struct Sample {
-  TempDir dir;
-  Wrapper wrapper;
-};
-
 Wrapper write_wrapper(const TempDir& dir, const std::function<void(WrapperWriter&)>& add) {
   const auto path = dir / "sample.mwr";
   WrapperWriterOptions options;
@@ -78,6 +78,7 @@ Wrapper write_wrapper(const TempDir& dir, const std::function<void(WrapperWriter
   return Wrapper::open(path);
 }
 
+// The two fixture libraries (libb needs liba) and a data entry.
 void add_sample(WrapperWriter& writer) {
   writer.add_data("table", std::as_bytes(std::span("some data")));
   writer.add_library("libb", MAPWRIGHT_FIXTURE_B, {"liba"});  // before its dependency, on purpose
@@ -174,6 +175,40 @@ TEST(LibraryBundle, FromWrapperRefusesBytesThatNoLongerMatchTheirDigest) {
     EXPECT_NE(std::string(e.what()).find("'liba'"), std::string::npos) << e.what();
   }
   EXPECT_EQ(open_fds(), before);
+}
+
+TEST(LibraryBundle, FromWrapperRefusesAnEmptyLibraryEntry) {
+  // WrapperWriter cannot write one (no ELF), but a wrapper from elsewhere can hold one:
+  // metadata only, a library entry without bytes, written with a stock message builder.
+  ::capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<schema::WrapperFile>();
+  root.setMagic(kWrapperMagic);
+  root.setFormatVersion(2);
+  root.setProducer("share_test");
+  auto entries = root.initEntries(1);
+  entries[0].setName("hollow");
+  entries[0].setKind(schema::Kind::SHARED_LIBRARY);
+  const Digest empty = digest_of({});
+  entries[0].setDigest(::capnp::Data::Reader(reinterpret_cast<const kj::byte*>(empty.bytes.data()), 16));
+  kj::VectorOutputStream out;
+  ::capnp::writeMessage(out, message);
+  std::vector<std::byte> bytes(out.getArray().size());
+  std::memcpy(bytes.data(), out.getArray().begin(), bytes.size());
+  const auto trailer = detail::trailer_for_metadata_only(bytes);
+  bytes.insert(bytes.end(), trailer.begin(), trailer.end());
+  TempDir dir;
+  {
+    std::ofstream file(dir / "hollow.mwr", std::ios::binary);
+    file.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  const Wrapper wrapper = Wrapper::open(dir / "hollow.mwr");
+  try {
+    LibraryBundle::from_wrapper(wrapper);
+    ADD_FAILURE() << "an empty library made a bundle";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.error(), EINVAL) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'hollow' is empty"), std::string::npos) << e.what();
+  }
 }
 
 TEST(LibraryBundle, RoundTripLoadsEachLibraryFromTheReceivedMemfdWithNoCopy) {
@@ -418,6 +453,7 @@ TEST_F(Refusals, NamesAndOrder) {
   };
   expect_refused(with([](auto& l) { l[1].name = "a"; }), fds(), EBADMSG, "used by an earlier library");
   expect_refused(with([](auto& l) { l[1].name = ""; }), fds(), EBADMSG, "empty name");
+  expect_refused(with([](auto& l) { l[1].size = 0; }), fds(), EBADMSG, "'b' is empty");
   expect_refused(with([](auto& l) { l[1].name = std::string("b\0c", 3); }), fds(), EBADMSG, "NUL");
   expect_refused(with([](auto& l) { l[1].name = std::string(kMaxEntryNameBytes + 1, 'x'); }), fds(),
                  EBADMSG, "more than 4096");
