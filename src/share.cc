@@ -156,8 +156,21 @@ void send_bundle(int unix_socket, const LibraryBundle& bundle) {
   detail::send_bundle_message(unix_socket, message, fds);
 }
 
-LibraryBundle receive_bundle(int unix_socket) {
-  const std::string subject = describe_socket(unix_socket);
+namespace {
+
+// One message as it arrived: its bytes and every fd that came with it (owned: closed on any
+// refusal). Refuses (every fd closed) what the socket layer alone shows is wrong.
+struct Arrived {
+  std::unique_ptr<std::byte[]> bytes;
+  std::size_t size = 0;
+  std::vector<os::OwnedFd> fds;
+};
+
+[[noreturn]] void refuse(const std::string& subject, int error, const std::string& why) {
+  throw Error(error, "receiving bundle over", subject, "(" + why + ")", kCause);
+}
+
+Arrived receive_message(int unix_socket, const std::string& subject) {
   const char* const operation = "receiving bundle over";
   int type = 0;
   if (const int err = os::socket_type(unix_socket, &type); err != 0) {
@@ -168,69 +181,74 @@ LibraryBundle receive_bundle(int unix_socket) {
   // only the pages the message lands in are touched (zeroing all 128 KiB cost a fresh
   // process some 80 us of page faults).
   constexpr std::size_t kBufferBytes = kMaxBundleMessageBytes + 1;
-  const auto buffer = std::make_unique_for_overwrite<std::byte[]>(kBufferBytes);
+  Arrived arrived{std::make_unique_for_overwrite<std::byte[]>(kBufferBytes), 0, {}};
+  std::byte* const buffer = arrived.bytes.get();
   // On a stream, the header alone first: the fds arrive with the first byte of their
   // message, and a longer read could run into the next message (a stream keeps no
   // boundaries; the kernel only stops after a part that carried fds).
   const std::size_t first = type == SOCK_STREAM ? detail::kBundleHeaderBytes : kBufferBytes;
   int received[os::kMaxFdsPerMessage];
-  std::size_t got = 0;
+  std::size_t& got = arrived.size;
   std::size_t count = 0;
   int flags = 0;
-  if (const int err = os::receive_with_fds(unix_socket, buffer.get(), first, received,
+  if (const int err = os::receive_with_fds(unix_socket, buffer, first, received,
                                            os::kMaxFdsPerMessage, &got, &count, &flags);
       err != 0) {
     throw Error(err, operation, subject, "(recvmsg)");
   }
-  // Every fd that arrived is owned from here: closed on any refusal below.
-  std::vector<os::OwnedFd> fds;
-  fds.reserve(count);
-  for (std::size_t i = 0; i < count; ++i) fds.emplace_back(received[i]);
-  const auto refuse = [&](int error, const std::string& why) -> void {
-    throw Error(error, operation, subject, "(" + why + ")", kCause);
-  };
-  if (got == 0) refuse(ECONNRESET, "the peer closed the connection");
+  arrived.fds.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) arrived.fds.emplace_back(received[i]);
+  if (got == 0) refuse(subject, ECONNRESET, "the peer closed the connection");
   if ((flags & MSG_CTRUNC) != 0) {
-    refuse(EPROTO, "control data truncated: more fds than one message can carry");
+    refuse(subject, EPROTO, "control data truncated: more fds than one message can carry");
   }
-  if ((flags & MSG_TRUNC) != 0) refuse(EPROTO, "the message is longer than a bundle message may be");
-  if (type == SOCK_STREAM) {
-    // The first part carried the fds; the rest follows without any: the rest of the header
-    // (for the announced length), then exactly that many bytes.
-    std::size_t want = detail::kBundleHeaderBytes;
-    for (bool header = true;; header = false) {
-      while (got < want) {
-        std::size_t more = 0;
-        std::size_t more_fds = 0;
-        int more_flags = 0;
-        int none[1];
-        if (const int err = os::receive_with_fds(unix_socket, buffer.get() + got, want - got, none,
-                                                 0, &more, &more_fds, &more_flags);
-            err != 0) {
-          throw Error(err, operation, subject, "(recvmsg of the message's rest)");
-        }
-        for (std::size_t i = 0; i < more_fds; ++i) os::close(none[i]);
-        if (more == 0) {
-          refuse(EPROTO, "truncated message: the peer closed the connection after " +
-                             std::to_string(got) + " bytes");
-        }
-        if ((more_flags & MSG_CTRUNC) != 0 || more_fds != 0) {
-          refuse(EPROTO, "fds arrived after the first part of the message");
-        }
-        got += more;
+  if ((flags & MSG_TRUNC) != 0) {
+    refuse(subject, EPROTO, "the message is longer than a bundle message may be");
+  }
+  if (type != SOCK_STREAM) return arrived;
+  // The first part carried the fds; the rest follows without any: the rest of the header
+  // (for the announced length), then exactly that many bytes.
+  std::size_t want = detail::kBundleHeaderBytes;
+  for (bool header = true;; header = false) {
+    while (got < want) {
+      std::size_t more = 0;
+      std::size_t more_fds = 0;
+      int more_flags = 0;
+      int none[1];
+      if (const int err = os::receive_with_fds(unix_socket, buffer + got, want - got, none, 0,
+                                               &more, &more_fds, &more_flags);
+          err != 0) {
+        throw Error(err, operation, subject, "(recvmsg of the message's rest)");
       }
-      if (!header) break;
-      std::uint32_t length = 0;
-      for (std::size_t i = 0; i < 4; ++i) {
-        length |= std::uint32_t{static_cast<std::uint8_t>(buffer[16 + i])} << (8 * i);
+      for (std::size_t i = 0; i < more_fds; ++i) os::close(none[i]);
+      if (more == 0) {
+        refuse(subject, EPROTO, "truncated message: the peer closed the connection after " +
+                                    std::to_string(got) + " bytes");
       }
-      // Not ours, or too long: parse_bundle() says which, from what arrived.
-      if (length <= got || length > kMaxBundleMessageBytes) break;
-      want = length;
+      if ((more_flags & MSG_CTRUNC) != 0 || more_fds != 0) {
+        refuse(subject, EPROTO, "fds arrived after the first part of the message");
+      }
+      got += more;
     }
+    if (!header) return arrived;
+    std::uint32_t length = 0;
+    for (std::size_t i = 0; i < 4; ++i) {
+      length |= std::uint32_t{static_cast<std::uint8_t>(buffer[16 + i])} << (8 * i);
+    }
+    // Not ours, or too long: parse_bundle() says which, from what arrived.
+    if (length <= got || length > kMaxBundleMessageBytes) return arrived;
+    want = length;
   }
+}
+
+}  // namespace
+
+LibraryBundle receive_bundle(int unix_socket) {
+  const std::string subject = describe_socket(unix_socket);
+  Arrived arrived = receive_message(unix_socket, subject);
+  std::vector<os::OwnedFd>& fds = arrived.fds;
   std::vector<detail::WireLibrary> wire =
-      detail::parse_bundle(std::span<const std::byte>(buffer.get(), got), fds.size(), subject);
+      detail::parse_bundle(std::span<const std::byte>(arrived.bytes.get(), arrived.size), fds.size(), subject);
   LibraryBundle bundle;
   bundle.libraries_.reserve(wire.size());
   for (std::size_t i = 0; i < wire.size(); ++i) {
@@ -240,17 +258,16 @@ LibraryBundle receive_bundle(int unix_socket) {
       try {
         return SealedImage::adopt(fds[i].get());  // the seals, checked here, by the receiver
       } catch (const Error& e) {
-        refuse(e.error(), which + ": " + e.what());
-        throw;  // unreachable: refuse throws
+        refuse(subject, e.error(), which + ": " + e.what());
       }
     }();
     fds[i].release();  // the image owns it now
     if (image.size() != w.size) {
-      refuse(EPROTO, which + ": announced " + std::to_string(w.size) + " bytes, the fd has " +
-                         std::to_string(image.size()));
+      refuse(subject, EPROTO, which + ": announced " + std::to_string(w.size) +
+                                  " bytes, the fd has " + std::to_string(image.size()));
     }
-    if (digest_of_image(image, operation, subject) != w.digest) {
-      refuse(EBADMSG, which + ": its bytes do not match the announced digest " + w.digest.hex());
+    if (digest_of_image(image, "receiving bundle over", subject) != w.digest) {
+      refuse(subject, EBADMSG, which + ": its bytes do not match the announced digest " + w.digest.hex());
     }
     bundle.libraries_.push_back({std::move(w.name), w.digest, std::move(w.dependencies), std::move(image)});
   }
