@@ -42,7 +42,7 @@ struct Case {
 std::vector<Case> cases() {
   std::vector<Case> all;
   for (const char* target :
-       {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz"}) {
+       {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz", "bundle_fuzz"}) {
     for (const char* kind : {"corpus", "regressions"}) {
       const fs::path dir = kFuzzDir / kind / target;
       if (!fs::is_directory(dir)) continue;
@@ -61,6 +61,7 @@ Driver driver_for(const std::string& target) {
   if (target == "wrapper_fuzz") return mapwright::fuzz::run_wrapper;
   if (target == "segment_table_fuzz") return mapwright::fuzz::run_segment_table;
   if (target == "elf_info_fuzz") return mapwright::fuzz::run_elf_info;
+  if (target == "bundle_fuzz") return mapwright::fuzz::run_bundle;
   return mapwright::fuzz::run_sealed_image;
 }
 
@@ -97,7 +98,7 @@ INSTANTIATE_TEST_SUITE_P(Saved, FuzzInput, testing::ValuesIn(cases()), case_name
 // The corpora are committed: an empty list would make the suite above pass by testing nothing.
 TEST(FuzzInputs, EveryTargetHasSeeds) {
   for (const char* target :
-       {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz"}) {
+       {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz", "bundle_fuzz"}) {
     const auto all = cases();
     EXPECT_TRUE(std::any_of(all.begin(), all.end(), [&](const Case& c) {
       return c.target == target && c.kind == "corpus";

@@ -7,4 +7,5 @@
 #include "mapwright/loader.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
+#include "mapwright/share.h"
 #include "mapwright/wrapper.h"

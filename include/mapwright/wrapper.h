@@ -305,6 +305,7 @@ class LoadedLibraries {
 
  private:
   friend class Wrapper;
+  friend class LibraryBundle;  // share.h: LibraryBundle::load()
   void clear() noexcept;
   std::vector<Library> libraries_;
   std::vector<std::string> names_;

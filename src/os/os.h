@@ -207,6 +207,16 @@ int send_with_fd(int socket, const struct iovec* data, int count, int fd,
 int receive_with_fds(int socket, void* buffer, std::size_t length, int* fds,
                      std::size_t max_fds, std::size_t* got, std::size_t* fd_count,
                      int* flags) noexcept;
+// The most fds one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD); receive_with_fds()
+// stores at most this many whatever `max_fds` says. Async-signal-safe.
+inline constexpr std::size_t kMaxFdsPerMessage = 253;
+// sendmsg(2) as send_with_fd(), with `fd_count` fds (at most kMaxFdsPerMessage, else EINVAL)
+// attached as one SCM_RIGHTS message. Not async-signal-safe.
+int send_with_fds(int socket, const struct iovec* data, int count, const int* fds,
+                  std::size_t fd_count, std::size_t* sent) noexcept;
+// getsockopt(SO_TYPE): SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM... ENOTSOCK for what is not a
+// socket. Async-signal-safe.
+int socket_type(int socket, int* type) noexcept;
 
 // ---- signals (src/os/signals.cc) -------------------------------------------------------
 //

@@ -10,20 +10,21 @@
 
 namespace mapwright::os {
 
-int send_with_fd(int socket, const struct iovec* data, int count, int fd,
-                 std::size_t* sent) noexcept {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+int send_with_fds(int socket, const struct iovec* data, int count, const int* fds,
+                  std::size_t fd_count, std::size_t* sent) noexcept {
+  if (fd_count > kMaxFdsPerMessage) return EINVAL;
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxFdsPerMessage * sizeof(int))] = {};
   msghdr header{};
   header.msg_iov = const_cast<struct iovec*>(data);
   header.msg_iovlen = static_cast<std::size_t>(count);
-  if (fd >= 0) {
+  if (fd_count != 0) {
     header.msg_control = control;
-    header.msg_controllen = sizeof control;
+    header.msg_controllen = CMSG_SPACE(fd_count * sizeof(int));
     cmsghdr* rights = CMSG_FIRSTHDR(&header);
     rights->cmsg_level = SOL_SOCKET;
     rights->cmsg_type = SCM_RIGHTS;
-    rights->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(rights), &fd, sizeof fd);
+    rights->cmsg_len = CMSG_LEN(fd_count * sizeof(int));
+    std::memcpy(CMSG_DATA(rights), fds, fd_count * sizeof(int));
   }
   ssize_t n = -1;
   const int err = detail::retry([&] { return n = ::sendmsg(socket, &header, MSG_NOSIGNAL); });
@@ -31,10 +32,23 @@ int send_with_fd(int socket, const struct iovec* data, int count, int fd,
   return err;
 }
 
+int send_with_fd(int socket, const struct iovec* data, int count, int fd,
+                 std::size_t* sent) noexcept {
+  return send_with_fds(socket, data, count, &fd, fd >= 0 ? 1 : 0, sent);
+}
+
+int socket_type(int socket, int* type) noexcept {
+  int value = 0;
+  socklen_t length = sizeof value;
+  const int err = detail::retry([&] { return ::getsockopt(socket, SOL_SOCKET, SO_TYPE, &value, &length); });
+  if (err == 0) *type = value;
+  return err;
+}
+
 int receive_with_fds(int socket, void* buffer, std::size_t length, int* fds,
                      std::size_t max_fds, std::size_t* got, std::size_t* fd_count,
                      int* flags) noexcept {
-  constexpr std::size_t kMaxFds = 16;
+  constexpr std::size_t kMaxFds = kMaxFdsPerMessage;
   if (max_fds > kMaxFds) max_fds = kMaxFds;
   iovec data{buffer, length};
   alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))] = {};

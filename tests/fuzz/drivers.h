@@ -38,10 +38,12 @@
 #include <kj/array.h>
 #include <kj/exception.h>
 
-#include "elf_info.h"  // src/: the fuzz targets and the regression suite see the internals
+#include "bundle_wire.h"  // src/: the fuzz targets and the regression suite see the internals
+#include "elf_info.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "mapwright/sealed_image.h"
+#include "mapwright/share.h"
 #include "mapwright/wrapper.h"
 
 namespace mapwright::fuzz {
@@ -571,6 +573,128 @@ inline void run_elf_info(Input input) {
                            again.has_soname == info.has_soname && again.soname == info.soname &&
                            again.needed == info.needed && again.dynamic_read == info.dynamic_read,
                        "read_elf over a span and over a callback disagree");
+}
+
+// ---- bundle_fuzz ----------------------------------------------------------------------------
+
+// The input (share.h's receiver): one byte of flags, then each fd's content, then the message.
+//   flags bits 0-2: the number of fds to attach (0-7); bit 3: SOCK_STREAM, else SOCK_SEQPACKET;
+//         bits 4-5: the last fd's kind: 0 a sealed memfd, 1 a memfd without seals, 2 a memfd
+//         with three seals (no F_SEAL_SEAL), 3 the read end of a pipe; others are sealed
+//         memfds; bit 6: the sender closes its end after sending.
+//   per fd: one length byte, then that many bytes of content.
+//   the rest: the message, sent as it is (the seeds are real messages from encode_bundle).
+// The parser (detail::parse_bundle) alone, then receive_bundle() over a socketpair. Checked:
+// the parser accepts only messages that encode_bundle() writes byte for byte (so a field it
+// ignored or a byte it skipped shows), with dependencies earlier, names unique; the receiver
+// refuses with the errnos share.h promises, accepts exactly what the parser accepts with
+// sealed fds of the announced sizes and digests, and closes every fd on every path.
+inline void run_bundle(Input input) {
+  const FdLeakCheck leaks;
+  {
+    const std::uint8_t flags = input.empty() ? 0 : input[0];
+    Input rest = input.subspan(std::min<std::size_t>(1, input.size()));
+    const std::size_t fd_count = flags & 7;
+    const bool stream = (flags & 0x08) != 0;
+    const int last_kind = (flags >> 4) & 3;
+    std::vector<Fd> fds;
+    std::vector<std::vector<std::uint8_t>> contents;
+    bool all_sealed = true;
+    for (std::size_t i = 0; i < fd_count; ++i) {
+      const std::size_t length = rest.empty() ? 0 : std::min<std::size_t>(rest[0], rest.size() - 1);
+      const Input content = rest.subspan(rest.empty() ? 0 : 1, length);
+      rest = rest.subspan(std::min<std::size_t>(rest.size(), 1 + length));
+      contents.emplace_back(content.begin(), content.end());
+      const int kind = i + 1 == fd_count ? last_kind : 0;
+      if (kind == 3) {
+        int ends[2];
+        MAPWRIGHT_FUZZ_CHECK(::pipe2(ends, O_CLOEXEC) == 0, "pipe2 failed");
+        ::close(ends[1]);
+        fds.emplace_back(ends[0]);
+        all_sealed = false;
+        continue;
+      }
+      Fd memfd = memfd_with(content);
+      const int seals = kind == 0 ? kImageSeals : kind == 2 ? kImageSeals & ~F_SEAL_SEAL : 0;
+      if (seals != 0) MAPWRIGHT_FUZZ_CHECK(::fcntl(memfd.get(), F_ADD_SEALS, seals) == 0, "F_ADD_SEALS failed");
+      all_sealed = all_sealed && kind == 0;
+      fds.push_back(std::move(memfd));
+    }
+    const auto message = std::as_bytes(rest);
+
+    // The parser alone.
+    std::vector<detail::WireLibrary> parsed;
+    bool parsed_ok = false;
+    try {
+      parsed = detail::parse_bundle(message, fd_count, "fuzz input");
+      parsed_ok = true;
+    } catch (const Error& e) {
+      MAPWRIGHT_FUZZ_CHECK(e.error() == EPROTO || e.error() == EBADMSG,
+                           "parse_bundle refused with an errno other than EPROTO or EBADMSG");
+    }
+    if (parsed_ok) {
+      MAPWRIGHT_FUZZ_CHECK(parsed.size() == fd_count, "parse_bundle accepted a count that is not the fd count");
+      const auto again = detail::encode_bundle(parsed);
+      MAPWRIGHT_FUZZ_CHECK(again.size() == message.size() &&
+                               std::memcmp(again.data(), message.data(), message.size()) == 0,
+                           "parse_bundle accepted a message that encode_bundle would not write");
+      for (std::size_t i = 0; i < parsed.size(); ++i) {
+        MAPWRIGHT_FUZZ_CHECK(!parsed[i].name.empty() && parsed[i].name.size() <= kMaxEntryNameBytes,
+                             "parse_bundle accepted a bad name length");
+        for (std::size_t k = 0; k < i; ++k) {
+          MAPWRIGHT_FUZZ_CHECK(parsed[k].name != parsed[i].name, "parse_bundle accepted a name twice");
+        }
+        for (const std::uint32_t d : parsed[i].dependencies) {
+          MAPWRIGHT_FUZZ_CHECK(d < i, "parse_bundle accepted a dependency that is not earlier");
+        }
+      }
+    }
+
+    // The whole receiver, over a socket.
+    int ends[2];
+    MAPWRIGHT_FUZZ_CHECK(::socketpair(AF_UNIX, (stream ? SOCK_STREAM : SOCK_SEQPACKET) | SOCK_CLOEXEC, 0, ends) == 0,
+                         "socketpair failed");
+    Fd sender(ends[0]);
+    const Fd receiver(ends[1]);
+    // Never block: with nothing (more) to read, receive_bundle() gets EAGAIN and throws.
+    MAPWRIGHT_FUZZ_CHECK(::fcntl(receiver.get(), F_SETFL, O_NONBLOCK) == 0, "O_NONBLOCK failed");
+    std::vector<int> numbers;
+    for (const Fd& fd : fds) numbers.push_back(fd.get());
+    bool sent = false;
+    try {
+      detail::send_bundle_message(sender.get(), message, numbers);
+      sent = true;
+    } catch (const Error&) {
+      // An empty message on a stream socket sends nothing a receiver could see; a message
+      // larger than the socket's buffer is EMSGSIZE. Nothing to receive then.
+    }
+    if ((flags & 0x40) != 0) sender.reset();
+    bool expect_success = sent && !message.empty() && parsed_ok && all_sealed;
+    for (std::size_t i = 0; expect_success && i < parsed.size(); ++i) {
+      const auto bytes = std::as_bytes(std::span(contents[i]));
+      expect_success = parsed[i].size == bytes.size() && parsed[i].digest == digest_of(bytes);
+    }
+    try {
+      const LibraryBundle bundle = receive_bundle(receiver.get());
+      MAPWRIGHT_FUZZ_CHECK(expect_success, "receive_bundle() accepted a bundle it should have refused");
+      MAPWRIGHT_FUZZ_CHECK(bundle.size() == parsed.size(), "receive_bundle() lost a library");
+      for (std::size_t i = 0; i < bundle.size(); ++i) {
+        const BundledLibrary& library = bundle.libraries()[i];
+        MAPWRIGHT_FUZZ_CHECK(library.name == parsed[i].name && library.dependencies == parsed[i].dependencies &&
+                                 library.image.size() == contents[i].size(),
+                             "receive_bundle() and parse_bundle() disagree");
+        MAPWRIGHT_FUZZ_CHECK((::fcntl(library.image.fd(), F_GETFD) & FD_CLOEXEC) != 0,
+                             "a received fd is not close-on-exec");
+      }
+    } catch (const Error& e) {
+      MAPWRIGHT_FUZZ_CHECK(!expect_success, "receive_bundle() refused a well-formed bundle");
+      const int err = e.error();
+      MAPWRIGHT_FUZZ_CHECK(err == EPROTO || err == EBADMSG || err == EPERM || err == EINVAL ||
+                               err == ECONNRESET || err == EAGAIN,
+                           "receive_bundle() refused with an errno share.h does not promise");
+    }
+  }
+  leaks.verify();
 }
 
 }  // namespace mapwright::fuzz

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../support/wrapper_v1_fixture.h"  // a format version 1 file, as bytes
+#include "bundle_wire.h"  // bundle_fuzz: real messages
 #include "mapwright/wrapper.h"
 #include "tiny_elf.h"
 #include "wrapper.capnp.h"  // the schema's generated C++ (build/*/generated/schema)
@@ -227,6 +228,60 @@ void make_elf_inputs(const fs::path& dir) {
   write_file(dir / "truncated.so", bytes(cut));
 }
 
+// bundle_fuzz: real messages from encode_bundle() with the fds' contents, in the layout of
+// drivers.h (flags, each fd's length and content, the message): valid ones on both socket
+// kinds, and one for each rule the receiver checks.
+Bytes bundle_input(std::uint8_t flags, const std::vector<std::string>& contents,
+                   const std::vector<std::uint8_t>& message) {
+  Bytes input{flags};
+  for (const std::string& content : contents) {
+    input.push_back(static_cast<std::uint8_t>(content.size()));
+    input.insert(input.end(), content.begin(), content.end());
+  }
+  input.insert(input.end(), message.begin(), message.end());
+  return input;
+}
+
+void make_bundle_inputs(const fs::path& dir) {
+  using mapwright::detail::WireLibrary;
+  const std::vector<std::string> contents = {"library a's bytes", "library b, which needs a"};
+  const auto digest = [](const std::string& text) {
+    return mapwright::digest_of(std::as_bytes(std::span(text.data(), text.size())));
+  };
+  const auto wire = [&](std::vector<WireLibrary> libraries) {
+    const auto bytes = mapwright::detail::encode_bundle(libraries);
+    std::vector<std::uint8_t> out(bytes.size());
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+    return out;
+  };
+  const std::vector<WireLibrary> good = {
+      {"liba", digest(contents[0]), contents[0].size(), {}},
+      {"libb", digest(contents[1]), contents[1].size(), {0}},
+  };
+  constexpr std::uint8_t kTwo = 2, kStream = 0x08, kUnsealed = 0x10, kThreeSeals = 0x20,
+                         kPipe = 0x30, kClose = 0x40;
+  write_file(dir / "valid_seqpacket", bundle_input(kTwo, contents, wire(good)));
+  write_file(dir / "valid_stream", bundle_input(kTwo | kStream | kClose, contents, wire(good)));
+  write_file(dir / "empty", bundle_input(0, {}, wire({})));
+  write_file(dir / "unsealed", bundle_input(kTwo | kUnsealed, contents, wire(good)));
+  write_file(dir / "three_seals", bundle_input(kTwo | kThreeSeals, contents, wire(good)));
+  write_file(dir / "pipe", bundle_input(kTwo | kPipe, contents, wire(good)));
+  write_file(dir / "one_fd_short", bundle_input(1, {contents[0]}, wire(good)));
+  auto changed = good;
+  changed[1].digest.bytes[0] ^= std::byte{1};
+  write_file(dir / "wrong_digest", bundle_input(kTwo, contents, wire(changed)));
+  changed = good;
+  changed[0].dependencies = {1};
+  changed[1].dependencies = {};
+  write_file(dir / "dependency_after", bundle_input(kTwo, contents, wire(changed)));
+  changed = good;
+  changed[1].name = "liba";
+  write_file(dir / "duplicate_name", bundle_input(kTwo, contents, wire(changed)));
+  auto cut = wire(good);
+  cut.resize(cut.size() - 3);
+  write_file(dir / "truncated_stream", bundle_input(kTwo | kStream | kClose, contents, cut));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -237,13 +292,14 @@ int main(int argc, char** argv) {
   try {
     const fs::path root = argv[1];
     for (const char* target :
-         {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz"}) {
+         {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz", "bundle_fuzz"}) {
       fs::create_directories(root / target);
     }
     make_wrappers(root / "wrapper_fuzz");
     make_messages(root / "segment_table_fuzz", root / "wrapper_fuzz");
     make_image_inputs(root / "sealed_image_fuzz");
     make_elf_inputs(root / "elf_info_fuzz");
+    make_bundle_inputs(root / "bundle_fuzz");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;
