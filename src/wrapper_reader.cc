@@ -530,8 +530,18 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
   if (file < kWrapperTrailerBytes) {
     why = "the file has " + str(file) + " bytes, fewer than a trailer's " + str(kWrapperTrailerBytes);
   } else {
-    trailer = at(0, file)->read_trailer(file - kWrapperTrailerBytes, &why);
-    if (!trailer) why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" + why + ")";
+    std::array<std::byte, kWrapperTrailerBytes> bytes;
+    std::size_t got = 0;
+    if (const int err = os::pread_full(fd.get(), bytes.data(), bytes.size(),
+                                       file - kWrapperTrailerBytes, &got);
+        err != 0) {
+      throw Error(err, kOpen, name, "(pread of its last " + str(bytes.size()) + " bytes)");
+    }
+    if (got == bytes.size()) trailer = detail::decode_trailer(bytes, &why);
+    if (got != bytes.size()) why = "the file shrank while it was read";
+    if (!trailer) {
+      why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" + why + ")";
+    }
   }
   if (trailer && trailer->wrapper_size > file) {
     why = "its trailer says the wrapper has " + str(trailer->wrapper_size) +

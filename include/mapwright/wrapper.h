@@ -194,6 +194,8 @@ struct WrapperWriterOptions {
   // not the target itself (EINVAL: the staged copy would be published over its own source;
   // write elsewhere and rename). An empty file gives a plain wrapper at offset 0. One that
   // changes size while it is copied is an Error (EIO); nothing is published either way.
+  // Hazard: a writer holds its file open for writing until it is destroyed, and execve(2)
+  // refuses such a file (ETXTBSY): destroy the writer before running what it wrote.
   std::filesystem::path prefix;
 };
 
