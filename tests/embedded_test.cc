@@ -480,6 +480,32 @@ TEST(EmbeddedTest, AMessageCanStartAtAPageOffsetOfItsRegion) {
                {"must hold exactly the 4096 bytes before the message"});
 }
 
+// What the writer relies on for the prefix's mode: publish() can set the new file's mode,
+// before the rename, whatever the file it replaces had; by default it keeps that one's.
+TEST(EmbeddedTest, PublishCanGiveTheNewFileAMode) {
+  TempDir dir;
+  const auto mode_of = [](const fs::path& path) {
+    struct stat status {};
+    EXPECT_EQ(::stat(path.c_str(), &status), 0);
+    return status.st_mode & 07777;
+  };
+  const auto publish = [&](const fs::path& target, int mode) {
+    Region region = Region::staged(target);
+    region.ensure(10);
+    std::memcpy(region.data(), "new bytes", 10);
+    region.finish(10);
+    region.publish(Region::PublishOptions{.durable = false, .mode = mode});
+  };
+  write_file(dir / "old", pattern_bytes(10, 1));
+  ASSERT_EQ(::chmod((dir / "old").c_str(), 0600), 0);
+  publish(dir / "old", 0755);
+  EXPECT_EQ(mode_of(dir / "old"), 0755u);
+  publish(dir / "old", -1);
+  EXPECT_EQ(mode_of(dir / "old"), 0755u);  // kept
+  publish(dir / "new", 0710);
+  EXPECT_EQ(mode_of(dir / "new"), 0710u);
+}
+
 // ---- a real program -------------------------------------------------------------------------
 
 // A copy of embedded_reader with a wrapper appended finds it through /proc/self/exe, verifies
