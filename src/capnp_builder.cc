@@ -60,11 +60,12 @@ MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions 
   }
   if (region.data() == nullptr || region.size() != base_) {
     throw Error(EINVAL, "building a Cap'n Proto message in region", region.name(),
-                base_ == 0 ? "(the region must be empty; it holds " + std::to_string(region.size()) +
-                                 " bytes)"
-                           : "(the region must hold exactly the " + std::to_string(base_) +
-                                 " bytes before the message; it holds " +
-                                 std::to_string(region.size()) + ")");
+                base_ == 0
+                    ? "(the region must be empty; it holds " + std::to_string(region.size()) +
+                          " bytes)"
+                    : "(the region must hold exactly the " + std::to_string(base_) +
+                          " bytes before the message; it holds " + std::to_string(region.size()) +
+                          ")");
   }
   if (segment_words_ == 0 || segment_words_ > kMaxSegmentWords) {
     throw Error(EINVAL, "building a Cap'n Proto message in region", region.name(),

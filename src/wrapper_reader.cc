@@ -205,7 +205,8 @@ struct Wrapper::State {
       // A trailer for a wrapper that does not start where this one does (another wrapper
       // appended to this one, say): not ours.
       why = "it is the trailer of a wrapper of " + str(trailer->wrapper_size) + " bytes, not of " +
-            (base == 0 ? std::string("the whole file") : "the " + str(n) + " bytes from byte " + str(base));
+            (base == 0 ? std::string("the whole file")
+                       : "the " + str(n) + " bytes from byte " + str(base));
       trailer.reset();
     }
     if (trailer) {
@@ -341,9 +342,10 @@ struct Wrapper::State {
       bad("its size says " + str(entry.size) + " bytes but its chunks hold " + str(total));
     }
     // A file offset (the loader copies from the file): base + the offset in the wrapper.
-    entry.offset = entry.chunks.empty()
-                       ? 0
-                       : base + static_cast<std::uint64_t>(entry.chunks.front().data() - reader->data());
+    entry.offset =
+        entry.chunks.empty()
+            ? 0
+            : base + static_cast<std::uint64_t>(entry.chunks.front().data() - reader->data());
     entries.push_back(std::move(entry));
   }
 
@@ -528,7 +530,8 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
   std::string why;
   std::optional<detail::Trailer> trailer;
   if (file < kWrapperTrailerBytes) {
-    why = "the file has " + str(file) + " bytes, fewer than a trailer's " + str(kWrapperTrailerBytes);
+    why = "the file has " + str(file) + " bytes, fewer than a trailer's " +
+          str(kWrapperTrailerBytes);
   } else {
     std::array<std::byte, kWrapperTrailerBytes> bytes;
     std::size_t got = 0;
@@ -540,7 +543,8 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
     if (got == bytes.size()) trailer = detail::decode_trailer(bytes, &why);
     if (got != bytes.size()) why = "the file shrank while it was read";
     if (!trailer) {
-      why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" + why + ")";
+      why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" +
+            why + ")";
     }
   }
   if (trailer && trailer->wrapper_size > file) {
@@ -604,7 +608,8 @@ Wrapper Wrapper::open(int fd, WrapperOpenOptions options) {
   return Wrapper(std::move(state));
 }
 
-Wrapper Wrapper::open(int fd, std::uint64_t offset, std::uint64_t size, WrapperOpenOptions options) {
+Wrapper Wrapper::open(int fd, std::uint64_t offset, std::uint64_t size,
+                      WrapperOpenOptions options) {
   auto state = std::make_unique<State>();
   state->name = options.name.empty() ? fd_name(fd) : std::move(options.name);
   const auto bad_range = [&](const std::string& what) {
@@ -621,7 +626,9 @@ Wrapper Wrapper::open(int fd, std::uint64_t offset, std::uint64_t size, WrapperO
   }
   if (size == 0) {
     size = file - offset;
-    if (size == 0) bad_range("nothing after offset " + str(offset) + ": the file has " + str(file) + " bytes");
+    if (size == 0) {
+      bad_range("nothing after offset " + str(offset) + ": the file has " + str(file) + " bytes");
+    }
   } else if (size > file - offset) {
     bad_range("the range of " + str(size) + " bytes at offset " + str(offset) +
               " runs past the end of the file (" + str(file) + " bytes)");

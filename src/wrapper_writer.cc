@@ -221,7 +221,8 @@ struct WrapperWriter::State {
     }
     if (const int err = os::clear_nonblocking(raw); err != 0) fail_prefix(err, "fcntl");
     const std::uint64_t size = status.size;
-    const std::uint64_t padded = (size + kWrapperAlignment - 1) / kWrapperAlignment * kWrapperAlignment;
+    const std::uint64_t padded =
+        (size + kWrapperAlignment - 1) / kWrapperAlignment * kWrapperAlignment;
     if (padded != 0) {
       try {
         region.ensure(padded);  // backed first: the copy never extends the file

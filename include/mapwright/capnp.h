@@ -155,10 +155,11 @@ class MappedMessageBuilder : public ::capnp::MessageBuilder {
 
   // Writes the segment table and truncates the region to the message's exact end (offset +
   // its size). Call it once, after the last change to the message; the region can then be
-  // synced, published or sealed. Returns the message's size in bytes. Backs the whole message first (ensure()), so
-  // a message that does not fit (ENOSPC, EFBIG past RLIMIT_FSIZE) is an Error before anything
-  // is written, and finish() can be called again once there is room. Punches the unused tails
-  // of the segments' spans (see "Disk blocks").
+  // synced, published or sealed. Returns the message's size in bytes (without the offset).
+  // Backs the whole message first (ensure()), so a message that does not fit (ENOSPC, EFBIG
+  // past RLIMIT_FSIZE) is an Error before anything is written, and finish() can be called
+  // again once there is room. Punches the unused tails of the segments' spans (see "Disk
+  // blocks").
   std::uint64_t finish();
 
   // A Data blob of `size` bytes (at most 2^29 - 1, Cap'n Proto's limit) whose first byte is
