@@ -357,6 +357,8 @@ class Wrapper {
   static Wrapper open(const std::filesystem::path& path, WrapperOpenOptions options = {});
   // The same over an fd (dup()ed; the caller keeps its own), read from offset 0 to its end.
   static Wrapper open(int fd, WrapperOpenOptions options = {});
+  // The same over a sealed image: nobody can change it after the checks.
+  static Wrapper open(const SealedImage& image, WrapperOpenOptions options = {});
   // The wrapper that occupies [offset, offset + size) of the file open on `fd` (dup()ed);
   // size 0: up to the end of the file. Every check of open() applies within that range (the
   // trailer must be its last 88 bytes, a byte after the wrapper's end but inside the range
@@ -385,8 +387,6 @@ class Wrapper {
   static Wrapper open_embedded(const std::filesystem::path& path, WrapperOpenOptions options = {});
   // The same over an fd (dup()ed; the caller keeps its own).
   static Wrapper open_embedded(int fd, WrapperOpenOptions options = {});
-  // The same over a sealed image: nobody can change it after the checks.
-  static Wrapper open(const SealedImage& image, WrapperOpenOptions options = {});
 
   Wrapper(Wrapper&&) noexcept;
   Wrapper& operator=(Wrapper&&) noexcept;
