@@ -170,12 +170,17 @@ void Backing::fsync() const {
   }
 }
 
-void Backing::publish(bool durable) {
+void Backing::publish(bool durable, int mode) {
   if (!staged()) {
     throw Error(EINVAL, "publishing region", name_,
                 "(only a staged region that is not yet published can be published)");
   }
   keep_target_attributes();
+  if (mode >= 0) {
+    if (const int err = os::change_mode(fd_, static_cast<mode_t>(mode) & 07777); err != 0) {
+      throw Error(err, "publishing region", name_, "(setting the new file's mode)");
+    }
+  }
   if (kind_ == BackingKind::kStagedUnnamed) {
     // linkat cannot replace an existing name: link under a fresh hidden name, then rename.
     std::filesystem::path temp;

@@ -65,8 +65,9 @@ class Backing {
   // A file it replaces gives the new one its permission bits (and, where allowed: root, or
   // a group of the caller's, its owner and group; failures to chown are ignored); a target
   // that has become a FIFO, device, socket or link meanwhile is refused (EINVAL); rename(2)
-  // refuses a directory (EISDIR).
-  void publish(bool durable);
+  // refuses a directory (EISDIR). `mode` >= 0: the new file gets these permission bits
+  // instead (fchmod before the rename).
+  void publish(bool durable, int mode = -1);
   // Adds seals (F_ADD_SEALS). Returns 0 or the errno.
   int add_seals(int seals) const noexcept;
   // Gives the fd away (to a SealedImage); the Backing is empty afterwards.

@@ -49,12 +49,23 @@ void forget(::capnp::Orphan<T>&& orphan) noexcept {
 
 // Every segment but the last is recorded at its full span (unused words are zero), so the
 // segments sit back to back as the stream format requires, and nothing ever moves.
+// Offsets kept here (next_offset_, spans, holes) are offsets in the region, i.e. in the file;
+// the message itself starts at base_ (options.offset), behind bytes it never touches.
 MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions options)
-    : region_(region), segment_words_(options.segment_words) {
-  if (region.data() == nullptr || region.size() != 0) {
+    : region_(region), segment_words_(options.segment_words), base_(options.offset) {
+  if (base_ % os::page_size() != 0 || base_ >= region.capacity()) {
     throw Error(EINVAL, "building a Cap'n Proto message in region", region.name(),
-                "(the region must be empty; it holds " + std::to_string(region.size()) +
-                    " bytes)");
+                "(offset " + std::to_string(base_) +
+                    " is not a multiple of the page size below the region's capacity)");
+  }
+  if (region.data() == nullptr || region.size() != base_) {
+    throw Error(EINVAL, "building a Cap'n Proto message in region", region.name(),
+                base_ == 0
+                    ? "(the region must be empty; it holds " + std::to_string(region.size()) +
+                          " bytes)"
+                    : "(the region must hold exactly the " + std::to_string(base_) +
+                          " bytes before the message; it holds " + std::to_string(region.size()) +
+                          ")");
   }
   if (segment_words_ == 0 || segment_words_ > kMaxSegmentWords) {
     throw Error(EINVAL, "building a Cap'n Proto message in region", region.name(),
@@ -63,7 +74,7 @@ MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions 
   const std::uint64_t segment_bytes = segment_words_ * sizeof(::capnp::word);
   std::uint32_t slots = options.max_segments;
   if (slots == 0) {
-    const std::uint64_t capacity = region.capacity();
+    const std::uint64_t capacity = region.capacity() - base_;
     const std::uint64_t needed =
         capacity <= header_bytes_for(1) + segment_bytes ? 1 : (capacity + segment_bytes - 1) / segment_bytes;
     slots = needed > kMaxSegments ? kMaxSegments : static_cast<std::uint32_t>(needed);
@@ -75,11 +86,11 @@ MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions 
   }
   table_slots_ = slots;
   header_bytes_ = header_bytes_for(slots);
-  next_offset_ = header_bytes_;
+  next_offset_ = base_ + header_bytes_;
   // The segment table (written by finish()) and the root pointer (the first word Cap'n Proto
   // stores, from inside any call that touches the root) are backed now: a region that cannot
   // grow at all fails here, with an Error, instead of at a store.
-  region.ensure(header_bytes_ + sizeof(::capnp::word));
+  region.ensure(base_ + header_bytes_ + sizeof(::capnp::word));
 }
 
 MappedMessageBuilder::MappedMessageBuilder(Region& region, Reopen, MappedMessageOptions options)
@@ -92,6 +103,7 @@ MappedMessageBuilder::MappedMessageBuilder(Region& region, MappedMessageOptions 
       table_slots_(state.slots),
       segment_words_(options.segment_words == 0 ? kMaxSegmentWords : options.segment_words),
       header_bytes_(state.header_bytes),
+      base_(0),
       next_offset_(state.next_offset),
       spans_(std::move(state.spans)),
       segments_(static_cast<std::uint32_t>(state.inits.size())) {}
@@ -222,8 +234,8 @@ std::uint64_t MappedMessageBuilder::finish() {
   }
   if (segments_ == 0) getRoot<::capnp::AnyPointer>();  // an empty message still has a root
   const auto segments = getSegmentsForOutput();
-  std::uint64_t total = header_bytes_;
-  std::uint64_t expected = header_bytes_;
+  std::uint64_t total = header_bytes_;             // the message's size
+  std::uint64_t expected = base_ + header_bytes_;  // where segment i starts in the region
   for (std::size_t i = 0; i < segments.size(); ++i) {
     if (reinterpret_cast<const std::byte*>(segments[i].begin()) != region_.data() + expected) {
       throw Error(EINVAL, "finishing a Cap'n Proto message in region", region_.name(),
@@ -237,20 +249,20 @@ std::uint64_t MappedMessageBuilder::finish() {
   // Region::finish() only ever shrinks the file (a growth there would bypass the checks of
   // ensure(): RLIMIT_FSIZE, a full disk). A message that does not fit is an Error here, and
   // finish() can be called again.
-  region_.ensure(total);
-  auto* table = reinterpret_cast<std::uint32_t*>(region_.data());
+  region_.ensure(base_ + total);
+  auto* table = reinterpret_cast<std::uint32_t*>(region_.data() + base_);
   std::memset(table, 0, header_bytes_);
   table[0] = table_slots_ - 1;
   for (std::size_t i = 0; i < segments.size(); ++i) {
     const bool last = i + 1 == segments.size();
     table[1 + i] = static_cast<std::uint32_t>(last ? segments[i].size() : spans_[i]);
   }
-  region_.finish(total);
+  region_.finish(base_ + total);
   // Unused ranges that growth backed after they were given up (the segments' tails were
   // punched when the builder moved on, below the size then).
   auto holes = std::move(holes_);
   holes_.clear();
-  for (const auto& [begin, end] : holes) punch_unused(begin, std::min(end, total));
+  for (const auto& [begin, end] : holes) punch_unused(begin, std::min(end, base_ + total));
   finished_ = true;
   return total;
 }

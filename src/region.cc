@@ -201,7 +201,7 @@ void Region::publish(PublishOptions options) {
                 "(only a staged region that is not yet published can be published)");
   }
   if (options.durable) sync();  // invariant 8: durable bytes before the name appears
-  state_->backing.publish(options.durable);
+  state_->backing.publish(options.durable, options.mode);
 }
 
 SealedImage Region::seal() && {

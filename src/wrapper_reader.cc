@@ -2,10 +2,15 @@
 // nothing reads Cap'n Proto again (no traversal limit to run out of, no pointer to chase).
 //
 // Format version 2 (wrapper.capnp, "Integrity"): open() finds the trailer at the end of the
-// file, checks that the segment table agrees with it, hashes the metadata (never a chunk)
+// wrapper, checks that the segment table agrees with it, hashes the metadata (never a chunk)
 // and compares the digest before it reads any field; then the chunks must lie between the
 // hashed prefix and the metadata. verify_metadata() hashes the metadata again and checks
 // that the rest of that range, outside the chunks, is zero.
+//
+// A wrapper occupies [base, base + size) of its file (base 0 and the file's size unless it
+// was opened at an offset or found from the end of a larger file). Every position below is
+// relative to base, except WrapperEntry::offset, which is a file offset for the loader and
+// the reader of the file; nothing outside the range is read.
 
 #include "mapwright/wrapper.h"
 
@@ -15,6 +20,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -98,7 +104,11 @@ struct Wrapper::State {
   std::unique_ptr<MappedMessageReader> reader;    // owns the mapping the spans point into
   std::uint32_t version = 0;
   std::string producer;
-  std::uint64_t file_size = 0;
+  std::uint64_t base = 0;  // where the wrapper starts in its file: a multiple of 4096
+  std::uint64_t size = 0;  // the wrapper's bytes, from base
+  // Set when open() refused the bytes as not a wrapper at all (no segment table, wrong
+  // magic), rather than as a damaged one: open_embedded() tells the two apart.
+  bool not_a_wrapper = false;
   // Version 2 only: the trailer, and the hashed ranges of the first message (its size).
   std::optional<detail::Trailer> trailer;
   std::uint64_t prefix_end = 0;
@@ -119,15 +129,21 @@ struct Wrapper::State {
     throw Error(EINVAL, kOpen, name, what, kCause);
   }
 
+  [[noreturn]] void refuse_not_a_wrapper(const std::string& why) {
+    not_a_wrapper = true;
+    refuse("(not a wrapper: " + why + ")");
+  }
+
   [[noreturn]] void damaged(const std::string& what) const {
     throw Error(EBADMSG, kOpen, name, what, kCause);
   }
 
   int source_fd() const noexcept { return image ? image->fd() : fd.get(); }
 
+  // Reads [offset, offset + length) of the wrapper (base + offset in the file).
   void read_at(void* into, std::size_t length, std::uint64_t offset) const {
     std::size_t got = 0;
-    if (const int err = os::pread_full(source_fd(), into, length, offset, &got); err != 0) {
+    if (const int err = os::pread_full(source_fd(), into, length, base + offset, &got); err != 0) {
       throw Error(err, kOpen, name, "(pread of " + str(length) + " bytes at " + str(offset) + ")");
     }
     if (got != length) {
@@ -142,13 +158,14 @@ struct Wrapper::State {
     return detail::decode_trailer(bytes, why);
   }
 
-  // Maps the first message, [0, size): its segment table must describe exactly that.
-  void map_message(std::uint64_t size) {
+  // Maps the first message, [0, bytes) of the wrapper: its segment table must describe
+  // exactly that.
+  void map_message(std::uint64_t bytes) {
     try {
-      reader = std::make_unique<MappedMessageReader>(source_fd(), 0, size);
+      reader = std::make_unique<MappedMessageReader>(source_fd(), base, bytes);
     } catch (const Error& e) {
       // The frame checks name the fd; say which wrapper, and keep the cause.
-      if (e.error() == EINVAL) refuse("(not a wrapper: " + e.detail() + ")");
+      if (e.error() == EINVAL) refuse_not_a_wrapper(e.detail());
       throw Error(e.error(), kOpen, name, e.detail());
     }
   }
@@ -157,7 +174,7 @@ struct Wrapper::State {
   std::uint32_t peek_version() {
     try {
       const auto root = reader->getRoot<schema::WrapperFile>();
-      if (root.getMagic() != kWrapperMagic) refuse("(not a wrapper: the magic number is wrong)");
+      if (root.getMagic() != kWrapperMagic) refuse_not_a_wrapper("the magic number is wrong");
       return root.getFormatVersion();
     } catch (const kj::Exception& e) {
       refuse("(malformed Cap'n Proto data: " + std::string(e.getDescription().cStr()) + ")");
@@ -169,11 +186,7 @@ struct Wrapper::State {
   // the hashed metadata; no chunk, no zero range.
   void map() {
     constexpr std::uint64_t kTrailer = kWrapperTrailerBytes;
-    std::uint64_t n = 0;
-    if (const int err = os::file_size(source_fd(), &n); err != 0) {
-      throw Error(err, kOpen, name, "(fstat)");
-    }
-    file_size = n;
+    const std::uint64_t n = size;
     // The segment table: at most 4 + 4 * 511 bytes, padded to 2048.
     std::array<::capnp::word, 256> head{};
     const auto head_bytes = static_cast<std::size_t>(std::min<std::uint64_t>(n, sizeof head));
@@ -183,16 +196,17 @@ struct Wrapper::State {
     try {
       s = detail::parse_frame_table(head_data, head_bytes, name).size;
     } catch (const Error& e) {
-      refuse("(not a wrapper: " + e.detail() + ")");
+      refuse_not_a_wrapper(e.detail());
     }
 
     std::string why;
     if (n >= kTrailer) trailer = read_trailer(n - kTrailer, &why);
     if (trailer && trailer->wrapper_size != n) {
-      // A trailer for a wrapper that does not start at offset 0 (another wrapper appended to
-      // this one, say): not ours; wrappers inside larger files are not supported yet.
-      why = "it is the trailer of a wrapper of " + str(trailer->wrapper_size) +
-            " bytes, not of the whole file";
+      // A trailer for a wrapper that does not start where this one does (another wrapper
+      // appended to this one, say): not ours.
+      why = "it is the trailer of a wrapper of " + str(trailer->wrapper_size) + " bytes, not of " +
+            (base == 0 ? std::string("the whole file")
+                       : "the " + str(n) + " bytes from byte " + str(base));
       trailer.reset();
     }
     if (trailer) {
@@ -259,9 +273,7 @@ struct Wrapper::State {
 
   void read_root() {
     const auto root = reader->getRoot<schema::WrapperFile>();
-    if (root.getMagic() != kWrapperMagic) {
-      refuse("(not a wrapper: the magic number is wrong)");
-    }
+    if (root.getMagic() != kWrapperMagic) refuse_not_a_wrapper("the magic number is wrong");
     version = root.getFormatVersion();
     if (version != kWrapperFormatVersion && version != 1) {
       refuse("(format version " + str(version) + " is not supported; this build reads versions 1 and " +
@@ -313,9 +325,9 @@ struct Wrapper::State {
       // Cap'n Proto has already bounded the blob by its segment, and the segment by the file;
       // these checks hold even if that ever changed.
       if (first < reader->data() ||
-          static_cast<std::uint64_t>(first - reader->data()) > file_size ||
-          chunk.size() > file_size - static_cast<std::uint64_t>(first - reader->data())) {
-        bad("chunk " + str(c) + " lies outside the file");
+          static_cast<std::uint64_t>(first - reader->data()) > size ||
+          chunk.size() > size - static_cast<std::uint64_t>(first - reader->data())) {
+        bad("chunk " + str(c) + " lies outside the wrapper");
       }
       const auto offset = static_cast<std::uint64_t>(first - reader->data());
       if (offset % kWrapperAlignment != 0) {
@@ -329,9 +341,11 @@ struct Wrapper::State {
     if (total != entry.size) {
       bad("its size says " + str(entry.size) + " bytes but its chunks hold " + str(total));
     }
-    entry.offset = entry.chunks.empty()
-                       ? 0
-                       : static_cast<std::uint64_t>(entry.chunks.front().data() - reader->data());
+    // A file offset (the loader copies from the file): base + the offset in the wrapper.
+    entry.offset =
+        entry.chunks.empty()
+            ? 0
+            : base + static_cast<std::uint64_t>(entry.chunks.front().data() - reader->data());
     entries.push_back(std::move(entry));
   }
 
@@ -392,7 +406,7 @@ struct Wrapper::State {
     if (!trailer) return;
     const char* kVerify = "verifying wrapper";
     std::string why;
-    const auto now = read_trailer(file_size - kWrapperTrailerBytes, &why);
+    const auto now = read_trailer(size - kWrapperTrailerBytes, &why);
     if (!now || now->wrapper_size != trailer->wrapper_size ||
         now->metadata_offset != trailer->metadata_offset ||
         now->metadata_digest != trailer->metadata_digest) {
@@ -433,6 +447,9 @@ struct Wrapper::State {
     for (std::size_t i = 0; i < entries.size(); ++i) index.emplace(entries[i].name, i);
   }
 
+  // The wrapper at the end of the file open on `fd`: Wrapper::open_embedded().
+  static std::unique_ptr<State> find_embedded(os::OwnedFd fd, std::string name);
+
   void check() {
     map();
     check_root();
@@ -448,46 +465,190 @@ Wrapper::Wrapper(Wrapper&&) noexcept = default;
 Wrapper& Wrapper::operator=(Wrapper&&) noexcept = default;
 Wrapper::~Wrapper() = default;
 
-Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions options) {
-  auto state = std::make_unique<State>();
-  state->name = options.name.empty() ? path.string() : std::move(options.name);
+namespace {
+
+// Opens `path` read-only for open() and open_embedded(). Only a regular file can be mapped and
+// checked: a FIFO, socket or device (a pipe, or /dev/zero, would otherwise read as an "empty
+// file"), and procfs/sysfs files, whose size says nothing of their content, are refused as
+// what they are. /proc/self/exe opens the executable itself (a regular file elsewhere).
+os::OwnedFd open_regular(const std::filesystem::path& path, const std::string& name) {
   int raw = -1;
   // O_NONBLOCK: a FIFO must not make open() wait for a writer; it is refused just below.
   if (const int err = os::open(path.c_str(), O_RDONLY | O_NONBLOCK, 0, &raw); err != 0) {
-    throw Error(err, kOpen, state->name);
+    throw Error(err, kOpen, name);
   }
-  state->fd.reset(raw);
-  // Only a regular file can be mapped and checked: a FIFO, socket or device (a pipe, or
-  // /dev/zero, would otherwise read as an "empty file"), and procfs/sysfs files, whose size
-  // says nothing of their content, are refused as what they are.
+  os::OwnedFd fd(raw);
   os::FileStatus status;
   if (const int err = os::fd_status(raw, &status); err != 0) {
-    throw Error(err, kOpen, state->name, "(fstat)");
+    throw Error(err, kOpen, name, "(fstat)");
   }
   if (status.type != os::FileType::kRegular || status.pseudo) {
     // ENODEV, as mmap(2) says of a file it cannot map: the wrong kind of file, not damage.
     const std::string kind = status.pseudo ? std::string("a file of procfs or sysfs")
                                            : std::string("a ") + os::to_string(status.type);
-    throw Error(ENODEV, kOpen, state->name, "(not a regular file: " + kind + ")", kCause);
+    throw Error(ENODEV, kOpen, name, "(not a regular file: " + kind + ")", kCause);
   }
   // A regular file: read and copied (sendfile to the loader) as any other.
   if (const int err = os::clear_nonblocking(raw); err != 0) {
-    throw Error(err, kOpen, state->name, "(fcntl)");
+    throw Error(err, kOpen, name, "(fcntl)");
   }
+  return fd;
+}
+
+os::OwnedFd duplicate(int fd, const std::string& name) {
+  int raw = -1;
+  if (const int err = os::dup_cloexec(fd, 0, &raw); err != 0) {
+    throw Error(err, kOpen, name, "(dup)");
+  }
+  return os::OwnedFd(raw);
+}
+
+std::uint64_t size_of(int fd, const std::string& name) {
+  std::uint64_t size = 0;
+  if (const int err = os::file_size(fd, &size); err != 0) {
+    throw Error(err, kOpen, name, "(fstat)");
+  }
+  return size;
+}
+
+std::string fd_name(int fd) { return "wrapper fd " + std::to_string(fd); }
+
+}  // namespace
+
+// The wrapper at the end of the file open on `fd` (see open_embedded() in wrapper.h).
+std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, std::string name) {
+  const std::uint64_t file = size_of(fd.get(), name);
+  const auto at = [&](std::uint64_t base, std::uint64_t size) {
+    auto state = std::make_unique<State>();
+    state->name = name;
+    state->fd = duplicate(fd.get(), name);
+    state->base = base;
+    state->size = size;
+    return state;
+  };
+  // Where the trailer at the end puts the wrapper, or why it puts it nowhere.
+  std::string why;
+  std::optional<detail::Trailer> trailer;
+  if (file < kWrapperTrailerBytes) {
+    why = "the file has " + str(file) + " bytes, fewer than a trailer's " +
+          str(kWrapperTrailerBytes);
+  } else {
+    std::array<std::byte, kWrapperTrailerBytes> bytes;
+    std::size_t got = 0;
+    if (const int err = os::pread_full(fd.get(), bytes.data(), bytes.size(),
+                                       file - kWrapperTrailerBytes, &got);
+        err != 0) {
+      throw Error(err, kOpen, name, "(pread of its last " + str(bytes.size()) + " bytes)");
+    }
+    if (got == bytes.size()) trailer = detail::decode_trailer(bytes, &why);
+    if (got != bytes.size()) why = "the file shrank while it was read";
+    if (!trailer) {
+      why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" +
+            why + ")";
+    }
+  }
+  if (trailer && trailer->wrapper_size > file) {
+    why = "its trailer says the wrapper has " + str(trailer->wrapper_size) +
+          " bytes, more than the file's " + str(file);
+    trailer.reset();
+  } else if (trailer && trailer->wrapper_size < kWrapperTrailerBytes) {
+    why = "its trailer says the wrapper has " + str(trailer->wrapper_size) +
+          " bytes, fewer than the trailer itself";
+    trailer.reset();
+  } else if (trailer && (file - trailer->wrapper_size) % kWrapperAlignment != 0) {
+    why = "its trailer puts the wrapper's first byte at " + str(file - trailer->wrapper_size) +
+          ", which is not a multiple of " + str(kWrapperAlignment);
+    trailer.reset();
+  }
+  std::exception_ptr located_failure;
+  if (trailer) {
+    auto state = at(file - trailer->wrapper_size, trailer->wrapper_size);
+    try {
+      state->check();
+      return state;
+    } catch (const Error&) {
+      if (state->base == 0) throw;  // the whole file: its own damage
+      located_failure = std::current_exception();
+    }
+  }
+  // No wrapper where the end says (or the one there does not open). If a wrapper begins the
+  // file, the file is that wrapper with its end damaged, or a version 1 wrapper, which has no
+  // trailer: say what is wrong with it.
+  auto whole = at(0, file);
+  try {
+    whole->check();
+  } catch (const Error&) {
+    if (!whole->not_a_wrapper) throw;
+    if (located_failure) std::rethrow_exception(located_failure);
+    throw Error(ENOMSG, kOpen, name, "(no wrapper at the end of the file: " + why + ")", kCause);
+  }
+  if (whole->version == 1) {
+    throw Error(ENOTSUP, kOpen, name,
+                "(a format version 1 wrapper: version 1 has no trailer, so it cannot be found "
+                "from the end of a file; open it as a whole file, or repack it)", kCause);
+  }
+  return whole;
+}
+
+Wrapper Wrapper::open(const std::filesystem::path& path, WrapperOpenOptions options) {
+  auto state = std::make_unique<State>();
+  state->name = options.name.empty() ? path.string() : std::move(options.name);
+  state->fd = open_regular(path, state->name);
+  state->size = size_of(state->fd.get(), state->name);
   state->check();
   return Wrapper(std::move(state));
 }
 
 Wrapper Wrapper::open(int fd, WrapperOpenOptions options) {
   auto state = std::make_unique<State>();
-  state->name = options.name.empty() ? "wrapper fd " + std::to_string(fd) : std::move(options.name);
-  int raw = -1;
-  if (const int err = os::dup_cloexec(fd, 0, &raw); err != 0) {
-    throw Error(err, kOpen, state->name, "(dup)");
-  }
-  state->fd.reset(raw);
+  state->name = options.name.empty() ? fd_name(fd) : std::move(options.name);
+  state->fd = duplicate(fd, state->name);
+  state->size = size_of(state->fd.get(), state->name);
   state->check();
   return Wrapper(std::move(state));
+}
+
+Wrapper Wrapper::open(int fd, std::uint64_t offset, std::uint64_t size,
+                      WrapperOpenOptions options) {
+  auto state = std::make_unique<State>();
+  state->name = options.name.empty() ? fd_name(fd) : std::move(options.name);
+  const auto bad_range = [&](const std::string& what) {
+    throw Error(EINVAL, kOpen, state->name, "(" + what + ")", kCause);
+  };
+  if (offset % kWrapperAlignment != 0) {
+    bad_range("offset " + str(offset) + " is not a multiple of " + str(kWrapperAlignment) +
+              ": a wrapper's chunks must stay page-aligned in the file");
+  }
+  state->fd = duplicate(fd, state->name);
+  const std::uint64_t file = size_of(state->fd.get(), state->name);
+  if (offset > file) {
+    bad_range("offset " + str(offset) + " is past the end of the file (" + str(file) + " bytes)");
+  }
+  if (size == 0) {
+    size = file - offset;
+    if (size == 0) {
+      bad_range("nothing after offset " + str(offset) + ": the file has " + str(file) + " bytes");
+    }
+  } else if (size > file - offset) {
+    bad_range("the range of " + str(size) + " bytes at offset " + str(offset) +
+              " runs past the end of the file (" + str(file) + " bytes)");
+  }
+  state->base = offset;
+  state->size = size;
+  state->check();
+  return Wrapper(std::move(state));
+}
+
+Wrapper Wrapper::open_embedded(const std::filesystem::path& path, WrapperOpenOptions options) {
+  std::string name = options.name.empty() ? path.string() : std::move(options.name);
+  os::OwnedFd fd = open_regular(path, name);
+  return Wrapper(State::find_embedded(std::move(fd), std::move(name)));
+}
+
+Wrapper Wrapper::open_embedded(int fd, WrapperOpenOptions options) {
+  std::string name = options.name.empty() ? fd_name(fd) : std::move(options.name);
+  os::OwnedFd own = duplicate(fd, name);
+  return Wrapper(State::find_embedded(std::move(own), std::move(name)));
 }
 
 Wrapper Wrapper::open(const SealedImage& image, WrapperOpenOptions options) {
@@ -495,6 +656,7 @@ Wrapper Wrapper::open(const SealedImage& image, WrapperOpenOptions options) {
   state->name =
       options.name.empty() ? "sealed wrapper fd " + std::to_string(image.fd()) : std::move(options.name);
   state->image = image;  // shares the image: its fd and mapping live as long as this
+  state->size = image.size();
   state->check();
   return Wrapper(std::move(state));
 }
@@ -503,7 +665,9 @@ const std::string& Wrapper::name() const noexcept { return state_->name; }
 std::uint32_t Wrapper::format_version() const noexcept { return state_->version; }
 bool Wrapper::metadata_checked() const noexcept { return state_->trailer.has_value(); }
 const std::string& Wrapper::producer() const noexcept { return state_->producer; }
-std::uint64_t Wrapper::file_size() const noexcept { return state_->file_size; }
+std::uint64_t Wrapper::offset() const noexcept { return state_->base; }
+std::uint64_t Wrapper::size() const noexcept { return state_->size; }
+std::uint64_t Wrapper::file_size() const noexcept { return state_->size; }
 int Wrapper::fd() const noexcept { return state_->image ? state_->image->fd() : state_->fd.get(); }
 const std::vector<WrapperEntry>& Wrapper::entries() const noexcept { return state_->entries; }
 

@@ -5,6 +5,10 @@
 //   file: [segment table][root ptr][blob][pad][blob]...[pad][blob][root struct, entries][trailer]
 //          └─── hashed ──────────┘ └── entry 1 ──┘       └ entry n ┘ └─ hashed (metadata) ─┘
 //                                   pads, gaps, segment tails: zero
+//
+// With options.prefix the file starts with a copy of that file and zeros up to a multiple of
+// 4096 (`base`); the message starts there (MappedMessageOptions::offset), so everything above
+// is shifted by base. Offsets in the region are file offsets; the trailer's are the wrapper's.
 
 #include "mapwright/wrapper.h"
 
@@ -159,6 +163,8 @@ struct WrapperWriter::State {
   std::string subject;  // the target, for messages
   WrapperWriterOptions options;
   Region region;
+  int prefix_mode = -1;    // options.prefix's permission bits, for publish(); -1 without one
+  std::uint64_t base = 0;  // where the message starts: after the prefix, 4096-aligned
   MappedMessageBuilder builder;
   // Declared after the builder: the pending blobs are discarded while it still exists.
   std::vector<Pending> entries;
@@ -171,7 +177,75 @@ struct WrapperWriter::State {
         subject(path.string()),
         options(std::move(opts)),
         region(Region::staged(path, options.region)),
-        builder(region, options.message) {}
+        base(copy_prefix()),
+        builder(region, message_options()) {}
+
+  MappedMessageOptions message_options() const {
+    MappedMessageOptions message = options.message;
+    message.offset = base;
+    return message;
+  }
+
+  // Copies options.prefix to the start of the staged file, in the kernel, and pads it with
+  // zeros (a hole) to a multiple of 4096; returns that size. Before any entry, so that the
+  // wrapper is written once, in place, after it.
+  std::uint64_t copy_prefix() {
+    if (options.prefix.empty()) return 0;
+    const std::string source = options.prefix.string();
+    const std::string what = "the file to append the wrapper to, '" + source + "'";
+    const auto fail_prefix = [&](int error, const std::string& detail) {
+      throw Error(error, "writing wrapper", subject, "(" + what + ": " + detail + ")");
+    };
+    const auto refuse_prefix = [&](int error, const std::string& detail) {
+      throw Error(error, "writing wrapper", subject, "(" + what + ", " + detail + ")", kCause);
+    };
+    int raw = -1;
+    // O_NONBLOCK: a FIFO must not make open() wait for a writer; it is refused just below.
+    if (const int err = os::open(source.c_str(), O_RDONLY | O_NONBLOCK, 0, &raw); err != 0) {
+      fail_prefix(err, "open");
+    }
+    const os::OwnedFd fd(raw);
+    os::FileStatus status;
+    if (const int err = os::fd_status(raw, &status); err != 0) fail_prefix(err, "fstat");
+    if (status.type != os::FileType::kRegular || status.pseudo) {
+      refuse_prefix(EINVAL, std::string("is not a regular file: ") +
+                         (status.pseudo ? std::string("a file of procfs or sysfs")
+                                        : std::string("a ") + os::to_string(status.type)));
+    }
+    // Publishing the staged copy over its own source would work, but a wrapper appended to a
+    // file that has one already is seldom what was meant: refuse, and say how.
+    os::FileStatus out;
+    if (os::path_status(target.c_str(), true, &out) == 0 && out.device == status.device &&
+        out.inode == status.inode) {
+      refuse_prefix(EINVAL, "is the target itself: write the result to another path");
+    }
+    if (const int err = os::clear_nonblocking(raw); err != 0) fail_prefix(err, "fcntl");
+    const std::uint64_t size = status.size;
+    const std::uint64_t padded =
+        (size + kWrapperAlignment - 1) / kWrapperAlignment * kWrapperAlignment;
+    if (padded != 0) {
+      try {
+        region.ensure(padded);  // backed first: the copy never extends the file
+      } catch (const Error& e) {
+        fail_prefix(e.error(), e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
+      }
+      std::uint64_t copied = 0;
+      int err = os::copy_file_range(raw, 0, region.fd(), 0, size, &copied);
+      if (err != 0 && os::is_copy_refusal(err)) {
+        std::size_t got = 0;  // not between these files: read it into the mapping
+        err = os::pread_full(raw, region.data(), size, 0, &got);
+        copied = got;
+      }
+      if (err != 0) fail_prefix(err, "copying it");
+      os::FileStatus after;
+      if (copied != size || os::fd_status(raw, &after) != 0 || after.size != size) {
+        refuse_prefix(EIO, "changed size while it was copied (" + str(size) + " bytes before)");
+      }
+      region.finish(padded);  // exactly the prefix and its padding: the message starts there
+    }
+    prefix_mode = static_cast<int>(status.mode & 0777);
+    return padded;
+  }
 
   // At least the bytes publish() allocates for the metadata: the root, the entry structs,
   // their texts, digests and pointer lists, with room for a far pointer (a landing pad, or a
@@ -200,7 +274,8 @@ struct WrapperWriter::State {
   std::uint64_t metadata_offset() {
     const auto segments = builder.getSegmentsForOutput();
     return static_cast<std::uint64_t>(
-        reinterpret_cast<const std::byte*>(segments[segments.size() - 1].end()) - region.data());
+        reinterpret_cast<const std::byte*>(segments[segments.size() - 1].end()) - region.data() -
+        base);
   }
 
   [[noreturn]] void refuse(int error, std::string_view name, const std::string& what) const {
@@ -643,7 +718,8 @@ std::uint64_t WrapperWriter::publish() {
   }
   const std::uint64_t message_size = s.builder.finish();
   const std::uint64_t size = message_size + kWrapperTrailerBytes;
-  const std::uint64_t prefix_end = detail::hashed_prefix_end(s.region.data());
+  const std::byte* message = s.region.data() + s.base;
+  const std::uint64_t prefix_end = detail::hashed_prefix_end(message);
   if (metadata_offset < prefix_end || metadata_offset > message_size) {
     throw Error(EINVAL, "writing wrapper", s.subject,
                 "(the metadata is not where the writer placed it: " +
@@ -652,18 +728,21 @@ std::uint64_t WrapperWriter::publish() {
   detail::Trailer trailer;
   trailer.wrapper_size = size;
   trailer.metadata_offset = metadata_offset;
-  trailer.metadata_digest = detail::metadata_digest(s.region.data(), prefix_end, metadata_offset,
+  trailer.metadata_digest = detail::metadata_digest(message, prefix_end, metadata_offset,
                                                     message_size, size);
   const auto bytes = detail::encode_trailer(trailer);
-  s.region.ensure(size);  // backed by the reserve() above: no growth, so no failure for room
-  std::memcpy(s.region.data() + message_size, bytes.data(), bytes.size());
-  s.region.finish(size);
-  s.region.publish(Region::PublishOptions{.durable = s.options.durable});
-  return size;
+  // Backed by the reserve() above: no growth, so no failure for room.
+  s.region.ensure(s.base + size);
+  std::memcpy(s.region.data() + s.base + message_size, bytes.data(), bytes.size());
+  s.region.finish(s.base + size);
+  s.region.publish(Region::PublishOptions{.durable = s.options.durable, .mode = s.prefix_mode});
+  return s.base + size;
 }
 
 std::uint64_t WrapperWriter::entry_count() const noexcept { return state_->entries.size(); }
 
 const std::filesystem::path& WrapperWriter::target() const noexcept { return state_->target; }
+
+std::uint64_t WrapperWriter::wrapper_offset() const noexcept { return state_->base; }
 
 }  // namespace mapwright

@@ -87,10 +87,12 @@ SplitCommandLine split_run_arguments(int argc, char** argv);
 
 // ---- shared helpers (common.cc) ---------------------------------------------------------
 
-// Wrapper::open(path), its failures sorted into exit codes: a file that opens but is refused
-// as malformed (EINVAL and the other "bad content" errors, or a Cap'n Proto exception) is
-// kExitDamaged; a file that cannot be opened or read (ENOENT, EACCES, EISDIR, ...) is
-// kExitFailure. Throws ToolError with the library's message.
+// Wrapper::open_embedded(path) — a whole wrapper, or one appended to another file (a version
+// 1 wrapper, which has no trailer, with Wrapper::open) — its failures sorted into exit codes:
+// a file with no wrapper (ENOMSG), or one that opens but is refused as malformed (EINVAL and
+// the other "bad content" errors, or a Cap'n Proto exception) is kExitDamaged; a file that
+// cannot be opened or read (ENOENT, EACCES, EISDIR, ...) is kExitFailure. Throws ToolError
+// with the library's message.
 Wrapper open_wrapper(const std::filesystem::path& path);
 
 // The valid UTF-8 sequence at text[at]: its length in bytes (1 to 4) and its code point; 0 if

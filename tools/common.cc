@@ -54,7 +54,18 @@ Wrapper open_wrapper(const std::filesystem::path& path) {
                                               std::strerror(EISDIR)));
   }
   try {
-    Wrapper wrapper = Wrapper::open(path);
+    // The wrapper at the end of the file: the whole file, or one appended to an executable.
+    // A file that begins with a wrapper but has no usable trailer gets the same errors as
+    // from Wrapper::open (open_embedded says so); a version 1 wrapper (no trailer) is
+    // refused with ENOTSUP and opened whole.
+    Wrapper wrapper = [&] {
+      try {
+        return Wrapper::open_embedded(path);
+      } catch (const Error& e) {
+        if (e.error() != ENOTSUP) throw;
+        return Wrapper::open(path);
+      }
+    }();
     if (!wrapper.metadata_checked()) warn_unchecked(wrapper);
     return wrapper;
   } catch (const Error& e) {

@@ -112,7 +112,10 @@ Subcommand add_extract(CLI::App& app) {
   CLI::App* command =
       app.add_subcommand("extract", "Copy one entry's bytes, exactly, to a file (or stdout)");
   auto options = std::make_shared<ExtractOptions>();
-  command->add_option("FILE", options->file, "The wrapper file")->required();
+  command
+      ->add_option("FILE", options->file,
+                   "The wrapper file, or a file with one appended (mapwright pack --append-to)")
+      ->required();
   command->add_option("NAME", options->name, "The entry")->required();
   command
       ->add_option("-o,--output", options->output,

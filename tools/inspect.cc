@@ -1,5 +1,7 @@
 // tools/inspect.cc — `mapwright inspect`: a wrapper's header and table of entries, as text
 // for a person or as JSON for a script.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <array>
 #include <memory>
@@ -30,13 +32,26 @@ std::string join_dependencies(const std::vector<std::string>& names) {
   return joined;
 }
 
+// The size of the file that holds the wrapper (more than the wrapper's when it is appended to
+// another file).
+std::uint64_t containing_file_size(const Wrapper& wrapper) {
+  struct stat status;
+  if (::fstat(wrapper.fd(), &status) != 0) return wrapper.offset() + wrapper.size();
+  return static_cast<std::uint64_t>(status.st_size);
+}
+
 void print_text(const Wrapper& wrapper) {
   const std::vector<WrapperEntry>& entries = wrapper.entries();
-  fmt::print("wrapper {}: format version {} ({}), producer {}, {} bytes, {} {}\n",
+  // Where the wrapper is, when it is not the whole file (appended to an executable, say).
+  const std::string where =
+      wrapper.offset() == 0 ? std::string()
+                            : fmt::format(" at byte {} of a file of {} bytes", wrapper.offset(),
+                                          containing_file_size(wrapper));
+  fmt::print("wrapper {}: format version {} ({}), producer {}, {} bytes{}, {} {}\n",
              in_quotes(wrapper.name()), wrapper.format_version(),
              wrapper.metadata_checked() ? "metadata checked" : "metadata unchecked: repack",
-             in_quotes(wrapper.producer()),
-             wrapper.file_size(), entries.size(), entries.size() == 1 ? "entry" : "entries");
+             in_quotes(wrapper.producer()), wrapper.size(), where, entries.size(),
+             entries.size() == 1 ? "entry" : "entries");
 
   constexpr std::size_t kColumns = 7;
   // Left-aligned text columns, right-aligned numbers.
@@ -81,7 +96,9 @@ void print_json(const Wrapper& wrapper) {
   out += fmt::format("  \"format_version\": {},\n", wrapper.format_version());
   out += fmt::format("  \"metadata_checked\": {},\n", wrapper.metadata_checked());
   out += fmt::format("  \"producer\": {},\n", json_string(wrapper.producer()));
-  out += fmt::format("  \"file_size\": {},\n", wrapper.file_size());
+  out += fmt::format("  \"file_size\": {},\n", containing_file_size(wrapper));
+  out += fmt::format("  \"wrapper_offset\": {},\n", wrapper.offset());
+  out += fmt::format("  \"wrapper_size\": {},\n", wrapper.size());
   out += "  \"entries\": [";
   bool first = true;
   for (const WrapperEntry& entry : wrapper.entries()) {
@@ -118,10 +135,13 @@ Subcommand add_inspect(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "inspect", "Show a wrapper's format version, producer, size and table of entries");
   auto options = std::make_shared<InspectOptions>();
-  command->add_option("FILE", options->file, "The wrapper file")->required();
+  command
+      ->add_option("FILE", options->file,
+                   "The wrapper file, or a file with one appended (mapwright pack --append-to)")
+      ->required();
   command->add_flag("--json", options->json,
                     "Print JSON for scripts: {\"format_version\", \"metadata_checked\", \"producer\", "
-                    "\"file_size\", "
+                    "\"file_size\", \"wrapper_offset\", \"wrapper_size\", "
                     "\"entries\": [{\"name\", \"kind\", \"offset\", \"size\", \"digest\", "
                     "\"dependencies\", \"chunks\"}]}");
   command->footer(
@@ -129,7 +149,11 @@ Subcommand add_inspect(CLI::App& app) {
                   "the file is opened; the entries' digests and the padding are not (use "
                   "`mapwright verify`).\n"
                   "The digest is XXH3-128 in hex, as xxh128sum prints it for the extracted "
-                  "entry.\n\n") +
+                  "entry.\n"
+                  "FILE may be a wrapper or a file with one appended (mapwright pack "
+                  "--append-to): the header then says at which byte the wrapper starts (JSON: "
+                  "wrapper_offset; file_size is the whole file's). Entry offsets are offsets in "
+                  "FILE.\n\n") +
       kExitCodesHelp);
   return {command, [options] { return inspect(*options); }};
 }

@@ -27,6 +27,7 @@ namespace {
 
 struct PackOptions {
   std::string output;
+  std::string append_to;               // --append-to EXE: OUT is EXE, padded, then the wrapper
   std::vector<std::string> libraries;  // NAME=PATH[:DEP,...], bound only to count them
   std::vector<std::string> data;       // NAME=PATH
   std::string producer = "mapwright " MAPWRIGHT_VERSION;
@@ -53,7 +54,14 @@ constexpr const char* kPackFooter =
     "PATH - is standard input (for one entry). A FIFO, a socket and a file whose size\n"
     "reads 0 (/proc/self/status) are read until their end; a FIFO with no writer yet is\n"
     "waited for, as `cat` would. Devices (/dev/zero) are refused. OUT must be a regular\n"
-    "file or not exist (a directory, FIFO or device is refused before anything is read).\n";
+    "file or not exist (a directory, FIFO or device is refused before anything is read).\n"
+    "With --append-to EXE, OUT is a copy of EXE, zeros up to a multiple of 4096, then the\n"
+    "wrapper, with EXE's permission bits: an executable runs as before (the kernel ignores\n"
+    "the bytes after an ELF file's segments) and finds the wrapper at its own end\n"
+    "(Wrapper::open_embedded(\"/proc/self/exe\")); inspect, verify, extract and run read\n"
+    "OUT as a wrapper. EXE is copied in the kernel into the staged OUT, which is renamed\n"
+    "into place once complete, as always. EXE must be a regular file and not OUT itself.\n"
+    "  mapwright pack --append-to build/app -o build/app.packed --lib core=build/libcore.so\n";
 
 // NAME=REST with a non-empty NAME and REST; "" if `spec` is one, else what is wrong.
 std::string check_spec(const std::string& spec, const char* form) {
@@ -221,6 +229,7 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   WrapperWriterOptions writer_options;
   writer_options.producer = options.producer;
   writer_options.chunk_bytes = options.chunk_bytes;
+  writer_options.prefix = options.append_to;
   // Standard output: the file is only a staging place, copied out and gone; no fsync.
   writer_options.durable = !options.no_sync && !to_stdout;
   if (mode != ProgressBar::Mode::kOff) {
@@ -228,9 +237,11 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   }
   std::optional<UnnamedOutput> unnamed;
   if (to_stdout) unnamed.emplace();
+  std::uint64_t wrapper_offset = 0;
   const auto write = [&] {
     WrapperWriter writer(to_stdout ? unnamed->target() : std::filesystem::path(options.output),
                          std::move(writer_options));
+    wrapper_offset = writer.wrapper_offset();
     for (const PackItem& item : items) {
       if (is_stdin(item)) {
         if (item.library) {
@@ -266,8 +277,13 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
     unnamed->copy_to_stdout(file_size);
     return kExitOk;
   }
-  fmt::print("wrote {}: {} {}, {} bytes\n", in_quotes(options.output), items.size(),
-             items.size() == 1 ? "entry" : "entries", file_size);
+  const std::string appended =
+      options.append_to.empty()
+          ? std::string()
+          : fmt::format(" (a copy of {}, then the wrapper: {} bytes at byte {})",
+                        in_quotes(options.append_to), file_size - wrapper_offset, wrapper_offset);
+  fmt::print("wrote {}: {} {}, {} bytes{}\n", in_quotes(options.output), items.size(),
+             items.size() == 1 ? "entry" : "entries", file_size, appended);
   return kExitOk;
 }
 
@@ -299,6 +315,12 @@ Subcommand add_pack(CLI::App& app) {
           ->type_name("NAME=PATH")
           ->check(CLI::Validator([](std::string& spec) { return check_spec(spec, "NAME=PATH"); },
                                  "", "data entry"));
+  command
+      ->add_option("--append-to", options->append_to,
+                   "Write OUT as a copy of EXE with the wrapper appended (at the next multiple "
+                   "of 4096), keeping EXE's permission bits: EXE still runs, and finds the "
+                   "wrapper with Wrapper::open_embedded(\"/proc/self/exe\")")
+      ->type_name("EXE");
   command->add_option("--producer", options->producer, "Recorded in the file; inspect shows it")
       ->capture_default_str()
       ->type_name("TEXT");

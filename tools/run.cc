@@ -156,7 +156,10 @@ Subcommand add_run(CLI::App& app, std::vector<std::string> arguments) {
       "run", "Load a library entry and its dependencies from a wrapper and call a function in it");
   auto options = std::make_shared<RunOptions>();
   options->arguments = std::move(arguments);
-  command->add_option("FILE", options->file, "The wrapper file")->required();
+  command
+      ->add_option("FILE", options->file,
+                   "The wrapper file, or a file with one appended (mapwright pack --append-to)")
+      ->required();
   command->add_option("LIB", options->library, "The library entry to load")->required();
   command->add_option("SYMBOL", options->symbol, "The function to call: int SYMBOL(int, char**)")
       ->required();

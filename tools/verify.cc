@@ -54,7 +54,10 @@ Subcommand add_verify(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "verify", "Check a wrapper's structure and every entry's digest; exit 0 only if all pass");
   auto options = std::make_shared<VerifyOptions>();
-  command->add_option("FILE", options->file, "The wrapper file")->required();
+  command
+      ->add_option("FILE", options->file,
+                   "The wrapper file, or a file with one appended (mapwright pack --append-to)")
+      ->required();
   command->footer(
       std::string("Prints one line per entry (ok / DIGEST MISMATCH), then a summary. In format "
                   "version 2 every byte of the file is checked: the metadata digest, the "

@@ -48,6 +48,13 @@ struct MappedMessageOptions {
   // multi-segment messages with far pointers (useful for tests, and for readers that want
   // segments of a bounded size).
   std::uint64_t segment_words = kMaxSegmentWords;
+  // Where the message starts in the region: a multiple of the page size (0: at the start).
+  // The region must hold exactly this many bytes when the builder is made — what precedes
+  // the message in the file (an executable the message is appended to, say), which the
+  // builder never reads or writes — and nothing past them. Offsets are the file's, so blobs
+  // are aligned in the file; finish() returns the message's own size and leaves the region
+  // at offset + that. The reopening constructor ignores it (its message starts at 0).
+  std::uint64_t offset = 0;
 };
 
 // A capnp::MessageBuilder whose segments are the region's own pages: stores made through the
@@ -118,10 +125,11 @@ struct MappedMessageOptions {
 // Not thread-safe (no MessageBuilder is); several builders on several regions may run at once.
 class MappedMessageBuilder : public ::capnp::MessageBuilder {
  public:
-  // The message starts at offset 0 of `region`, which must be empty and must outlive the
-  // builder. Backs the segment table and the root pointer at once (ensure()): throws Error
-  // (ENOSPC, EFBIG, ENOMEM...) when the region cannot grow that far, and Error (EINVAL) for a
-  // non-empty region or an impossible max_segments.
+  // The message starts at options.offset of `region` (0 by default), which must hold exactly
+  // that many bytes (be empty, by default) and must outlive the builder. Backs the segment
+  // table and the root pointer at once (ensure()): throws Error (ENOSPC, EFBIG, ENOMEM...)
+  // when the region cannot grow that far, and Error (EINVAL) for a region of another size, an
+  // offset that is not page-aligned, or an impossible max_segments.
   explicit MappedMessageBuilder(Region& region, MappedMessageOptions options = {});
   // Tag that selects the reopening constructor.
   struct Reopen {};
@@ -145,12 +153,13 @@ class MappedMessageBuilder : public ::capnp::MessageBuilder {
 
   ~MappedMessageBuilder() noexcept(false) override;
 
-  // Writes the segment table and truncates the region to the message's exact size. Call it
-  // once, after the last change to the message; the region can then be synced, published or
-  // sealed. Returns the message's size in bytes. Backs the whole message first (ensure()), so
-  // a message that does not fit (ENOSPC, EFBIG past RLIMIT_FSIZE) is an Error before anything
-  // is written, and finish() can be called again once there is room. Punches the unused tails
-  // of the segments' spans (see "Disk blocks").
+  // Writes the segment table and truncates the region to the message's exact end (offset +
+  // its size). Call it once, after the last change to the message; the region can then be
+  // synced, published or sealed. Returns the message's size in bytes (without the offset).
+  // Backs the whole message first (ensure()), so a message that does not fit (ENOSPC, EFBIG
+  // past RLIMIT_FSIZE) is an Error before anything is written, and finish() can be called
+  // again once there is room. Punches the unused tails of the segments' spans (see "Disk
+  // blocks").
   std::uint64_t finish();
 
   // A Data blob of `size` bytes (at most 2^29 - 1, Cap'n Proto's limit) whose first byte is
@@ -235,6 +244,7 @@ class MappedMessageBuilder : public ::capnp::MessageBuilder {
   std::uint32_t table_slots_;
   std::uint64_t segment_words_;
   std::uint64_t header_bytes_;
+  std::uint64_t base_;                     // where the message starts in the region
   std::uint64_t next_offset_;              // where the next segment starts (the newest's span end)
   std::vector<std::uint64_t> spans_;       // words handed out for each segment
   std::uint32_t segments_ = 0;

@@ -152,6 +152,11 @@ class Region {
   // on the filesystem; ext4's auto_da_alloc starts write-back at the rename).
   struct PublishOptions {
     bool durable = true;
+    // -1: the new file keeps the replaced file's permission bits (or its own, if none was
+    // replaced). Otherwise these permission bits (0 to 07777, e.g. 0755), set before the
+    // rename whatever the replaced file had: an executable written this way is never seen
+    // without its mode.
+    int mode = -1;
   };
   void publish(PublishOptions options);
   void publish() { publish(PublishOptions{}); }

@@ -17,7 +17,10 @@
 # Cap'n Proto's MallocMessageBuilder + writeMessage encode it (segment table 00000000
 # 0a000000, root pointer, 4 data words, 3 pointers, the 16-byte digest): a reader finds the
 # wrapper's first byte from the end of the file alone, as wrapperSize bytes before the end.
-# (Today the wrapper must start at offset 0; wrappers appended to a larger file come later.)
+# So a wrapper may also sit at the end of a larger file (appended to an executable padded with
+# zeros to a multiple of 4096): it must start at a multiple of 4096 of that file, so that its
+# chunks stay page-aligned there, and everything below — offsets, "the file" — is then
+# relative to the wrapper's first byte and its own bytes (Wrapper::open_embedded).
 #
 # Integrity (version 2): every byte of the file is in exactly one of
 #   * a CHUNK (an entry's bytes): covered by the entry's digest (Wrapper::verify_entry);
@@ -49,8 +52,9 @@
 #     blob, so the file is built front to back in one pass; then the trailer.
 #
 # What a reader checks (mapwright::Wrapper::open):
-#   * the trailer (version 2): its encoding, magic, formatVersion 2, wrapperSize = the file's
-#     size, metadataOffset within the first message; the metadata digest;
+#   * the trailer (version 2): its encoding, magic, formatVersion 2, wrapperSize = the
+#     wrapper's size (the file's, for a whole file), metadataOffset within the first message;
+#     the metadata digest;
 #   * the stream framing and segment table (sizes within the file; the first message ends
 #     exactly where the trailer begins, or, in version 1, at the end of the file);
 #   * magic and formatVersion (1 or 2; 2 if there is a trailer);

@@ -53,6 +53,17 @@
 // the wrapper's fd into a sealed memfd and dlopen()s it (loader.h): nothing is written to
 // disk.
 //
+// Wrappers inside larger files (format version 2). A wrapper can sit at any multiple of 4096
+// inside a larger file — appended to an executable padded with zeros to a page, say
+// (`mapwright pack --append-to`, or WrapperWriterOptions::prefix) — since every chunk
+// offset is a multiple of 4096 within the wrapper and so stays page-aligned in the file.
+// open(fd, offset, size) opens one where you know it is; open_embedded() finds one from the
+// end of the file: the trailer, always the wrapper's last 88 bytes, says how long it is.
+// Everything open() checks, it checks within the wrapper's range, and nothing outside the
+// range is read or trusted. Positions in error messages ("byte N") count from the wrapper's
+// first byte; WrapperEntry::offset is a FILE offset (what pread(2), mmap(2) and the loader
+// take), and offset() says where the wrapper starts.
+//
 // Whole-file integrity (format version 2): every byte of the file is covered by an entry's
 // digest (its chunks), by the metadata digest (segment table, root, names, kinds,
 // dependencies, digests, chunk pointers: checked by open(), which reads no blob), or must be
@@ -171,6 +182,21 @@ struct WrapperWriterOptions {
   // entry.
   // May throw to abandon the write (the exception propagates out of add_*()).
   std::function<void(const WriteProgress&)> progress;
+  // Non-empty: the file written is a copy of this one (an executable, say), zeros up to the
+  // next multiple of 4096, then the wrapper (Wrapper::open_embedded finds it there; the
+  // kernel runs an ELF executable with bytes appended as it ran the original). The file is
+  // copied by the constructor, in the kernel (copy_file_range; else read into the mapping),
+  // into the staged file, before any entry: no second copy of the wrapper is made. publish()
+  // gives the target this file's permission bits (& 0777: an executable stays executable;
+  // set-user-ID and set-group-ID are not copied, as cp(1) does not), whatever the file it
+  // replaces had. It must be a regular file (EINVAL, "not a regular file", for a directory,
+  // FIFO, device or procfs/sysfs file; /proc/self/exe opens the executable and is fine) and
+  // not the target itself (EINVAL: the staged copy would be published over its own source;
+  // write elsewhere and rename). An empty file gives a plain wrapper at offset 0. One that
+  // changes size while it is copied is an Error (EIO); nothing is published either way.
+  // Hazard: a writer holds its file open for writing until it is destroyed, and execve(2)
+  // refuses such a file (ETXTBSY): destroy the writer before running what it wrote.
+  std::filesystem::path prefix;
 };
 
 class WrapperWriter {
@@ -251,11 +277,15 @@ class WrapperWriter {
   // Room for the metadata and the trailer is backed before any of it is written: if the
   // file cannot grow that far, Error (ENOSPC, EFBIG) with nothing written, and publish() can
   // be called again once there is room. A failure after that point (fsync, rename) spends
-  // the writer too.
+  // the writer too. With options.prefix, the size returned is the whole file's (the prefix,
+  // the padding and the wrapper).
   std::uint64_t publish();
 
   std::uint64_t entry_count() const noexcept;
   const std::filesystem::path& target() const noexcept;
+  // Where the wrapper starts in the file: 0, or with options.prefix its size rounded up to
+  // a multiple of 4096.
+  std::uint64_t wrapper_offset() const noexcept;
 
  private:
   struct State;
@@ -270,7 +300,9 @@ struct WrapperEntry {
   std::string name;
   EntryKind kind = EntryKind::kData;
   std::uint64_t size = 0;
-  std::uint64_t offset = 0;  // file offset of the first byte (of the first chunk); 0 if empty
+  // The offset of its first byte (of its first chunk) in the FILE, not in the wrapper: for a
+  // wrapper at Wrapper::offset() X, X plus the offset within the wrapper. 0 if empty.
+  std::uint64_t offset = 0;
   Digest digest;
   std::vector<std::string> dependencies;
   // The bytes, chunk by chunk, in order (none for an empty entry).
@@ -328,6 +360,34 @@ class Wrapper {
   static Wrapper open(int fd, WrapperOpenOptions options = {});
   // The same over a sealed image: nobody can change it after the checks.
   static Wrapper open(const SealedImage& image, WrapperOpenOptions options = {});
+  // The wrapper that occupies [offset, offset + size) of the file open on `fd` (dup()ed);
+  // size 0: up to the end of the file. Every check of open() applies within that range (the
+  // trailer must be its last 88 bytes, a byte after the wrapper's end but inside the range
+  // is "N bytes after the wrapper"), and nothing outside it is read. Throws Error(EINVAL,
+  // kCause) for an offset that is not a multiple of 4096 ("offset 100 is not a multiple of
+  // 4096: ..."; the chunks would not be page-aligned in the file, which the loader and
+  // mmap(2) need), an offset past the end of the file, or a range that runs past it; then
+  // whatever open() throws for the bytes. The fd is not checked to be a regular file.
+  static Wrapper open(int fd, std::uint64_t offset, std::uint64_t size,
+                      WrapperOpenOptions options = {});
+  // Finds a version 2 wrapper at the END of `path` — appended to an executable, say; the
+  // whole file if it is one — from its trailer (the last 88 bytes say the wrapper's size),
+  // and opens it as open(fd, file size - wrapper size, wrapper size) does. /proc/self/exe
+  // works: a program finds a wrapper appended to itself. The file must be a regular file
+  // (else ENODEV, as open(path)). Nothing found is Error(ENOMSG), kept apart from damage
+  // inside a wrapper that was found (EBADMSG, EINVAL as for open()): "no wrapper at the end
+  // of the file: its last 88 bytes are not a wrapper's trailer (...)" (also for a file
+  // shorter than a trailer), "...: its trailer says the wrapper has N bytes, more than the
+  // file's M", "...: its trailer puts the wrapper's first byte at N, which is not a multiple
+  // of 4096". A file that BEGINS with a wrapper but has no usable trailer at its end is a
+  // whole wrapper with its end damaged (truncated, bytes appended): the Error is what open()
+  // says of it (EBADMSG, "truncated at byte N of M expected", "N bytes after the wrapper"),
+  // so the tool reports whole files exactly as before. A version 1 wrapper has no trailer:
+  // refused with Error(ENOTSUP) saying so ("a format version 1 wrapper: ... open it as a
+  // whole file, or repack it"); open() still reads it.
+  static Wrapper open_embedded(const std::filesystem::path& path, WrapperOpenOptions options = {});
+  // The same over an fd (dup()ed; the caller keeps its own).
+  static Wrapper open_embedded(int fd, WrapperOpenOptions options = {});
 
   Wrapper(Wrapper&&) noexcept;
   Wrapper& operator=(Wrapper&&) noexcept;
@@ -340,7 +400,15 @@ class Wrapper {
   // version 1 files, whose names, kinds, dependencies and layout no digest covers.
   bool metadata_checked() const noexcept;
   const std::string& producer() const noexcept;
+  // Where the wrapper starts in its file (a multiple of 4096; 0 unless it was opened at an
+  // offset or found at the end of a larger file) and its size in bytes, trailer included.
+  std::uint64_t offset() const noexcept;
+  std::uint64_t size() const noexcept;
+  // The same as size(): the wrapper's bytes, which are the whole file's when offset() is 0
+  // and nothing follows (the name is older than wrappers inside larger files).
   std::uint64_t file_size() const noexcept;
+  // The fd of the whole file that holds the wrapper (a dup of the caller's, or the sealed
+  // image's); entries' offsets are offsets in it.
   int fd() const noexcept;
 
   // In file order.

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -134,6 +135,52 @@ inline Fd memfd_with(Input bytes, std::span<const std::uint8_t> prefix = {}) {
 
 // ---- wrapper_fuzz -----------------------------------------------------------------------
 
+// The input found from its end (Wrapper::open_embedded), alone and after a page of other
+// bytes (as appended to an executable). Whatever is found ends at the file's end and starts
+// page-aligned; a whole version 2 wrapper (`whole`, what Wrapper::open accepted) is found
+// where it starts, with the same entries at offsets moved by the page; a version 1 wrapper
+// is refused with ENOTSUP; every refusal is one of the documented errnos.
+inline void check_embedded(Input input, const Wrapper* whole) {
+  static const std::array<std::uint8_t, kWrapperAlignment> kPrefix = [] {
+    std::array<std::uint8_t, kWrapperAlignment> page{};
+    for (std::size_t i = 0; i < page.size(); ++i) page[i] = static_cast<std::uint8_t>(i * 7 + 1);
+    return page;
+  }();
+  for (const std::uint64_t prefix : {std::uint64_t{0}, std::uint64_t{kWrapperAlignment}}) {
+    const Fd file = memfd_with(input, std::span(kPrefix.data(), prefix));
+    std::optional<Wrapper> found;
+    int error = 0;
+    try {
+      found.emplace(Wrapper::open_embedded(file.get(), {.name = "fuzz input"}));
+    } catch (const Error& e) {
+      error = e.error();
+      MAPWRIGHT_FUZZ_CHECK(error == EINVAL || error == EBADMSG || error == ENOMSG || error == ENOTSUP,
+                           "Wrapper::open_embedded refused with an undocumented errno");
+    }
+    if (found) {
+      MAPWRIGHT_FUZZ_CHECK(found->offset() % kWrapperAlignment == 0, "a wrapper found off a page");
+      MAPWRIGHT_FUZZ_CHECK(found->offset() + found->size() == prefix + input.size(),
+                           "a wrapper found that does not end at the file's end");
+    }
+    if (whole == nullptr) continue;
+    if (whole->format_version() == 1) {
+      if (prefix == 0) MAPWRIGHT_FUZZ_CHECK(error == ENOTSUP, "a version 1 wrapper was not refused with ENOTSUP");
+      continue;
+    }
+    MAPWRIGHT_FUZZ_CHECK(found.has_value(), "a whole version 2 wrapper was not found from its end");
+    MAPWRIGHT_FUZZ_CHECK(found->offset() == prefix, "a whole wrapper was found at another offset");
+    MAPWRIGHT_FUZZ_CHECK(found->entries().size() == whole->entries().size(),
+                         "the wrapper found has other entries");
+    for (std::size_t i = 0; i < found->entries().size(); ++i) {
+      const WrapperEntry& a = found->entries()[i];
+      const WrapperEntry& b = whole->entries()[i];
+      MAPWRIGHT_FUZZ_CHECK(a.name == b.name && a.size == b.size &&
+                               a.offset == (b.chunks.empty() ? 0 : b.offset + prefix),
+                           "an entry found from the end differs from the whole file's");
+    }
+  }
+}
+
 // The input is a whole wrapper file: Wrapper::open over a memfd holding it, then everything a
 // reader of the entries would touch, but not load_library (dlopen of fuzzed bytes is out of
 // scope).
@@ -215,6 +262,7 @@ inline void run_wrapper(Input input) {
       }
       sink(sum);
     }
+    check_embedded(input, opened ? &*opened : nullptr);
   }
   leaks.verify();
 }
