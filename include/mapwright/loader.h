@@ -8,10 +8,16 @@
 //   1. kSealedMemfd: the source is a memfd carrying F_SEAL_WRITE | F_SEAL_SHRINK |
 //      F_SEAL_GROW, read from offset 0 to its end (always so for a SealedImage). The fd is
 //      dup()ed and dlopen()ed as "/proc/self/fd/N". Nothing is copied.
-//   2. kMemfdCopy: anything else. A new memfd (os::memfd_create) is filled in the kernel
-//      with copy_file_range(2) from a source fd, falling back to sendfile(2) and then to
-//      pread/pwrite when the kernel refuses (EXDEV, ENOSYS, EPERM, EOPNOTSUPP, EINVAL), or
-//      written from a span; then sealed, then loaded as in step 1. Nothing touches a disk.
+//   2. kMemfdCopy: anything else. A new memfd (os::memfd_create) — or one prepared ahead of
+//      time by the MemfdPool when a reservation fits (memfd_pool.h; LoadReport::pool) — is
+//      filled in the kernel with copy_file_range(2) from a source fd, falling back — when
+//      the kernel refuses (EXDEV, ENOSYS, EPERM, EOPNOTSUPP, EINVAL) — to pread/pwrite for a
+//      range of at most 64 KiB (read once, before the copy: its ELF headers are checked in
+//      that read), to one pwrite(2) from a read-only mapping of the range (256 KiB and more,
+//      when the fd can be mapped and holds the whole range), to sendfile(2) and then to
+//      pread/pwrite; or written from a span; then sealed, then loaded as in step 1.
+//      Nothing touches a disk. While the pool runs, ~Library hands the memfd's last fd to the
+//      pool's thread, which frees its pages after the unload.
 //   3. kTempFile: only when memfd_create is refused, or /proc is not mounted (detected by
 //      access("/proc/self/fd/N") failing: dlopen of that path could not work). A file is made
 //      in the first of $TMPDIR, /tmp, /var/tmp and the current directory that is not on a
@@ -122,9 +128,20 @@ enum class CopyMethod {
   kCopyFileRange,  // copy_file_range(2), in the kernel
   kSendfile,       // sendfile(2), in the kernel
   kReadWrite,      // pread/pwrite through a buffer
+  kMappedWrite,    // one pwrite from a read-only mapping of the source range (>= 256 KiB)
   kFromMemory,     // pwrite from the caller's span
 };
 const char* to_string(CopyMethod method) noexcept;
+
+// Whether step 2 used a memfd prepared ahead of time by the MemfdPool (memfd_pool.h).
+enum class PoolUse {
+  kNotReserved,  // no reservation fits the size (or no pool): a new memfd, as always
+  kPrepared,     // a prepared memfd: its pages were allocated before the load
+  kNoneReady,    // a reservation fits, but all of its memfds were taken or still being
+                 // prepared (the pool's limit): a new memfd, as without a pool
+};
+// "not reserved", "prepared", "none ready".
+const char* to_string(PoolUse use) noexcept;
 
 class Library;
 
@@ -175,6 +192,8 @@ struct LoadReport {
   // Why a step was passed over ("memfd_create: Operation not permitted", "/proc not
   // mounted", "copy_file_range: Invalid cross-device link"), empty if none was.
   std::string fallback_reason;
+  // Step 2 only: whether the memfd came from the MemfdPool (kNotReserved otherwise).
+  PoolUse pool = PoolUse::kNotReserved;
 };
 
 class Library {
