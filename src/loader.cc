@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -454,6 +455,26 @@ void run_check(int fd, std::uint64_t size, const LoadOptions& options, const std
   options.check(std::span<const std::byte>(static_cast<const std::byte*>(address), size));
 }
 
+// Thrown by open_through_proc() when dlopen() of "/proc/self/fd/N" failed because /proc is
+// no longer there: the caller goes on to a temporary file.
+struct ProcMissing {};
+
+// Whether a "/proc/self/fd/N" path resolved when last asked. access() of one costs a walk
+// through procfs with a permission check on each load (~6% of the 16 KiB fixture's load, perf
+// of loader_bench), so a yes is kept: asked again only after a dlopen() of such a path fails,
+// and afresh in a child after fork() (which may be a sandbox about to lose /proc).
+constinit std::atomic<bool> g_proc_seen{false};
+
+void forget_proc() noexcept { g_proc_seen.store(false, std::memory_order_relaxed); }
+
+bool proc_usable(int fd) {
+  if (g_proc_seen.load(std::memory_order_relaxed)) return true;
+  static const bool forgotten_at_fork = os::at_fork(nullptr, nullptr, forget_proc) == 0;
+  const bool usable = os::path_exists(proc_path(fd).c_str()) == 0;
+  if (usable && forgotten_at_fork) g_proc_seen.store(true, std::memory_order_relaxed);
+  return usable;
+}
+
 // dlopen("/proc/self/fd/N") of an fd the caller owns; the fd goes to the Library.
 Library open_through_proc(os::OwnedFd fd, const Source& source, const LoadOptions& options,
                           const std::string& name, LoadReport report) {
@@ -468,11 +489,19 @@ Library open_through_proc(os::OwnedFd fd, const Source& source, const LoadOption
     path = proc_path(fd.get());
   }
   run_check(fd.get(), source.size, options, name);
-  void* handle = open_handle(path, source, options, target, name);
+  void* handle = nullptr;
+  try {
+    handle = open_handle(path, source, options, target, name);
+  } catch (const Error& e) {
+    if (e.code().value() == ENOEXEC && g_proc_seen.load(std::memory_order_relaxed) &&
+        os::path_exists(path.c_str()) != 0) {
+      forget_proc();
+      throw ProcMissing{};
+    }
+    throw;
+  }
   return LibraryAccess::make(handle, fd.release(), std::move(path), name, std::move(report));
 }
-
-bool proc_usable(int fd) { return os::path_exists(proc_path(fd).c_str()) == 0; }
 
 // Step 3.
 Library load_from_temp_file(const Source& source, const LoadOptions& options,
@@ -497,7 +526,7 @@ Library load_from_temp_file(const Source& source, const LoadOptions& options,
     int raw = -1;
     if (int err = os::open_tmpfile(dir.c_str(), 0700, &raw); err == 0) {
       os::OwnedFd fd(raw);
-      if (proc_usable(fd.get())) {
+      if (os::path_exists(proc_path(fd.get()).c_str()) == 0) {
         fill(fd.get(), source, report, name);
         report.bytes_written_to_disk = report.bytes_copied;
         return open_through_proc(std::move(fd), source, options, name, std::move(report));
@@ -550,6 +579,18 @@ void add_reason(LoadReport& report, const std::string& reason) {
   report.fallback_reason += reason;
 }
 
+// open_through_proc(), or the temporary file if /proc went away since it was last seen.
+Library open_through_proc_or_temp(os::OwnedFd fd, const Source& source, const LoadOptions& options,
+                                  const std::string& name, LoadReport report) {
+  LoadReport before = report;
+  try {
+    return open_through_proc(std::move(fd), source, options, name, std::move(report));
+  } catch (const ProcMissing&) {
+    add_reason(before, "/proc not mounted");
+    return load_from_temp_file(source, options, name, std::move(before));
+  }
+}
+
 // Step 2, then 3.
 Library load_copy(const Source& source, const LoadOptions& options, const std::string& name,
                   LoadReport report) {
@@ -580,7 +621,7 @@ Library load_copy(const Source& source, const LoadOptions& options, const std::s
   if (int err = os::add_seals(fd.get(), kAllSeals); err != 0) {
     throw Error(err, "sealing library memfd", name);
   }
-  return open_through_proc(std::move(fd), source, options, name, std::move(report));
+  return open_through_proc_or_temp(std::move(fd), source, options, name, std::move(report));
 }
 
 // Step 1 for a memfd that is write-sealed and used whole, else step 2.
@@ -596,7 +637,7 @@ Library load_fd(Source source, bool whole_sealed, const LoadOptions& options,
     os::OwnedFd fd(raw);
     if (proc_usable(fd.get())) {
       report.strategy = LoadStrategy::kSealedMemfd;
-      return open_through_proc(std::move(fd), source, options, name, std::move(report));
+      return open_through_proc_or_temp(std::move(fd), source, options, name, std::move(report));
     }
     add_reason(report, "/proc not mounted");
     return load_from_temp_file(source, options, name, std::move(report));

@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <link.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -456,6 +458,31 @@ TEST(LoaderLadder, NoProcFallsToANamedTempFile) {
     CHILD_CHECK(library.function<int()>("fixture_answer")() == 42);
   });
   test::expect_clean_exit(result);
+}
+
+// /proc unmounted after the loader last saw it (it asks only once): the dlopen() of
+// /proc/self/fd/N fails, and the load goes on to a named temporary file, saying why.
+TEST(LoaderLadder, ProcGoneAfterALoadFallsToANamedTempFile) {
+  test::TempDir dir;
+  const auto result = run_in_child([&] {
+    ::setenv("TMPDIR", dir.path().c_str(), 1);
+    { const Library first = load_library(std::span<const std::byte>(fixture_a())); }
+    if (::unshare(CLONE_NEWNS) != 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::umount2("/proc", MNT_DETACH) != 0) {
+      test::say("SKIP: cannot unmount /proc in a mount namespace of its own\n");
+      return;
+    }
+    const Library library = load_library(std::span<const std::byte>(fixture_a()));
+    CHILD_CHECK_MSG(library.strategy() == LoadStrategy::kTempFile, to_string(library.strategy()));
+    CHILD_CHECK_MSG(library.report().fallback_reason.find("/proc not mounted") != std::string::npos,
+                    library.report().fallback_reason);
+    CHILD_CHECK(library.fd() == -1);
+    CHILD_CHECK(directory_empty(dir.path()));
+    CHILD_CHECK(library.function<int()>("fixture_answer")() == 42);
+  });
+  test::expect_clean_exit(result);
+  if (result.output.find("SKIP:") != std::string::npos) GTEST_SKIP() << result.output;
 }
 
 // Step 2 without copy_file_range, by size of the range: up to 64 KiB the loader's one read
