@@ -126,7 +126,9 @@ void run(Pool& p) {
       }
     }
     if (wanting == nullptr) {
-      p.wake->wait(lock);
+      // Loads hand memfds to free without waking it (see dispose_memfd): it looks again
+      // within 100 ms, so that an unloaded library's memory is not kept for long.
+      p.wake->wait_for(lock, std::chrono::milliseconds(100));
       continue;
     }
     const std::uint64_t capacity = wanting->capacity;

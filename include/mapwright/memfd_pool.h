@@ -21,7 +21,11 @@
 //   * Bounded: the pool never holds more prepared pages than the sum of size × count over the
 //     reservations (stats().limit_bytes), and hands at most that many bytes of unloaded
 //     libraries' memfds to the background thread to free (beyond it, ~Library frees on its
-//     own thread, as without a pool).
+//     own thread, as without a pool). The thread frees them within ~100 ms (it is woken at
+//     once only when half of that room is used, and otherwise looks every 100 ms while the
+//     pool is reserved), and refills a reservation once half of its memfds are taken: a wake
+//     per load cost the 16 KiB fixture's loads ~30 µs each on a busy 2-core machine.
+//   * Each prepared memfd, and each memfd waiting to be freed, holds a file descriptor.
 //   * A step-2 load of `n` bytes takes a prepared memfd of the smallest reserved size that is
 //     at least `n` and at most 2n (a larger one would make the load free the unused tail on
 //     its own thread), copies into it, truncates it to `n`, seals it with F_SEAL_WRITE |
