@@ -147,15 +147,24 @@ void run(Pool& p) {
     // every page up to the capacity, allocated now (not zeroed yet: shmem zeroes a
     // fallocate()d page when it is first read or partly written, and a write of a whole page
     // never needs it).
-    int err = os::ftruncate(fd, size);
-    if (err == 0) err = os::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, capacity);
+    // Growing a file past RLIMIT_FSIZE raises SIGXFSZ, which would end the process from this
+    // thread: refused here instead (EFBIG), as the load itself would then be.
+    std::string call = "ftruncate to " + std::to_string(size) + " bytes";
+    std::uint64_t limit = 0;
+    int err = os::file_size_limit(&limit);
+    if (err == 0 && capacity > limit) err = EFBIG;
+    if (err == 0) err = os::ftruncate(fd, size);
+    if (err == 0) {
+      call = "fallocate of " + std::to_string(capacity) + " bytes";
+      err = os::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, capacity);
+    }
     lock.lock();
     std::erase(p.in_flight, fd);
     SizeClass* target = find_class(p, capacity);  // reserve() may have changed the classes
     if (target != nullptr && target->preparing > 0) --target->preparing;
     if (err != 0) {
       p.failed = true;
-      p.last_error = "fallocate of " + std::to_string(capacity) + " bytes: " + std::strerror(err);
+      p.last_error = call + ": " + std::strerror(err);
       os::close(fd);
     } else if (target == nullptr || target->ready.size() >= target->count) {
       os::close(fd);  // no longer wanted

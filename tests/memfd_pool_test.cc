@@ -307,6 +307,23 @@ TEST_F(MemfdPoolTest, MemfdCreateRefusedIsReportedAndLoadsFallBack) {
   test::expect_clean_exit(result);
 }
 
+// A reserved size above RLIMIT_FSIZE: the thread refuses it (EFBIG) instead of growing a
+// memfd past the limit, which raises SIGXFSZ and would end the process.
+TEST_F(MemfdPoolTest, ASizeAboveRlimitFsizeIsRefusedNotKilledFor) {
+  const auto result = run_in_child([&] {
+    struct rlimit limit {4096, 4096};
+    CHILD_CHECK(::setrlimit(RLIMIT_FSIZE, &limit) == 0);
+    MemfdPool::reserve(fixture_a().size(), 1);
+    CHILD_CHECK(!MemfdPool::wait_until_ready(10s));
+    const MemfdPoolStats stats = MemfdPool::stats();
+    CHILD_CHECK_MSG(stats.last_error.find("File too large") != std::string::npos,
+                    stats.last_error);
+    CHILD_CHECK(stats.prepared == 0);
+    MemfdPool::release();
+  });
+  test::expect_clean_exit(result);
+}
+
 // Out of file descriptors: the load fails with a clear error (dlopen cannot open
 // /proc/self/fd/N), the memfd it took is closed, the thread's refill failure is reported;
 // with a few fds free again, prepared memfds load.

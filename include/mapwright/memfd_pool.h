@@ -41,7 +41,8 @@
 //     nothing held. Libraries loaded earlier stay loaded (their memfds are theirs); those
 //     unloaded after release() free their memfd on their own thread.
 //   * Failures in the background (memfd_create refused, EMFILE, ENOMEM or ENOSPC from
-//     fallocate) are never thrown: the first one is kept in stats().last_error, and preparing
+//     fallocate, a reserved size above RLIMIT_FSIZE: EFBIG, checked first, since growing a
+//     file past it raises SIGXFSZ) are never thrown: the first one is kept in stats().last_error, and preparing
 //     stops until the next reserve() (loads go the normal way and report kNoneReady). A
 //     prepared memfd works even when the process has since run out of file descriptors.
 //   * Thread-safe: every function may be called from any thread, concurrently with loads;
