@@ -44,7 +44,11 @@
 //     The loaded objects' file names and DT_SONAMEs are compared in memory first
 //     (dl_iterate_phdr); only if one may match does the loader ask the dynamic linker itself
 //     (dlopen RTLD_NOLOAD), whose search for a name it does not find goes through the library
-//     path on disk (~25 µs).
+//     path on disk (~25 µs). So an object is seen by its SONAME and by the file name of its
+//     path, not by another name it was once dlopen()ed by (glibc's private l_libname list:
+//     dlopen("libfoo.so") of a file whose SONAME is libfoo.so.1 does not block a library
+//     whose SONAME is libfoo.so), nor by a file of that name elsewhere on the library path
+//     that is the same inode.
 //   * kNew: dlmopen(LM_ID_NEWLM): a namespace of its own, where it sees nothing of the
 //     program's libraries; what it needs is loaded there — from earlier kBeside loads, else
 //     from disk. Library::namespace_id() says which namespace; load its dependents with
