@@ -828,7 +828,11 @@ TEST(Seccomp, CopyFileRangeDeniedLoaderUsesSendfile) {
   TempDir dir;
   std::vector<std::byte> container = data_blob(3 * 4096);
   const std::uint64_t offset = container.size();
-  container.insert(container.end(), fixture_a().begin(), fixture_a().end());
+  // Padded with zeros to 128 KiB (still the fixture to dlopen): a range of at most 64 KiB is
+  // read once and written with pwrite instead (loader.h, step 2).
+  std::vector<std::byte> library = fixture_a();
+  library.resize(128 << 10);
+  container.insert(container.end(), library.begin(), library.end());
   const std::vector<std::byte> tail = data_blob(1000);
   container.insert(container.end(), tail.begin(), tail.end());
   write_file(dir / "container.bin", container);
@@ -837,18 +841,18 @@ TEST(Seccomp, CopyFileRangeDeniedLoaderUsesSendfile) {
         deny_with_libseccomp({{SCMP_SYS(copy_file_range), EXDEV}});
         const int fd = ::open((dir / "container.bin").c_str(), O_RDONLY | O_CLOEXEC);
         CHILD_CHECK(fd >= 0);
-        const Library library = load_library(fd, offset, fixture_a().size());
+        const Library loaded = load_library(fd, offset, library.size());
         ::close(fd);
-        CHILD_CHECK_MSG(library.strategy() == LoadStrategy::kMemfdCopy,
-                        to_string(library.strategy()));
-        CHILD_CHECK_MSG(library.report().copy_method == CopyMethod::kSendfile,
-                        to_string(library.report().copy_method));
+        CHILD_CHECK_MSG(loaded.strategy() == LoadStrategy::kMemfdCopy,
+                        to_string(loaded.strategy()));
+        CHILD_CHECK_MSG(loaded.report().copy_method == CopyMethod::kSendfile,
+                        to_string(loaded.report().copy_method));
         CHILD_CHECK_MSG(
-            library.report().fallback_reason.find("copy_file_range") != std::string::npos,
-            library.report().fallback_reason);
-        CHILD_CHECK(library.report().bytes_copied == fixture_a().size());
-        CHILD_CHECK(library.report().bytes_written_to_disk == 0);
-        CHILD_CHECK(library.function<int()>("fixture_answer")() == 42);
+            loaded.report().fallback_reason.find("copy_file_range") != std::string::npos,
+            loaded.report().fallback_reason);
+        CHILD_CHECK(loaded.report().bytes_copied == library.size());
+        CHILD_CHECK(loaded.report().bytes_written_to_disk == 0);
+        CHILD_CHECK(loaded.function<int()>("fixture_answer")() == 42);
       },
       kChildTimeout);
   expect_clean_exit_unreported(result);

@@ -8,12 +8,20 @@
 //   1. kSealedMemfd: the source is a memfd carrying F_SEAL_WRITE | F_SEAL_SHRINK |
 //      F_SEAL_GROW, read from offset 0 to its end (always so for a SealedImage). The fd is
 //      dup()ed and dlopen()ed as "/proc/self/fd/N". Nothing is copied.
-//   2. kMemfdCopy: anything else. A new memfd (os::memfd_create) is filled in the kernel
-//      with copy_file_range(2) from a source fd, falling back to sendfile(2) and then to
-//      pread/pwrite when the kernel refuses (EXDEV, ENOSYS, EPERM, EOPNOTSUPP, EINVAL), or
-//      written from a span; then sealed, then loaded as in step 1. Nothing touches a disk.
+//   2. kMemfdCopy: anything else. A new memfd (os::memfd_create) — or one prepared ahead of
+//      time by the MemfdPool when a reservation fits (memfd_pool.h; LoadReport::pool) — is
+//      filled in the kernel with copy_file_range(2) from a source fd, falling back — when
+//      the kernel refuses (EXDEV, ENOSYS, EPERM, EOPNOTSUPP, EINVAL) — to pread/pwrite for a
+//      range of at most 64 KiB (read once, before the copy: its ELF headers are checked in
+//      that read), to one pwrite(2) from a read-only mapping of the range (256 KiB and more,
+//      when the fd can be mapped and holds the whole range), to sendfile(2) and then to
+//      pread/pwrite; or written from a span; then sealed, then loaded as in step 1.
+//      Nothing touches a disk. While the pool runs, ~Library hands the memfd's last fd to the
+//      pool's thread, which frees its pages after the unload.
 //   3. kTempFile: only when memfd_create is refused, or /proc is not mounted (detected by
-//      access("/proc/self/fd/N") failing: dlopen of that path could not work). A file is made
+//      access("/proc/self/fd/N") failing: dlopen of that path could not work; asked once per
+//      process — and once more in a child after fork() — then again only when a dlopen() of
+//      such a path fails, which is then retried here). A file is made
 //      in the first of $TMPDIR, /tmp, /var/tmp and the current directory that is not on a
 //      filesystem mounted noexec (statvfs ST_NOEXEC): an unnamed O_TMPFILE file loaded as
 //      /proc/self/fd/N when /proc exists, else a mkstemp() file loaded by its name and
@@ -33,6 +41,14 @@
 //     second copy, and whatever needs that SONAME would bind to the first one — "undefined
 //     symbol", or worse, the wrong code. LoadOptions::allow_duplicate_soname loads it anyway.
 //     The same file loaded twice (a SealedImage) is no duplicate: dlopen() returns it again.
+//     The loaded objects' file names and DT_SONAMEs are compared in memory first
+//     (dl_iterate_phdr); only if one may match does the loader ask the dynamic linker itself
+//     (dlopen RTLD_NOLOAD), whose search for a name it does not find goes through the library
+//     path on disk (~25 µs). So an object is seen by its SONAME and by the file name of its
+//     path, not by another name it was once dlopen()ed by (glibc's private l_libname list:
+//     dlopen("libfoo.so") of a file whose SONAME is libfoo.so.1 does not block a library
+//     whose SONAME is libfoo.so), nor by a file of that name elsewhere on the library path
+//     that is the same inode.
 //   * kNew: dlmopen(LM_ID_NEWLM): a namespace of its own, where it sees nothing of the
 //     program's libraries; what it needs is loaded there — from earlier kBeside loads, else
 //     from disk. Library::namespace_id() says which namespace; load its dependents with
@@ -122,9 +138,20 @@ enum class CopyMethod {
   kCopyFileRange,  // copy_file_range(2), in the kernel
   kSendfile,       // sendfile(2), in the kernel
   kReadWrite,      // pread/pwrite through a buffer
+  kMappedWrite,    // one pwrite from a read-only mapping of the source range (>= 256 KiB)
   kFromMemory,     // pwrite from the caller's span
 };
 const char* to_string(CopyMethod method) noexcept;
+
+// Whether step 2 used a memfd prepared ahead of time by the MemfdPool (memfd_pool.h).
+enum class PoolUse {
+  kNotReserved,  // no reservation fits the size (or no pool): a new memfd, as always
+  kPrepared,     // a prepared memfd: its pages were allocated before the load
+  kNoneReady,    // a reservation fits, but all of its memfds were taken or still being
+                 // prepared (the pool's limit): a new memfd, as without a pool
+};
+// "not reserved", "prepared", "none ready".
+const char* to_string(PoolUse use) noexcept;
 
 class Library;
 
@@ -163,7 +190,8 @@ struct LoadOptions {
   // read-only — just before dlopen(). Throw to refuse the load; the exception propagates
   // and nothing is loaded. With a sealed memfd the bytes cannot change between the check and
   // the load; a step-3 file is private to this user but not sealed. Wrapper::load_library()
-  // checks the entry's digest here.
+  // checks the entry's digest here. (If /proc disappears after the loader last saw it, the
+  // dlopen() of the memfd fails and the load goes on to step 3: `check` runs again there.)
   std::function<void(std::span<const std::byte> bytes)> check = nullptr;
 };
 
@@ -175,6 +203,8 @@ struct LoadReport {
   // Why a step was passed over ("memfd_create: Operation not permitted", "/proc not
   // mounted", "copy_file_range: Invalid cross-device link"), empty if none was.
   std::string fallback_reason;
+  // Step 2 only: whether the memfd came from the MemfdPool (kNotReserved otherwise).
+  PoolUse pool = PoolUse::kNotReserved;
 };
 
 class Library {

@@ -5,6 +5,7 @@
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "mapwright/loader.h"
+#include "mapwright/memfd_pool.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
 #include "mapwright/share.h"

@@ -198,13 +198,14 @@ SmallTmpfs::~SmallTmpfs() {
 
 namespace {
 
-// Installs a seccomp filter program on the calling process (no_new_privs first).
-bool install_filter(sock_filter* filter, std::size_t length) {
+// Installs a seccomp filter program on the calling thread (no_new_privs first), or with
+// `flags` = SECCOMP_FILTER_FLAG_TSYNC on every thread of the process.
+bool install_filter(sock_filter* filter, std::size_t length, unsigned flags = 0) {
   sock_fprog program{};
   program.len = static_cast<unsigned short>(length);
   program.filter = filter;
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
-  return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) == 0;
+  return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &program) == 0;
 }
 
 }  // namespace
@@ -230,6 +231,17 @@ bool deny_syscall(long nr, int error, int arg, unsigned long mask) {
   };
   if (arg < 0) return install_filter(always, sizeof always / sizeof always[0]);
   return install_filter(masked, sizeof masked / sizeof masked[0]);
+}
+
+bool deny_syscall_in_all_threads(long nr, int error) {
+  const unsigned kErrno = SECCOMP_RET_ERRNO | (static_cast<unsigned>(error) & SECCOMP_RET_DATA);
+  sock_filter always[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<unsigned>(nr), 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, kErrno),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  return install_filter(always, sizeof always / sizeof always[0], SECCOMP_FILTER_FLAG_TSYNC);
 }
 
 bool deny_syscall_when(long nr, int error, int arg, unsigned value) {

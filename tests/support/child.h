@@ -131,7 +131,10 @@ class SmallTmpfs {
 // fails with `error` — always when `arg` is negative, else only when
 // (argument[arg] & mask) != 0. Returns false (with errno) if the kernel refused the filter.
 bool deny_syscall(long nr, int error, int arg = -1, unsigned long mask = 0);
-// The same, only when argument[arg]'s low 32 bits EQUAL `value`: e.g. madvise with
+// deny_syscall(nr, error) on every thread of the process (SECCOMP_FILTER_FLAG_TSYNC), for
+// threads that already run (a filter is otherwise inherited only by threads made after it).
+bool deny_syscall_in_all_threads(long nr, int error);
+// The same as deny_syscall, only when argument[arg]'s low 32 bits EQUAL `value`: e.g. madvise with
 // MADV_POPULATE_WRITE failing with EINVAL, as on kernels before 5.14.
 bool deny_syscall_when(long nr, int error, int arg, unsigned value);
 
