@@ -15,6 +15,13 @@
 extern "C" __attribute__((used, visibility("default"))) const char* __tsan_default_options() {
   return "handle_sigbus=0:halt_on_error=1";  // a report in a child must fail the child
 }
+// The loader's SONAME check (src/loader.cc, name_in_use) reads the link map's names inside
+// dl_iterate_phdr(), which holds ld.so's dl_load_write_lock; another thread's dlopen() adds
+// an object to the list under the same lock, after strdup()ing its name. ld.so is not
+// instrumented, so TSan sees neither lock and reports the strdup against the read.
+extern "C" __attribute__((used, visibility("default"))) const char* __tsan_default_suppressions() {
+  return "race:name_in_use\n";
+}
 #endif
 #if defined(MAPWRIGHT_TEST_ASAN)
 extern "C" __attribute__((used, visibility("default"))) const char* __asan_default_options() {
