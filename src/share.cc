@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "bundle_wire.h"
+#include "entry_image.h"
 #include "mapwright/error.h"
 #include "mapwright/region.h"
 #include "os/os.h"
@@ -88,17 +89,7 @@ LibraryBundle LibraryBundle::from_wrapper(const Wrapper& wrapper,
     if (e.size == 0) throw Error(EINVAL, operation, wrapper.name(), label + " is empty", kCause);
     // Copied once, from the wrapper's mapping into the memfd's (chunk by chunk, so gaps
     // between chunks in files over 4 GiB are no matter).
-    RegionOptions options;
-    options.capacity = (e.size + 4095) / 4096 * 4096;
-    Region region = Region::memfd(memfd_name(e.name), options);
-    region.ensure(e.size);
-    std::uint64_t at = 0;
-    for (const auto& chunk : e.chunks) {
-      std::memcpy(region.data() + at, chunk.data(), chunk.size());
-      at += chunk.size();
-    }
-    region.finish(e.size);
-    SealedImage image = std::move(region).seal();
+    SealedImage image = detail::gather_entry(e, memfd_name(e.name));
     // Hashed again over the sealed bytes: what is sent is what the digest describes, even
     // if the wrapper's file changed after open().
     if (digest_of_image(image, operation, wrapper.name()) != e.digest) {

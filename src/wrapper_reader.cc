@@ -35,6 +35,7 @@
 #include "os/os.h"
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
+#include "entry_image.h"
 #include "wrapper_integrity.h"
 
 namespace mapwright {
@@ -722,17 +723,21 @@ Library Wrapper::load_library(std::string_view name, LoadOptions options) const 
   };
   if (e.contiguous()) return mapwright::load_library(fd(), e.offset, e.size, options);
   // Chunks with gaps between them (files over 4 GiB): gather them into a sealed memfd.
+  return mapwright::load_library(detail::gather_entry(e, options.name), options);
+}
+
+SealedImage detail::gather_entry(const WrapperEntry& entry, const std::string& memfd_name) {
   RegionOptions region_options;
-  region_options.capacity = (e.size + 4095) / 4096 * 4096;
-  Region region = Region::memfd(options.name, region_options);
-  region.ensure(e.size);
+  region_options.capacity = (entry.size + 4095) / 4096 * 4096;
+  Region region = Region::memfd(memfd_name, region_options);
+  region.ensure(entry.size);
   std::uint64_t at = 0;
-  for (const auto& chunk : e.chunks) {
+  for (const auto& chunk : entry.chunks) {
     std::memcpy(region.data() + at, chunk.data(), chunk.size());
     at += chunk.size();
   }
-  region.finish(e.size);
-  return mapwright::load_library(std::move(region).seal(), options);
+  region.finish(entry.size);
+  return std::move(region).seal();
 }
 
 LoadedLibraries Wrapper::load_in_order(const std::vector<std::size_t>& order,
