@@ -45,7 +45,6 @@ const char* to_string(CopyMethod method) noexcept {
     case CopyMethod::kCopyFileRange: return "copy_file_range";
     case CopyMethod::kSendfile: return "sendfile";
     case CopyMethod::kReadWrite: return "read/write";
-    case CopyMethod::kMappedWrite: return "pwrite from a mapping";
     case CopyMethod::kFromMemory: return "from memory";
   }
   return "?";
@@ -134,46 +133,12 @@ void check_elf(Source& source, const std::string& name) {
 
 bool is_refusal(int err) { return os::is_copy_refusal(err); }
 
-// From this size up, a refused copy_file_range is followed by one pwrite from a read-only
-// mapping of the source range rather than by sendfile, which moves a page at a time through
-// a pipe: 8 MiB from ext4 into a memfd whose pages are allocated, 1.6 ms against 2.3 ms;
-// 16 KiB, 5.3 µs + the mapping's ~4 µs against 5-7 µs (a probe, medians of 20 and 500).
-constexpr std::uint64_t kMappedCopyMin = 256 << 10;
-
-// The mapped copy: true when done; false (nothing reported) when the source cannot be mapped
-// or does not hold the whole range, so that the caller goes on to sendfile, which reports
-// how far the source goes. Throws if the write fails.
-bool copy_from_mapping(int out, const Source& source, LoadReport& report, const std::string& name) {
-  if (source.size < kMappedCopyMin) return false;
-  std::uint64_t file_size = 0;
-  if (os::file_size(source.fd, &file_size) != 0 || source.offset > file_size ||
-      file_size - source.offset < source.size) {
-    return false;
-  }
-  const std::uint64_t start = source.offset / os::page_size() * os::page_size();
-  const std::uint64_t length = source.size + (source.offset - start);
-  const void* address = nullptr;
-  if (os::map_readonly_at(source.fd, start, length, &address) != 0) return false;
-  struct Unmap {
-    const void* address;
-    std::uint64_t length;
-    ~Unmap() { os::munmap(address, length); }
-  } unmap{address, length};
-  // Maps every page in one call instead of a fault per few pages during the write (a
-  // speed-up only: without it the write faults them in).
-  (void)os::madvise(const_cast<void*>(address), length, os::kMadvPopulateRead);
-  report.copy_method = CopyMethod::kMappedWrite;
-  // A source cut short meanwhile makes the write fail with EFAULT (no signal in the kernel).
-  if (const int err = os::pwrite_all(out, static_cast<const std::byte*>(address) +
-                                              (source.offset - start),
-                                     static_cast<std::size_t>(source.size), 0);
-      err != 0) {
-    throw Error(err, "copying library", name, "(pwrite from a mapping of the source)");
-  }
-  report.bytes_copied = source.size;
-  return true;
-}
-
+// After a refused copy_file_range (across file systems: EXDEV), sendfile: into a memfd whose
+// pages are allocated (MemfdPool), 8 MiB from ext4 in 0.92-0.98 ms against 1.2-1.8 ms for one
+// pwrite from a populated read-only mapping of the source, and 16 us against 104 us for
+// 256 KiB, which the mapping's setup and unmapping dominate (a probe on the 2-core test VM,
+// kernel 6.18, medians of 41-101; an earlier probe on a busy machine had favoured the mapping,
+// and the loader_bench rows moved with this change: README, "Loading").
 // Copies the whole source into `out` (from its offset 0). Throws Error on failure, or if the
 // source ends early.
 void fill(int out, const Source& source, LoadReport& report, const std::string& name) {
@@ -193,7 +158,6 @@ void fill(int out, const Source& source, LoadReport& report, const std::string& 
     report.fallback_reason += describe("copy_file_range", err);
     // A small range was read already: write that (the pread of pread/pwrite is done).
     if (source.buffered) return write_span(CopyMethod::kReadWrite);
-    if (copy_from_mapping(out, source, report, name)) return;
     // Start again from scratch: a refused call may have copied part of the range.
     err = os::seek(out, 0);
     if (err == 0) err = os::sendfile(out, source.fd, source.offset, source.size, &copied);

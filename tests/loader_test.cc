@@ -486,8 +486,7 @@ TEST(LoaderLadder, ProcGoneAfterALoadFallsToANamedTempFile) {
 }
 
 // Step 2 without copy_file_range, by size of the range: up to 64 KiB the loader's one read
-// of it is written (read/write); from 256 KiB one pwrite from a mapping of the source; in
-// between sendfile, and without sendfile pread/pwrite. Always a memfd. The fixture padded
+// of it is written (read/write); above that sendfile, and without sendfile pread/pwrite. Always a memfd. The fixture padded
 // with zeros is still the fixture to dlopen().
 TEST(LoaderLadder, CopyFileRangeRefusedStillCopiesIntoAMemfd) {
   struct Case {
@@ -499,7 +498,8 @@ TEST(LoaderLadder, CopyFileRangeRefusedStillCopiesIntoAMemfd) {
       {fixture_a().size(), false, CopyMethod::kReadWrite},
       {128 << 10, false, CopyMethod::kSendfile},
       {128 << 10, true, CopyMethod::kReadWrite},
-      {512 << 10, false, CopyMethod::kMappedWrite},
+      {512 << 10, false, CopyMethod::kSendfile},
+      {512 << 10, true, CopyMethod::kReadWrite},
   };
   for (const Case& c : cases) {
     std::vector<std::byte> bytes = fixture_a();
@@ -525,9 +525,8 @@ TEST(LoaderLadder, CopyFileRangeRefusedStillCopiesIntoAMemfd) {
   }
 }
 
-// The mapped copy of a range that the file no longer holds whole goes on to sendfile, which
-// says how far the source goes.
-TEST(LoaderLadder, MappedCopyOfARangePastTheEndReportsWhereTheSourceEnds) {
+// A range that the file does not hold whole: sendfile says how far the source goes.
+TEST(LoaderLadder, CopyOfARangePastTheEndReportsWhereTheSourceEnds) {
   std::vector<std::byte> bytes = fixture_a();
   bytes.resize(512 << 10);
   const int fd = raw_memfd(bytes);

@@ -138,7 +138,6 @@ enum class CopyMethod {
   kCopyFileRange,  // copy_file_range(2), in the kernel
   kSendfile,       // sendfile(2), in the kernel
   kReadWrite,      // pread/pwrite through a buffer
-  kMappedWrite,    // one pwrite from a read-only mapping of the source range (>= 256 KiB)
   kFromMemory,     // pwrite from the caller's span
 };
 const char* to_string(CopyMethod method) noexcept;
