@@ -132,7 +132,26 @@ struct Wrapper::State {
 
   [[noreturn]] void refuse_not_a_wrapper(const std::string& why) {
     not_a_wrapper = true;
-    refuse("(not a wrapper: " + why + ")");
+    refuse("(not a wrapper: " + why + ")" + embedded_hint());
+  }
+
+  // When the bytes from the file's start are not a wrapper but the file ends with the trailer
+  // of one that starts further in (appended to an executable): where it starts, and how to
+  // open it. Empty otherwise, and when the trailer cannot be read.
+  std::string embedded_hint() const {
+    if (base != 0 || size < kWrapperTrailerBytes) return {};
+    try {
+      std::string why;
+      const auto found = read_trailer(size - kWrapperTrailerBytes, &why);
+      if (!found || found->wrapper_size >= size || found->wrapper_size < kWrapperTrailerBytes ||
+          (size - found->wrapper_size) % kWrapperAlignment != 0) {
+        return {};
+      }
+      return "; the file ends with a wrapper that starts at byte " +
+             str(size - found->wrapper_size) + ": open it with Wrapper::open_embedded()";
+    } catch (const Error&) {
+      return {};
+    }
   }
 
   [[noreturn]] void damaged(const std::string& what) const {

@@ -242,6 +242,29 @@ TEST(EmbeddedTest, OpenEmbeddedFindsAWrapperAppendedToAFile) {
   EXPECT_EQ(by_fd.name(), "wrapper fd " + std::to_string(fd.get()));
 }
 
+// Opening such a file as a whole wrapper fails, and says where the appended one starts and
+// how to open it; a file with no trailer gets no such hint.
+TEST(EmbeddedTest, OpeningAnAppendedWrapperAsAWholeFilePointsToOpenEmbedded) {
+  TempDir dir;
+  const Bytes wrapper = sample_wrapper(dir);
+  Bytes prefix = pattern_bytes(2 * kPage + 77, 5);
+  prefix.resize(3 * kPage);
+  write_file(dir / "app", concat({&prefix, &wrapper}));
+  const std::string hint = "the file ends with a wrapper that starts at byte " +
+                           std::to_string(3 * kPage) + ": open it with Wrapper::open_embedded()";
+  expect_error([&] { Wrapper::open(dir / "app"); }, EINVAL, {"not a wrapper", hint});
+  const ReadOnlyFd fd(dir / "app");
+  expect_error([&] { Wrapper::open(fd.get()); }, EINVAL, {"not a wrapper", hint});
+  write_file(dir / "plain", prefix);
+  try {
+    (void)Wrapper::open(dir / "plain");
+    ADD_FAILURE() << "opened a file with no wrapper";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a wrapper"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("open_embedded"), std::string::npos) << e.what();
+  }
+}
+
 TEST(EmbeddedTest, OpenEmbeddedSaysThereIsNoWrapper) {
   TempDir dir;
   const Bytes wrapper = sample_wrapper(dir);
