@@ -246,6 +246,64 @@ TEST_F(CliEmbeddedTest, AFileWithoutAWrapperSaysSo) {
   }
 }
 
+// EXE a symbolic link to the program: OUT is a regular file (not a link), a copy of the
+// program's bytes with the program's mode.
+TEST_F(CliEmbeddedTest, PackAppendToALinkCopiesTheFileItNames) {
+  const fs::path exe = true_copy();
+  if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
+  ASSERT_EQ(::chmod(exe.c_str(), 0710), 0);
+  fs::create_symlink(exe.filename(), path("link"));
+  const fs::path out = path("out");
+  EXPECT_EXIT_CODE(pack_appended(path("link"), out), 0);
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(out)));
+  EXPECT_EQ(mode_of(out), 0710u);
+  EXPECT_EQ(read_file(out).substr(0, fs::file_size(exe)), read_file(exe));
+  EXPECT_EXIT_CODE(run_program(out, {}), 0);
+  EXPECT_EXIT_CODE(tool({"verify", out}), 0);
+}
+
+// OUT a symbolic link to a file: a failed pack leaves both as they were; a good one replaces
+// the file (the link stays) and gives it EXE's mode.
+TEST_F(CliEmbeddedTest, PackAppendToThroughALinkKeepsTheLink) {
+  const fs::path exe = true_copy();
+  if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
+  write_file(path("precious"), "the previous file");
+  ASSERT_EQ(::chmod(path("precious").c_str(), 0640), 0);
+  fs::create_symlink("precious", path("out"));
+  const Outcome failed = pack_appended(exe, path("out"), {"--data", "gone=" + path("gone").string()});
+  EXPECT_EXIT_CODE(failed, 3);
+  EXPECT_TRUE(fs::is_symlink(path("out")));
+  EXPECT_EQ(read_file(path("precious")), "the previous file");
+  EXPECT_EQ(mode_of(path("precious")), 0640u);
+
+  EXPECT_EXIT_CODE(pack_appended(exe, path("out")), 0);
+  EXPECT_TRUE(fs::is_symlink(path("out")));
+  EXPECT_EQ(mode_of(path("precious")), 0755u);
+  EXPECT_EXIT_CODE(run_program(path("out"), {}), 0);
+  EXPECT_EXIT_CODE(tool({"verify", path("out")}), 0);
+}
+
+// Under `ulimit -f` smaller than EXE (SIGXFSZ at its default action): exit 3 with one line
+// naming RLIMIT_FSIZE, not death by SIGXFSZ; nothing at OUT and no temporary beside it.
+TEST_F(CliEmbeddedTest, PackAppendToUnderUlimitFExitsThree) {
+  const fs::path exe = path("exe");
+  write_file(exe, random_bytes(3u << 20, 3));
+  ASSERT_EQ(::chmod(exe.c_str(), 0755), 0);
+  fs::create_directory(path("out"));
+  const fs::path out = path("out") / "packed";
+  // ulimit -f counts 1024-byte blocks: 1 MiB, and 1 MiB + 1 KiB (not a whole page).
+  for (const char* blocks : {"1024", "1025"}) {
+    SCOPED_TRACE(blocks);
+    const Outcome limited = run_program(
+        "/bin/sh", {"-c", std::string("ulimit -f ") + blocks + " && exec \"$0\" \"$@\"", kTool,
+                    "pack", "--append-to", exe, "-o", out, "--no-progress", "--lib",
+                    "liba=" MAPWRIGHT_FIXTURE_A});
+    EXPECT_EXIT_CODE(limited, 3);
+    expect_one_error_line(limited, {out.string(), "RLIMIT_FSIZE", "File too large"});
+    EXPECT_TRUE(fs::is_empty(path("out")));
+  }
+}
+
 TEST_F(CliEmbeddedTest, PackAppendToStandardOutputAndHelp) {
   const fs::path exe = true_copy();
   if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
