@@ -246,6 +246,23 @@ TEST_F(CliEmbeddedTest, AFileWithoutAWrapperSaysSo) {
   }
 }
 
+// `--append-to ""` (an unset variable in `--append-to "$APP"`) is a usage error, not a plain
+// wrapper published at OUT as if no --append-to had been given.
+TEST_F(CliEmbeddedTest, PackAppendToAnEmptyPathIsAUsageError) {
+  const fs::path out = path("out");
+  const Outcome empty = tool({"pack", "--append-to", "", "-o", out, "--no-progress", "--lib",
+                              "liba=" MAPWRIGHT_FIXTURE_A});
+  EXPECT_EXIT_CODE(empty, 2);
+  expect_one_error_line(empty, {"--append-to", "empty"});
+  EXPECT_FALSE(fs::exists(out));
+  // An existing OUT is left as it was.
+  write_file(out, "the previous file");
+  EXPECT_EXIT_CODE(tool({"pack", "--append-to=", "-o", out, "--no-progress", "--lib",
+                         "liba=" MAPWRIGHT_FIXTURE_A}),
+                   2);
+  EXPECT_EQ(read_file(out), "the previous file");
+}
+
 // EXE a symbolic link to the program: OUT is a regular file (not a link), a copy of the
 // program's bytes with the program's mode.
 TEST_F(CliEmbeddedTest, PackAppendToALinkCopiesTheFileItNames) {

@@ -315,12 +315,13 @@ Subcommand add_pack(CLI::App& app) {
           ->type_name("NAME=PATH")
           ->check(CLI::Validator([](std::string& spec) { return check_spec(spec, "NAME=PATH"); },
                                  "", "data entry"));
-  command
-      ->add_option("--append-to", options->append_to,
-                   "Write OUT as a copy of EXE with the wrapper appended (at the next multiple "
-                   "of 4096), keeping EXE's permission bits: EXE still runs, and finds the "
-                   "wrapper with Wrapper::open_embedded(\"/proc/self/exe\")")
-      ->type_name("EXE");
+  CLI::Option* append_to =
+      command
+          ->add_option("--append-to", options->append_to,
+                       "Write OUT as a copy of EXE with the wrapper appended (at the next "
+                       "multiple of 4096), keeping EXE's permission bits: EXE still runs, and "
+                       "finds the wrapper with Wrapper::open_embedded(\"/proc/self/exe\")")
+          ->type_name("EXE");
   command->add_option("--producer", options->producer, "Recorded in the file; inspect shows it")
       ->capture_default_str()
       ->type_name("TEXT");
@@ -359,7 +360,16 @@ Subcommand add_pack(CLI::App& app) {
                     "Do not wait for the disk before publishing (no fsync): still atomic if the "
                     "process dies, but not if the machine loses power");
   command->footer(std::string(kPackFooter) + "\n" + kExitCodesHelp);
-  return {command, [options, command, libraries, data] {
+  return {command, [options, command, libraries, data, append_to] {
+            // `--append-to ""` (often an unset variable) would otherwise be no --append-to
+            // at all: a plain wrapper, not an executable, published at OUT.
+            if (append_to->count() != 0 && options->append_to.empty()) {
+              throw ToolError(kExitUsage,
+                              fmt::format("pack: --append-to: the path is empty: give the "
+                                          "executable to append the wrapper to ({} is left as "
+                                          "it was)",
+                                          in_quotes(options->output)));
+            }
             std::vector<PackItem> items = items_in_order(*command, libraries, data);
             // An empty wrapper is never what was meant, and publishing one would replace an
             // existing file with nothing.
