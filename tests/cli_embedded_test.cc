@@ -321,6 +321,38 @@ TEST_F(CliEmbeddedTest, PackAppendToUnderUlimitFExitsThree) {
   }
 }
 
+// EXE that already ends with a wrapper: the new wrapper is appended after it (the old one is
+// part of the copied EXE), open_embedded and every command find the new one, and pack warns
+// that the old one is hidden.
+TEST_F(CliEmbeddedTest, AppendingToAFileWithAWrapperWarnsAndTheNewOneIsFound) {
+  const fs::path exe = true_copy();
+  if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
+  const fs::path once = path("once");
+  EXPECT_EXIT_CODE(pack_appended(exe, once), 0);
+  const std::uint64_t first_offset = page_up(fs::file_size(exe));
+  const std::uint64_t once_size = fs::file_size(once);
+  write_file(path("second.bin"), random_bytes(5000, 2));
+  const fs::path twice = path("twice");
+  const Outcome packed = tool({"pack", "--append-to", once, "-o", twice, "--no-progress",
+                               "--data", "second=" + path("second.bin").string()});
+  EXPECT_EXIT_CODE(packed, 0);
+  EXPECT_THAT(packed.err, HasSubstr("warning: '" + once.string() + "' already ends with a wrapper ("
+                                    + std::to_string(once_size - first_offset) + " bytes at byte " +
+                                    std::to_string(first_offset) + ")"));
+  EXPECT_EQ(lines_of(packed.err).size(), 1u) << packed.err;
+  EXPECT_EQ(read_file(twice).substr(0, once_size), read_file(once));
+  const Json json = inspect_json(twice);
+  EXPECT_EQ(json["wrapper_offset"].number, page_up(once_size));
+  ASSERT_EQ(json["entries"].array.size(), 1u);
+  EXPECT_EQ(json["entries"].array.at(0)["name"].string, "second");
+  EXPECT_EXIT_CODE(tool({"verify", twice}), 0);
+  EXPECT_EXIT_CODE(run_program(twice, {}), 0);
+  // No warning for an EXE without one.
+  const Outcome plain = pack_appended(exe, path("plain"));
+  EXPECT_EXIT_CODE(plain, 0);
+  EXPECT_EQ(plain.err, "");
+}
+
 TEST_F(CliEmbeddedTest, PackAppendToStandardOutputAndHelp) {
   const fs::path exe = true_copy();
   if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
