@@ -110,6 +110,7 @@ struct Wrapper::State {
   // Set when open() refused the bytes as not a wrapper at all (no segment table, wrong
   // magic), rather than as a damaged one: open_embedded() tells the two apart.
   bool not_a_wrapper = false;
+  std::string not_a_wrapper_why;  // why, when it is set
   // Version 2 only: the trailer, and the hashed ranges of the first message (its size).
   std::optional<detail::Trailer> trailer;
   std::uint64_t prefix_end = 0;
@@ -132,6 +133,7 @@ struct Wrapper::State {
 
   [[noreturn]] void refuse_not_a_wrapper(const std::string& why) {
     not_a_wrapper = true;
+    not_a_wrapper_why = why;
     refuse("(not a wrapper: " + why + ")" + embedded_hint());
   }
 
@@ -587,8 +589,18 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
       state->check();
       return state;
     } catch (const Error&) {
-      if (state->base == 0) throw;  // the whole file: its own damage
       located_failure = std::current_exception();
+      // A well-formed trailer that puts the wrapper where there is none: a wrapper was found
+      // and is damaged (its trailer's size, or the bytes where it starts), not absent.
+      if (state->not_a_wrapper) {
+        located_failure = std::make_exception_ptr(
+            Error(EBADMSG, kOpen, name,
+                  "(damaged: its trailer puts a wrapper of " + str(state->size) +
+                      " bytes at byte " + str(state->base) + ", but there is none there: " +
+                      state->not_a_wrapper_why + ")",
+                  kCause));
+      }
+      if (state->base == 0) std::rethrow_exception(located_failure);  // the whole file
     }
   }
   // No wrapper where the end says (or the one there does not open). If a wrapper begins the

@@ -246,6 +246,113 @@ TEST_F(CliEmbeddedTest, AFileWithoutAWrapperSaysSo) {
   }
 }
 
+// `--append-to ""` (an unset variable in `--append-to "$APP"`) is a usage error, not a plain
+// wrapper published at OUT as if no --append-to had been given.
+TEST_F(CliEmbeddedTest, PackAppendToAnEmptyPathIsAUsageError) {
+  const fs::path out = path("out");
+  const Outcome empty = tool({"pack", "--append-to", "", "-o", out, "--no-progress", "--lib",
+                              "liba=" MAPWRIGHT_FIXTURE_A});
+  EXPECT_EXIT_CODE(empty, 2);
+  expect_one_error_line(empty, {"--append-to", "empty"});
+  EXPECT_FALSE(fs::exists(out));
+  // An existing OUT is left as it was.
+  write_file(out, "the previous file");
+  EXPECT_EXIT_CODE(tool({"pack", "--append-to=", "-o", out, "--no-progress", "--lib",
+                         "liba=" MAPWRIGHT_FIXTURE_A}),
+                   2);
+  EXPECT_EQ(read_file(out), "the previous file");
+}
+
+// EXE a symbolic link to the program: OUT is a regular file (not a link), a copy of the
+// program's bytes with the program's mode.
+TEST_F(CliEmbeddedTest, PackAppendToALinkCopiesTheFileItNames) {
+  const fs::path exe = true_copy();
+  if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
+  ASSERT_EQ(::chmod(exe.c_str(), 0710), 0);
+  fs::create_symlink(exe.filename(), path("link"));
+  const fs::path out = path("out");
+  EXPECT_EXIT_CODE(pack_appended(path("link"), out), 0);
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(out)));
+  EXPECT_EQ(mode_of(out), 0710u);
+  EXPECT_EQ(read_file(out).substr(0, fs::file_size(exe)), read_file(exe));
+  EXPECT_EXIT_CODE(run_program(out, {}), 0);
+  EXPECT_EXIT_CODE(tool({"verify", out}), 0);
+}
+
+// OUT a symbolic link to a file: a failed pack leaves both as they were; a good one replaces
+// the file (the link stays) and gives it EXE's mode.
+TEST_F(CliEmbeddedTest, PackAppendToThroughALinkKeepsTheLink) {
+  const fs::path exe = true_copy();
+  if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
+  write_file(path("precious"), "the previous file");
+  ASSERT_EQ(::chmod(path("precious").c_str(), 0640), 0);
+  fs::create_symlink("precious", path("out"));
+  const Outcome failed = pack_appended(exe, path("out"), {"--data", "gone=" + path("gone").string()});
+  EXPECT_EXIT_CODE(failed, 3);
+  EXPECT_TRUE(fs::is_symlink(path("out")));
+  EXPECT_EQ(read_file(path("precious")), "the previous file");
+  EXPECT_EQ(mode_of(path("precious")), 0640u);
+
+  EXPECT_EXIT_CODE(pack_appended(exe, path("out")), 0);
+  EXPECT_TRUE(fs::is_symlink(path("out")));
+  EXPECT_EQ(mode_of(path("precious")), 0755u);
+  EXPECT_EXIT_CODE(run_program(path("out"), {}), 0);
+  EXPECT_EXIT_CODE(tool({"verify", path("out")}), 0);
+}
+
+// Under `ulimit -f` smaller than EXE (SIGXFSZ at its default action): exit 3 with one line
+// naming RLIMIT_FSIZE, not death by SIGXFSZ; nothing at OUT and no temporary beside it.
+TEST_F(CliEmbeddedTest, PackAppendToUnderUlimitFExitsThree) {
+  const fs::path exe = path("exe");
+  write_file(exe, random_bytes(3u << 20, 3));
+  ASSERT_EQ(::chmod(exe.c_str(), 0755), 0);
+  fs::create_directory(path("out"));
+  const fs::path out = path("out") / "packed";
+  // ulimit -f counts 1024-byte blocks: 1 MiB, and 1 MiB + 1 KiB (not a whole page).
+  for (const char* blocks : {"1024", "1025"}) {
+    SCOPED_TRACE(blocks);
+    const Outcome limited = run_program(
+        "/bin/sh", {"-c", std::string("ulimit -f ") + blocks + " && exec \"$0\" \"$@\"", kTool,
+                    "pack", "--append-to", exe, "-o", out, "--no-progress", "--lib",
+                    "liba=" MAPWRIGHT_FIXTURE_A});
+    EXPECT_EXIT_CODE(limited, 3);
+    expect_one_error_line(limited, {out.string(), "RLIMIT_FSIZE", "File too large"});
+    EXPECT_TRUE(fs::is_empty(path("out")));
+  }
+}
+
+// EXE that already ends with a wrapper: the new wrapper is appended after it (the old one is
+// part of the copied EXE), open_embedded and every command find the new one, and pack warns
+// that the old one is hidden.
+TEST_F(CliEmbeddedTest, AppendingToAFileWithAWrapperWarnsAndTheNewOneIsFound) {
+  const fs::path exe = true_copy();
+  if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";
+  const fs::path once = path("once");
+  EXPECT_EXIT_CODE(pack_appended(exe, once), 0);
+  const std::uint64_t first_offset = page_up(fs::file_size(exe));
+  const std::uint64_t once_size = fs::file_size(once);
+  write_file(path("second.bin"), random_bytes(5000, 2));
+  const fs::path twice = path("twice");
+  const Outcome packed = tool({"pack", "--append-to", once, "-o", twice, "--no-progress",
+                               "--data", "second=" + path("second.bin").string()});
+  EXPECT_EXIT_CODE(packed, 0);
+  EXPECT_THAT(packed.err, HasSubstr("warning: '" + once.string() + "' already ends with a wrapper ("
+                                    + std::to_string(once_size - first_offset) + " bytes at byte " +
+                                    std::to_string(first_offset) + ")"));
+  EXPECT_EQ(lines_of(packed.err).size(), 1u) << packed.err;
+  EXPECT_EQ(read_file(twice).substr(0, once_size), read_file(once));
+  const Json json = inspect_json(twice);
+  EXPECT_EQ(json["wrapper_offset"].number, page_up(once_size));
+  ASSERT_EQ(json["entries"].array.size(), 1u);
+  EXPECT_EQ(json["entries"].array.at(0)["name"].string, "second");
+  EXPECT_EXIT_CODE(tool({"verify", twice}), 0);
+  EXPECT_EXIT_CODE(run_program(twice, {}), 0);
+  // No warning for an EXE without one.
+  const Outcome plain = pack_appended(exe, path("plain"));
+  EXPECT_EXIT_CODE(plain, 0);
+  EXPECT_EQ(plain.err, "");
+}
+
 TEST_F(CliEmbeddedTest, PackAppendToStandardOutputAndHelp) {
   const fs::path exe = true_copy();
   if (exe.empty()) GTEST_SKIP() << "no true(1) on PATH";

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -319,6 +320,56 @@ TEST(EmbeddedTest, DamageInsideAFoundWrapperIsDamageNotAbsence) {
   write_file(dir / "longer", concat({&wrapper, &x}));
   expect_error([&] { Wrapper::open_embedded(dir / "longer"); }, EBADMSG,
                {"1 bytes after the wrapper"});
+}
+
+// A well-formed trailer at the end of the file that puts the wrapper where there is none (its
+// size field damaged, or the bytes where it points overwritten): a wrapper was found and is
+// damaged (EBADMSG, as README promises), not "not a wrapper" (EINVAL), and the message says
+// where the trailer put it.
+TEST(EmbeddedTest, ATrailerThatPointsAtNoWrapperIsDamage) {
+  TempDir dir;
+  const Bytes wrapper = sample_wrapper(dir);
+  const Bytes prefix = pattern_bytes(3 * kPage, 9);
+  const Bytes file = concat({&prefix, &wrapper});
+  // The trailer's wrapper_size: the 8 bytes that hold wrapper.size() in the last 88.
+  const std::uint64_t trailer_at = file.size() - kWrapperTrailerBytes;
+  std::uint64_t field = 0;
+  for (std::uint64_t at = trailer_at; at + 8 <= file.size(); ++at) {
+    std::uint64_t value = 0;
+    std::memcpy(&value, &file[at], 8);
+    if (value == wrapper.size()) field = at;
+  }
+  ASSERT_NE(field, 0u);
+  const auto with_size = [&](std::uint64_t size) {
+    Bytes changed = file;
+    std::memcpy(&changed[field], &size, 8);
+    return changed;
+  };
+  struct Case {
+    std::string what;
+    Bytes bytes;
+    std::uint64_t start;
+  };
+  const std::vector<Case> cases = {
+      // One page too far back: into the prefix.
+      {"a page earlier", with_size(wrapper.size() + kPage), 2 * kPage},
+      // At byte 0 of the file: the prefix is not a wrapper either.
+      {"the whole file", with_size(file.size()), 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    write_file(dir / "app", c.bytes);
+    expect_error([&] { Wrapper::open_embedded(dir / "app"); }, EBADMSG,
+                 {(dir / "app").string(), "its trailer puts a wrapper of",
+                  "at byte " + std::to_string(c.start) + ", but there is none there"});
+  }
+  // The bytes where the trailer points overwritten: the same.
+  Bytes overwritten = file;
+  std::fill(overwritten.begin() + static_cast<std::ptrdiff_t>(prefix.size()),
+            overwritten.begin() + static_cast<std::ptrdiff_t>(prefix.size() + 16), std::byte{0xff});
+  write_file(dir / "app", overwritten);
+  expect_error([&] { Wrapper::open_embedded(dir / "app"); }, EBADMSG,
+               {"at byte " + std::to_string(prefix.size()) + ", but there is none there"});
 }
 
 TEST(EmbeddedTest, OpenEmbeddedRefusesVersion1SayingSo) {

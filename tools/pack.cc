@@ -17,6 +17,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <kj/exception.h>
 
 #include "commands.h"
 #include "mapwright/error.h"
@@ -61,6 +62,8 @@ constexpr const char* kPackFooter =
     "(Wrapper::open_embedded(\"/proc/self/exe\")); inspect, verify, extract and run read\n"
     "OUT as a wrapper. EXE is copied in the kernel into the staged OUT, which is renamed\n"
     "into place once complete, as always. EXE must be a regular file and not OUT itself.\n"
+    "An EXE that already ends with a wrapper is copied with it, and the new wrapper hides\n"
+    "it (a warning says so): append to the program without one.\n"
     "  mapwright pack --append-to build/app -o build/app.packed --lib core=build/libcore.so\n";
 
 // NAME=REST with a non-empty NAME and REST; "" if `spec` is one, else what is wrong.
@@ -205,6 +208,30 @@ class UnnamedOutput {
   int fd_ = -1;
 };
 
+// EXE that already ends with a wrapper (often a packed program given instead of the bare
+// one): the old wrapper is copied as part of EXE and the new one, after it, hides it. Allowed,
+// but said, once, on stderr. Anything that does not open as a wrapper says nothing here; EXE's
+// own failures (missing, not a regular file) are the writer's to report.
+void warn_if_it_has_a_wrapper(const std::string& exe) {
+  std::uint64_t offset = 0;
+  std::uint64_t size = 0;
+  try {
+    const Wrapper old = Wrapper::open_embedded(exe);
+    offset = old.offset();
+    size = old.size();
+  } catch (const Error&) {
+    return;
+  } catch (const ::kj::Exception&) {
+    return;
+  }
+  const std::string line = fmt::format(
+      "mapwright: warning: {} already ends with a wrapper ({} bytes at byte {}): it is copied "
+      "as part of it and the new wrapper, after it, hides it (append to the program without "
+      "one to replace it)\n",
+      in_quotes(exe), size, offset);
+  (void)write_all(STDERR_FILENO, line.data(), line.size());
+}
+
 int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   const bool to_stdout = options.output == "-";
   // The percentage's denominator: streams have no size until they end.
@@ -235,6 +262,7 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   if (mode != ProgressBar::Mode::kOff) {
     writer_options.progress = [&bar](const WriteProgress& progress) { bar.update(progress); };
   }
+  if (!options.append_to.empty()) warn_if_it_has_a_wrapper(options.append_to);
   std::optional<UnnamedOutput> unnamed;
   if (to_stdout) unnamed.emplace();
   std::uint64_t wrapper_offset = 0;
@@ -315,12 +343,13 @@ Subcommand add_pack(CLI::App& app) {
           ->type_name("NAME=PATH")
           ->check(CLI::Validator([](std::string& spec) { return check_spec(spec, "NAME=PATH"); },
                                  "", "data entry"));
-  command
-      ->add_option("--append-to", options->append_to,
-                   "Write OUT as a copy of EXE with the wrapper appended (at the next multiple "
-                   "of 4096), keeping EXE's permission bits: EXE still runs, and finds the "
-                   "wrapper with Wrapper::open_embedded(\"/proc/self/exe\")")
-      ->type_name("EXE");
+  CLI::Option* append_to =
+      command
+          ->add_option("--append-to", options->append_to,
+                       "Write OUT as a copy of EXE with the wrapper appended (at the next "
+                       "multiple of 4096), keeping EXE's permission bits: EXE still runs, and "
+                       "finds the wrapper with Wrapper::open_embedded(\"/proc/self/exe\")")
+          ->type_name("EXE");
   command->add_option("--producer", options->producer, "Recorded in the file; inspect shows it")
       ->capture_default_str()
       ->type_name("TEXT");
@@ -359,7 +388,16 @@ Subcommand add_pack(CLI::App& app) {
                     "Do not wait for the disk before publishing (no fsync): still atomic if the "
                     "process dies, but not if the machine loses power");
   command->footer(std::string(kPackFooter) + "\n" + kExitCodesHelp);
-  return {command, [options, command, libraries, data] {
+  return {command, [options, command, libraries, data, append_to] {
+            // `--append-to ""` (often an unset variable) would otherwise be no --append-to
+            // at all: a plain wrapper, not an executable, published at OUT.
+            if (append_to->count() != 0 && options->append_to.empty()) {
+              throw ToolError(kExitUsage,
+                              fmt::format("pack: --append-to: the path is empty: give the "
+                                          "executable to append the wrapper to ({} is left as "
+                                          "it was)",
+                                          in_quotes(options->output)));
+            }
             std::vector<PackItem> items = items_in_order(*command, libraries, data);
             // An empty wrapper is never what was meant, and publishing one would replace an
             // existing file with nothing.
