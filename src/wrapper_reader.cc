@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -126,6 +127,9 @@ struct Wrapper::State {
   std::vector<WrapperEntry> entries;
   std::unordered_map<std::string_view, std::size_t> index;  // views into entries' names
   std::vector<std::vector<std::size_t>> edges;              // direct dependencies
+  // Entries made into sealed images by image(), by index.
+  mutable std::mutex images_mutex;
+  mutable std::unordered_map<std::size_t, SealedImage> images;
 
   [[noreturn]] void refuse(const std::string& what) const {
     throw Error(EINVAL, kOpen, name, what, kCause);
@@ -755,6 +759,20 @@ Library Wrapper::load_library(std::string_view name, LoadOptions options) const 
   if (e.contiguous()) return mapwright::load_library(fd(), e.offset, e.size, options);
   // Chunks with gaps between them (files over 4 GiB): gather them into a sealed memfd.
   return mapwright::load_library(detail::gather_entry(e, options.name), options);
+}
+
+SealedImage Wrapper::image(std::string_view name) const {
+  const WrapperEntry& e = entry(name);
+  const auto index = static_cast<std::size_t>(&e - state_->entries.data());
+  std::lock_guard lock(state_->images_mutex);
+  if (auto it = state_->images.find(index); it != state_->images.end()) return it->second;
+  SealedImage image = detail::gather_entry(e, state_->name + ":" + detail::printable(e.name));
+  if (digest_of(image.map()) != e.digest) {
+    throw Error(EBADMSG, "making image of wrapper entry", state_->name + ":" + detail::printable(e.name),
+                "(its bytes do not match the entry's digest " + e.digest.hex() + ")", kCause);
+  }
+  state_->images.emplace(index, image);
+  return image;
 }
 
 SealedImage detail::gather_entry(const WrapperEntry& entry, const std::string& memfd_name) {

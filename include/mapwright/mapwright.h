@@ -6,6 +6,7 @@
 #include "mapwright/fault.h"
 #include "mapwright/loader.h"
 #include "mapwright/memfd_pool.h"
+#include "mapwright/pool.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
 #include "mapwright/share.h"

@@ -427,9 +427,17 @@ class Wrapper {
   // verify_metadata(), then every entry; throws Error(EBADMSG) naming what does not match.
   void verify() const;
 
+  // Entry `name` (of either kind) as a sealed image: its bytes copied into a new memfd,
+  // sealed, and hashed against the entry's digest (Error(EBADMSG) if they differ). Made once
+  // per Wrapper: later calls return the same image (thread-safe), so that an InstancePool
+  // (pool.h) finds its slots already holding it. Throws Error(ENOENT) for no such entry, or
+  // what making the memfd throws. The copy reads the file through its mapping (see the
+  // hazards at the top).
+  SealedImage image(std::string_view name) const;
+
   // Loads one library entry (kind kSharedLibrary; else Error(EINVAL)): copied in the kernel
   // from fd() into a sealed memfd (loader.h, step 2; on ext4 copy_file_range refuses a
-  // memfd, so it is sendfile: ~3-4 ms per 8 MB here), hashed, and dlopen()ed; a copy that
+  // memfd, so it is sendfile: ~1-2 ms per 8 MB here), hashed, and dlopen()ed; a copy that
   // does not match the entry's digest is refused with Error(EBADMSG). Its dependencies must
   // already be loaded and alive (else the dynamic linker looks for them on disk): use
   // load_with_dependencies() or load_all() to have that done. options.name defaults to

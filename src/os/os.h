@@ -193,6 +193,39 @@ int madvise(void* address, std::uint64_t length, int advice) noexcept;
 inline constexpr int kMadvPopulateRead = 22;   // MADV_POPULATE_READ
 inline constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE
 
+// ---- copy-on-write slots (src/os/pagemap.cc) --------------------------------------------
+
+inline constexpr int kMadvDontneed = 4;  // MADV_DONTNEED
+// Maps [0, length) of `fd` MAP_PRIVATE read-write at `address` (MAP_FIXED, over a
+// reservation this process owns): writes are copied on write, never reach the file.
+// Not async-signal-safe.
+int map_private_fixed(void* address, std::uint64_t length, int fd) noexcept;
+// Puts inaccessible address space back at [address, address + length) (MAP_FIXED,
+// PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE). Not async-signal-safe.
+int reserve_fixed(void* address, std::uint64_t length) noexcept;
+// mprotect(2): read-write, or no access. Not async-signal-safe.
+int protect(void* address, std::uint64_t length, bool accessible) noexcept;
+
+// A range of pages, [begin, end).
+struct PageRange {
+  std::uint64_t begin = 0;
+  std::uint64_t end = 0;
+};
+// The PAGEMAP_SCAN ioctl (Linux 6.7+) on `pagemap_fd` (/proc/self/pagemap) over [begin, end):
+// up to `capacity` ranges of pages that are present or swapped and are not file pages
+// (anonymous: in a MAP_PRIVATE file mapping, the pages copied on write). `*count` gets how
+// many, `*walked_to` where the walk stopped (end when it saw everything). ENOTTY or EINVAL on
+// kernels without the ioctl. Not async-signal-safe.
+int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
+                       std::size_t capacity, std::size_t* count, std::uint64_t* walked_to) noexcept;
+// pread(2) of /proc/self/pagemap: the 64-bit entries of `pages` pages from `begin`.
+int read_pagemap(int pagemap_fd, std::uint64_t begin, std::uint64_t* entries,
+                 std::size_t pages) noexcept;
+// The bits of a pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
+inline constexpr std::uint64_t kPagemapPresent = 1ull << 63;
+inline constexpr std::uint64_t kPagemapSwapped = 1ull << 62;
+inline constexpr std::uint64_t kPagemapFileOrShared = 1ull << 61;
+
 // ---- sockets (src/os/sockets.cc) --------------------------------------------------------
 
 // sendmsg(2) of `data` with `fd` attached as SCM_RIGHTS (fd < 0: none), MSG_NOSIGNAL (a

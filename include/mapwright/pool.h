@@ -1,0 +1,189 @@
+// mapwright/pool.h — copy-on-write instances of sealed images: instantiate the same image
+// thousands of times, and pay on reset for what an instance wrote, not for the image's size.
+//
+// An InstancePool reserves `slots` ranges of address space (slot_size each, plus a guard).
+// instantiate(image) puts the image in a free slot, mapped MAP_PRIVATE: every instance reads
+// the image's own pages (shared by all instances and processes that map it), and the kernel
+// copies a page only when an instance writes it. Returning the Instance resets its slot:
+//
+//     slot base                     heap()               heap() + heap_size()       slot end
+//     ├── the image (CoW) ──────────┼── heap: zeroed ─────┼── inaccessible ───────────┤ guard
+//
+//   * The image's bytes: [base(), base() + image_size()). The rest of its last page reads as
+//     zeros. Writes are private to the instance.
+//   * The heap: from heap(), the page after the image, heap_size() accessible bytes, zero at
+//     instantiation (InstanceOptions::heap_initial) and grown by grow_heap() up to heap_limit().
+//     Memory past heap_size() is inaccessible: a touch is SIGSEGV (HeapMode::kAnonymous) or
+//     SIGBUS, reported as an access past the heap and ending the process after one line on
+//     stderr, or an Error inside guarded() (HeapMode::kMemfd).
+//
+// Reset (when the Instance is destroyed or reset() is called) restores the slot so that the
+// next instance of the same image sees exactly the image and a zeroed heap, and keeps the
+// mapping: a slot remembers its image, instantiating that image again does no mmap(), and
+// free slots are handed out preferring one that last held the same image (affinity). What an
+// instance wrote is found per page:
+//   * ResetMethod::kPagemapScan (Linux 6.7+): the PAGEMAP_SCAN ioctl lists the pages of the
+//     image's mapping that are no longer the file's (copied on write); only those are
+//     restored. Pages only read stay mapped: a fully read image is not faulted in again.
+//   * ResetMethod::kPagemapRead (any Linux with /proc): the same answer from reading
+//     /proc/self/pagemap (8 bytes per page of the image, so slower for large images).
+//   * ResetMethod::kRemap (anywhere): the image's range is mapped again; every page, read or
+//     written, is faulted in again by the next instance.
+// InstancePoolOptions::reset picks one, or kAutomatic the best the kernel offers; stats()
+// and reset_method() say which runs. A written page is restored by dropping the instance's
+// copy (MADV_DONTNEED): the next read maps the image's page again.
+//
+// The heap is reset by dropping its pages; with HeapMode::kAnonymous its accessible part is
+// made inaccessible again (mprotect), with HeapMode::kMemfd its memfd is cut to zero. The
+// first keep_resident bytes of the heap are zeroed in place instead of dropped (no page fault
+// when the next instance touches them again).
+//
+// Guarantees: after reset a slot is byte-identical to its image (and a zeroed heap); nothing
+// an instance wrote is visible to the next one; the sealed image never changes (invariant 9:
+// a MAP_PRIVATE write never reaches the file). instantiate() and Instance destruction are
+// thread-safe (one mutex guards the free lists; reset runs outside it, on the returning
+// thread). An Instance is used by one thread at a time. The pool may be destroyed before its
+// instances: the slots are unmapped when the last of them goes.
+//
+// Hazards:
+//   * System calls do not fault: read(2) into heap memory past heap_size() fails with EFAULT.
+//   * A pointer kept from an instance after it is returned points into the next instance.
+//   * fork(): a child inherits the slots' mappings (private copies, as for any MAP_PRIVATE
+//     memory), not the pool: do not use the pool or its instances in the child.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "mapwright/sealed_image.h"
+
+namespace mapwright {
+
+class Wrapper;
+
+// How an instance's written image pages are found at reset.
+enum class ResetMethod {
+  kAutomatic,    // kPagemapScan where the kernel has it, else kPagemapRead, else kRemap
+  kPagemapScan,  // ioctl(PAGEMAP_SCAN) on /proc/self/pagemap (Linux 6.7+)
+  kPagemapRead,  // read(2) of /proc/self/pagemap
+  kRemap,        // map the whole image range again
+};
+// "automatic", "PAGEMAP_SCAN", "pagemap read", "remap".
+const char* to_string(ResetMethod method) noexcept;
+
+// How the heap after the image is made accessible.
+enum class HeapMode {
+  kAnonymous,  // anonymous memory, opened by mprotect() as it grows (wasmtime's choice)
+  kMemfd,      // a memfd per slot mapped MAP_SHARED, grown by ftruncate() (no mmap lock)
+};
+// "anonymous", "memfd".
+const char* to_string(HeapMode mode) noexcept;
+
+struct InstancePoolOptions {
+  // How many instances can exist at once; at least 1.
+  std::size_t slots = 16;
+  // Address space per slot: the image (rounded up to a page) plus the heap limit must fit.
+  // Rounded up to a page. Reserved for all slots at once (slots x (slot_size + guard)),
+  // MAP_NORESERVE: address space only, which is what RLIMIT_AS limits.
+  std::uint64_t slot_size = 1ull << 30;
+  // Inaccessible address space after each slot (rounded up to a page).
+  std::uint64_t guard = 2ull << 20;
+  HeapMode heap = HeapMode::kAnonymous;
+  ResetMethod reset = ResetMethod::kAutomatic;
+  // Heap bytes zeroed in place at reset instead of dropped (rounded down to a page).
+  std::uint64_t keep_resident = 0;
+  // Names the pool in errors and in /proc/PID/maps (the heap memfds).
+  std::string name = "instance pool";
+};
+
+struct InstanceOptions {
+  // Heap bytes accessible at instantiation (rounded up to a page); at most heap_limit.
+  std::uint64_t heap_initial = 0;
+  // The most the heap can grow to; 0: all the slot leaves after the image.
+  std::uint64_t heap_limit = 0;
+};
+
+struct InstancePoolStats {
+  ResetMethod reset_method = ResetMethod::kAutomatic;  // the one that runs
+  HeapMode heap_mode = HeapMode::kAnonymous;
+  std::size_t slots = 0;
+  std::size_t in_use = 0;
+  std::uint64_t instantiations = 0;
+  std::uint64_t same_image = 0;      // of those: the slot already held the image (no mmap)
+  std::uint64_t mappings = 0;        // image mappings made (a slot given a new image)
+  std::uint64_t resets = 0;
+  std::uint64_t pages_restored = 0;  // written image pages dropped at reset, in all
+  std::uint64_t heap_pages_dropped = 0;
+};
+
+class Instance;
+
+class InstancePool {
+ public:
+  // Reserves the slots. Throws Error: EINVAL for a bad option (naming it), ENOMEM naming
+  // RLIMIT_AS when the reservation is refused, ENOTSUP when `reset` asks for a method this
+  // kernel does not have. Not async-signal-safe, nor is anything here.
+  explicit InstancePool(InstancePoolOptions options = {});
+  InstancePool(InstancePool&&) noexcept;
+  InstancePool& operator=(InstancePool&&) noexcept;
+  InstancePool(const InstancePool&) = delete;
+  InstancePool& operator=(const InstancePool&) = delete;
+  ~InstancePool();  // instances still out keep their slots until they go
+
+  // A new instance of `image` in a free slot (one that last held `image` if there is one).
+  // Throws Error: EBUSY when every slot is in use, EFBIG when the image and the heap do not
+  // fit a slot, EINVAL for heap_initial > heap_limit, or the errno of a failed mmap/mprotect.
+  Instance instantiate(const SealedImage& image, InstanceOptions options = {});
+  // The wrapper's entry `name`, sealed once per Wrapper (Wrapper::image()) and instantiated.
+  Instance instantiate(const Wrapper& wrapper, std::string_view name, InstanceOptions options = {});
+
+  ResetMethod reset_method() const noexcept;
+  InstancePoolStats stats() const;
+
+  struct State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// One instance: a slot holding an image and a heap. Move-only; destroying it resets the slot
+// and gives it back to the pool.
+class Instance {
+ public:
+  Instance() noexcept = default;
+  Instance(Instance&& other) noexcept;
+  Instance& operator=(Instance&& other) noexcept;
+  Instance(const Instance&) = delete;
+  Instance& operator=(const Instance&) = delete;
+  ~Instance();
+
+  explicit operator bool() const noexcept { return slot_ != nullptr; }
+  struct Slot;  // the pool's, opaque
+  // The image's first byte; the slot's start. Null for a moved-from instance.
+  std::byte* base() const noexcept;
+  std::uint64_t image_size() const noexcept;
+  // The image as this instance sees it (its writes included).
+  std::span<std::byte> image() const noexcept;
+  // The heap's first byte: base() + image_size() rounded up to a page.
+  std::byte* heap() const noexcept;
+  std::uint64_t heap_size() const noexcept;
+  std::uint64_t heap_limit() const noexcept;
+  // Makes the heap `size` bytes (rounded up to a page) accessible; the new bytes are zero.
+  // Never shrinks. Throws Error (ENOMEM past heap_limit(), or the errno of mprotect /
+  // ftruncate: a memfd heap that cannot get pages).
+  void grow_heap(std::uint64_t size);
+  // Resets the slot and gives it back now; the instance is empty afterwards.
+  void reset() noexcept;
+
+ private:
+  friend class InstancePool;
+  Instance(std::shared_ptr<InstancePool::State> pool, Slot* slot) noexcept;
+  std::shared_ptr<InstancePool::State> pool_;
+  Slot* slot_ = nullptr;
+};
+
+}  // namespace mapwright
