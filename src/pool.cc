@@ -130,8 +130,8 @@ struct InstancePool::State final : detail::FaultOwner {
   void map_image(Instance::Slot* slot, const SealedImage& image, const ImageKey& key);
   void set_heap(Instance::Slot* slot, std::uint64_t size, const char* operation);
   bool reset(Instance::Slot* slot) noexcept;
-  bool drop_written(std::byte* begin, std::uint64_t length, std::uint64_t keep,
-                    std::uint64_t* pages) noexcept;
+  bool drop_written(std::byte* begin, std::uint64_t length, const std::byte* source,
+                    std::uint64_t keep, std::uint64_t* pages) noexcept;
   void empty(Instance::Slot* slot) noexcept;
 };
 
@@ -174,16 +174,25 @@ void InstancePool::State::choose_method(ResetMethod wanted) {
   if (method == ResetMethod::kRemap) pagemap.reset(-1);
 }
 
-// Drops the pages of [begin, begin + length) that are the instance's own (written, or heap
-// pages touched), except that those within the first `keep` bytes are zeroed in place.
-// Adds how many were dropped or zeroed to *pages. False when the pages could not be found
-// or dropped (the caller then remaps).
-bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length, std::uint64_t keep,
+// Drops the pages of [begin, begin + length) that are the instance's own (written image
+// pages, touched heap pages), or restores some in place: with `source` (the image), the first
+// `keep` bytes of them found are copied back from it; without, those within the first `keep`
+// bytes of the range are zeroed. Adds how many pages were dropped or restored to *pages. False
+// when the pages could not be found or dropped (the caller then remaps).
+bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
+                                       const std::byte* source, std::uint64_t keep,
                                        std::uint64_t* pages) noexcept {
   const auto start = reinterpret_cast<std::uint64_t>(begin);
+  std::uint64_t budget = keep;  // with a source: bytes that may still be copied back
   const auto act = [&](std::uint64_t from, std::uint64_t to) {
-    const std::uint64_t kept_end = std::min(to, start + keep);
-    if (from < kept_end) {
+    if (source != nullptr) {
+      const std::uint64_t copied = std::min(budget, to - from);
+      if (copied > 0) {
+        std::memcpy(reinterpret_cast<void*>(from), source + (from - start), copied);
+        budget -= copied;
+        from += copied;
+      }
+    } else if (const std::uint64_t kept_end = std::min(to, start + keep); from < kept_end) {
       std::memset(reinterpret_cast<void*>(from), 0, kept_end - from);
       from = kept_end;
     }
@@ -264,21 +273,31 @@ bool InstancePool::State::reset(Instance::Slot* slot) noexcept {
   std::uint64_t image_pages = 0;
   std::uint64_t heap_pages = 0;
   bool ok = true;
-  // The image: what the instance wrote goes (kept pages are for the heap only: a page
-  // restored by copying would stay the instance's and be found again at every reset).
+  // The image: what the instance wrote goes, or is copied back (up to image_keep_resident).
   if (slot->image_span > 0) {
+    const std::byte* source = nullptr;
+    std::uint64_t image_keep = 0;
+    if (options.image_keep_resident > 0) {
+      try {
+        source = slot->image->map().data();  // made once per image, kept with it
+        image_keep = options.image_keep_resident / page * page;
+      } catch (...) {
+        source = nullptr;  // no view of the image: drop everything instead
+      }
+    }
     if (method == ResetMethod::kRemap ||
-        !drop_written(slot->base, slot->image_span, 0, &image_pages)) {
+        !drop_written(slot->base, slot->image_span, source, image_keep, &image_pages)) {
       ok = os::map_private_fixed(slot->base, slot->image_span, slot->image->fd()) == 0;
       image_pages = slot->image_span / page;
     }
   }
   // The heap.
   std::byte* heap = slot->base + slot->image_span;
-  const std::uint64_t keep = std::min(options.keep_resident / page * page, slot->accessible);
+  const std::uint64_t keep = std::min(options.heap_keep_resident / page * page, slot->accessible);
   if (ok && slot->accessible > 0) {
     if (options.heap == HeapMode::kAnonymous) {
-      if (method == ResetMethod::kRemap || !drop_written(heap, slot->accessible, keep, &heap_pages)) {
+      if (method == ResetMethod::kRemap ||
+          !drop_written(heap, slot->accessible, nullptr, keep, &heap_pages)) {
         if (keep > 0) std::memset(heap, 0, keep);
         ok = os::madvise(heap + keep, slot->accessible - keep, os::kMadvDontneed) == 0;
         heap_pages = slot->accessible / page;

@@ -105,7 +105,8 @@ TEST_P(ResetTest, ResetRestoresEveryPageWhateverWasWritten) {
   const Bytes bytes = pattern_bytes(64 * kPage + 123, 2);
   const SealedImage image = make_image(bytes);
   InstancePoolOptions options = small_pool(1, heap, method);
-  options.keep_resident = 8 * kPage;
+  options.heap_keep_resident = 8 * kPage;
+  options.image_keep_resident = 5 * kPage;
   InstancePool pool(options);
   EXPECT_EQ(pool.reset_method(), method);
   std::mt19937 random(7);
@@ -153,6 +154,42 @@ INSTANTIATE_TEST_SUITE_P(
       }
       return name;
     });
+
+// image_keep_resident: written image pages are copied back at reset and stay mapped, so the
+// next instance writes them again without a page fault (and still sees the image's bytes);
+// without it, each such write faults.
+TEST(InstancePool, KeptImagePagesAreRestoredInPlaceAndWrittenAgainWithoutAFault) {
+  const Bytes bytes = pattern_bytes(16 * kPage, 15);
+  const SealedImage image = make_image(bytes);
+  const auto minor_faults = [] {
+    struct rusage usage {};
+    ::getrusage(RUSAGE_THREAD, &usage);
+    return usage.ru_minflt;
+  };
+  for (const std::uint64_t keep : {std::uint64_t{0}, 4 * kPage}) {
+    SCOPED_TRACE("image_keep_resident " + std::to_string(keep));
+    InstancePoolOptions options = small_pool(1);
+    options.image_keep_resident = keep;
+    InstancePool pool(options);
+    if (pool.reset_method() == ResetMethod::kRemap) GTEST_SKIP() << "no pagemap here";
+    {
+      Instance first = pool.instantiate(image);
+      first.base()[3 * kPage] = std::byte{1};
+      first.base()[7 * kPage + 5] = std::byte{2};
+    }
+    Instance second = pool.instantiate(image);
+    EXPECT_EQ(differences(second, bytes), "");
+    const long before = minor_faults();
+    second.base()[3 * kPage + 1] = std::byte{3};
+    second.base()[7 * kPage + 6] = std::byte{4};
+    const long faults = minor_faults() - before;
+    if (keep > 0) {
+      EXPECT_EQ(faults, 0);
+    } else {
+      EXPECT_GE(faults, 2);
+    }
+  }
+}
 
 // A page written only through the heap after growth, and the heap pages past the next
 // instance's initial size, are zero and inaccessible for the next instance until it grows.

@@ -30,13 +30,13 @@
 //   * ResetMethod::kRemap (anywhere): the image's range is mapped again; every page, read or
 //     written, is faulted in again by the next instance.
 // InstancePoolOptions::reset picks one, or kAutomatic the best the kernel offers; stats()
-// and reset_method() say which runs. A written page is restored by dropping the instance's
-// copy (MADV_DONTNEED): the next read maps the image's page again.
+// and reset_method() say which runs.
 //
-// The heap is reset by dropping its pages; with HeapMode::kAnonymous its accessible part is
-// made inaccessible again (mprotect), with HeapMode::kMemfd its memfd is cut to zero. The
-// first keep_resident bytes of the heap are zeroed in place instead of dropped (no page fault
-// when the next instance touches them again).
+// A written page is restored by dropping the instance's copy (MADV_DONTNEED: the next read
+// maps the image's page again), or, up to image_keep_resident bytes, by copying the image's
+// bytes back over it. The heap is reset by dropping its pages (the first heap_keep_resident
+// bytes are zeroed in place instead); with HeapMode::kAnonymous its accessible part is made
+// inaccessible again (mprotect), with HeapMode::kMemfd its memfd is cut.
 //
 // Guarantees: after reset a slot is byte-identical to its image (and a zeroed heap); nothing
 // an instance wrote is visible to the next one; the sealed image never changes (invariant 9:
@@ -94,8 +94,14 @@ struct InstancePoolOptions {
   std::uint64_t guard = 2ull << 20;
   HeapMode heap = HeapMode::kAnonymous;
   ResetMethod reset = ResetMethod::kAutomatic;
-  // Heap bytes zeroed in place at reset instead of dropped (rounded down to a page).
-  std::uint64_t keep_resident = 0;
+  // Written image bytes copied back from the image at reset instead of dropped, per reset
+  // (rounded down to a page; the first pages found, in address order). A page so restored
+  // stays the instance's: the next write to it costs no page fault, but it is found and
+  // copied again at every reset. For the pages every instance writes. PAGEMAP methods only.
+  std::uint64_t image_keep_resident = 0;
+  // Bytes at the heap's start zeroed in place at reset instead of dropped (rounded down to
+  // a page): the next instance touches them without a page fault.
+  std::uint64_t heap_keep_resident = 0;
   // Names the pool in errors and in /proc/PID/maps (the heap memfds).
   std::string name = "instance pool";
 };

@@ -1,8 +1,9 @@
-# tests/support/expect_output.cmake — runs PROGRAM (cmake -DPROGRAM=... -DPATTERNS=a;b -P this)
+# tests/support/expect_output.cmake — runs PROGRAM with ARGS (cmake -DPROGRAM=... [-DARGS=x;y]
+# -DPATTERNS=a;b -P this)
 # and fails unless it exits 0 and its standard output matches every regular expression in
 # PATTERNS, in order. For example programs, which CTest runs as they are (PASS_REGULAR_EXPRESSION
 # alone would ignore the exit status).
-execute_process(COMMAND ${PROGRAM} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
+execute_process(COMMAND ${PROGRAM} ${ARGS} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("${out}${err}")
 if(NOT status EQUAL 0)
   message(FATAL_ERROR "${PROGRAM} exited with ${status}")
