@@ -99,6 +99,29 @@ const Library& LoadedLibraries::at(std::string_view name) const {
 
 // ---- Wrapper::State: the checks -------------------------------------------------------------
 
+// Where the trailer at the end of a file of `file` bytes puts its wrapper's first byte, or
+// nothing, with why in *why: a size past the file, smaller than a trailer, or a start that is
+// not a multiple of kWrapperAlignment.
+static std::optional<std::uint64_t> wrapper_start(const detail::Trailer& trailer, std::uint64_t file,
+                                                  std::string* why) {
+  if (trailer.wrapper_size > file) {
+    *why = "its trailer says the wrapper has " + str(trailer.wrapper_size) +
+           " bytes, more than the file's " + str(file);
+    return std::nullopt;
+  }
+  if (trailer.wrapper_size < kWrapperTrailerBytes) {
+    *why = "its trailer says the wrapper has " + str(trailer.wrapper_size) +
+           " bytes, fewer than the trailer itself";
+    return std::nullopt;
+  }
+  if ((file - trailer.wrapper_size) % kWrapperAlignment != 0) {
+    *why = "its trailer puts the wrapper's first byte at " + str(file - trailer.wrapper_size) +
+           ", which is not a multiple of " + str(kWrapperAlignment);
+    return std::nullopt;
+  }
+  return file - trailer.wrapper_size;
+}
+
 struct Wrapper::State {
   std::string name;
   os::OwnedFd fd;                                 // when opened from a path or an fd
@@ -149,12 +172,10 @@ struct Wrapper::State {
     try {
       std::string why;
       const auto found = read_trailer(size - kWrapperTrailerBytes, &why);
-      if (!found || found->wrapper_size >= size || found->wrapper_size < kWrapperTrailerBytes ||
-          (size - found->wrapper_size) % kWrapperAlignment != 0) {
-        return {};
-      }
-      return "; the file ends with a wrapper that starts at byte " +
-             str(size - found->wrapper_size) + ": open it with Wrapper::open_embedded()";
+      const auto start = found ? wrapper_start(*found, size, &why) : std::nullopt;
+      if (!start || *start == 0) return {};
+      return "; the file ends with a wrapper that starts at byte " + str(*start) +
+             ": open it with Wrapper::open_embedded()";
     } catch (const Error&) {
       return {};
     }
@@ -573,19 +594,7 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
             why + ")";
     }
   }
-  if (trailer && trailer->wrapper_size > file) {
-    why = "its trailer says the wrapper has " + str(trailer->wrapper_size) +
-          " bytes, more than the file's " + str(file);
-    trailer.reset();
-  } else if (trailer && trailer->wrapper_size < kWrapperTrailerBytes) {
-    why = "its trailer says the wrapper has " + str(trailer->wrapper_size) +
-          " bytes, fewer than the trailer itself";
-    trailer.reset();
-  } else if (trailer && (file - trailer->wrapper_size) % kWrapperAlignment != 0) {
-    why = "its trailer puts the wrapper's first byte at " + str(file - trailer->wrapper_size) +
-          ", which is not a multiple of " + str(kWrapperAlignment);
-    trailer.reset();
-  }
+  if (trailer && !wrapper_start(*trailer, file, &why)) trailer.reset();
   std::exception_ptr located_failure;
   if (trailer) {
     auto state = at(file - trailer->wrapper_size, trailer->wrapper_size);
