@@ -184,6 +184,15 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
                                        std::uint64_t* pages) noexcept {
   const auto start = reinterpret_cast<std::uint64_t>(begin);
   std::uint64_t budget = keep;  // with a source: bytes that may still be copied back
+  // What is dropped goes in batches (one process_madvise each, os::drop_ranges).
+  constexpr std::size_t kBatch = 128;
+  os::PageRange batch[kBatch];
+  std::size_t batched = 0;
+  const auto flush = [&] {
+    const bool ok = os::drop_ranges(batch, batched) == 0;
+    batched = 0;
+    return ok;
+  };
   const auto act = [&](std::uint64_t from, std::uint64_t to) {
     if (source != nullptr) {
       const std::uint64_t copied = std::min(budget, to - from);
@@ -196,9 +205,13 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
       std::memset(reinterpret_cast<void*>(from), 0, kept_end - from);
       from = kept_end;
     }
-    if (from < to && os::madvise(reinterpret_cast<void*>(from), to - from, os::kMadvDontneed) != 0) {
-      return false;
+    if (from >= to) return true;
+    if (batched > 0 && batch[batched - 1].end == from) {
+      batch[batched - 1].end = to;
+      return true;
     }
+    if (batched == kBatch && !flush()) return false;
+    batch[batched++] = {from, to};
     return true;
   };
   if (method == ResetMethod::kPagemapScan) {
@@ -219,7 +232,7 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
       if (walked <= at) return false;
       at = walked;
     }
-    return true;
+    return flush();
   }
   if (method == ResetMethod::kPagemapRead) {
     constexpr std::size_t kEntries = 512;
@@ -250,7 +263,7 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
       if (!act(run_begin, start + length)) return false;
       *pages += (start + length - run_begin) / page;
     }
-    return true;
+    return flush();
   }
   return false;  // kRemap: the caller remaps
 }
@@ -377,7 +390,8 @@ void InstancePool::State::map_image(Instance::Slot* slot, const SealedImage& ima
       throw Error(err, kInstantiate, options.name, "(mmap of the image, " + str(image.size()) + " bytes)");
     }
   }
-  if (options.heap == HeapMode::kMemfd) {
+  // An image that fills the slot leaves no heap to map (a mapping of 0 bytes is EINVAL).
+  if (options.heap == HeapMode::kMemfd && span < options.slot_size) {
     if (slot->heap_fd.get() < 0) {
       int fd = -1;
       const std::string name = options.name + " heap " + str(slot->index);
@@ -392,6 +406,13 @@ void InstancePool::State::map_image(Instance::Slot* slot, const SealedImage& ima
         err != 0) {
       empty(slot);
       throw Error(err, kInstantiate, options.name, "(mmap of the heap memfd)");
+    }
+    // A shared mapping would stay shared with a child of fork(): what the child wrote would
+    // reach this slot's next instances. The child gets no heap instead.
+    if (const int err = os::madvise(slot->base + span, options.slot_size - span, os::kMadvDontfork);
+        err != 0) {
+      empty(slot);
+      throw Error(err, kInstantiate, options.name, "(madvise MADV_DONTFORK of the heap memfd)");
     }
     if (const int err = os::ftruncate(slot->heap_fd.get(), 0); err != 0) {
       empty(slot);
@@ -526,7 +547,9 @@ ResetMethod InstancePool::reset_method() const noexcept { return state_->method;
 
 InstancePoolStats InstancePool::stats() const {
   std::lock_guard lock(state_->mutex);
-  return state_->counters;
+  InstancePoolStats stats = state_->counters;
+  stats.batched_drops = os::drop_ranges_batched();
+  return stats;
 }
 
 // ---- Instance -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@
 #include "mapwright/fault.h"
 #include "mapwright/region.h"
 #include "mapwright/wrapper.h"
+#include "pool_helpers.h"
 #include "sanitizers.h"
 #include "wrapper_helpers.h"
 
@@ -35,48 +36,12 @@ namespace {
 
 using test::pattern_bytes;
 using test::run_in_child;
-using Bytes = std::vector<std::byte>;
+using Bytes = test::PoolBytes;
+using test::differences;
+using test::make_image;
+using test::small_pool;
 
 constexpr std::uint64_t kPage = 4096;
-
-SealedImage make_image(const Bytes& bytes, const char* name = "pool-test-image") {
-  Region region = Region::memfd(name);
-  region.ensure(bytes.size());
-  if (!bytes.empty()) std::memcpy(region.data(), bytes.data(), bytes.size());
-  region.finish(bytes.size());
-  return std::move(region).seal();
-}
-
-InstancePoolOptions small_pool(std::size_t slots = 2, HeapMode heap = HeapMode::kAnonymous,
-                               ResetMethod reset = ResetMethod::kAutomatic) {
-  InstancePoolOptions options;
-  options.slots = slots;
-  options.slot_size = 8u << 20;
-  options.guard = 64u << 10;
-  options.heap = heap;
-  options.reset = reset;
-  options.name = "test pool";
-  return options;
-}
-
-// Every byte of the instance's image equals `bytes`, the rest of its last page is zero, and
-// the heap's accessible bytes are zero. Returns the first difference, or "".
-std::string differences(const Instance& instance, const Bytes& bytes) {
-  const std::byte* image = instance.base();
-  if (instance.image_size() != bytes.size()) return "image size " + std::to_string(instance.image_size());
-  if (std::memcmp(image, bytes.data(), bytes.size()) != 0) {
-    for (std::size_t i = 0; i < bytes.size(); ++i) {
-      if (image[i] != bytes[i]) return "image byte " + std::to_string(i);
-    }
-  }
-  for (std::byte* p = instance.base() + bytes.size(); p < instance.heap(); ++p) {
-    if (*p != std::byte{0}) return "tail byte " + std::to_string(p - instance.base());
-  }
-  for (std::uint64_t i = 0; i < instance.heap_size(); ++i) {
-    if (instance.heap()[i] != std::byte{0}) return "heap byte " + std::to_string(i);
-  }
-  return "";
-}
 
 TEST(InstancePool, AnInstanceSeesTheImageAndAZeroedHeap) {
   const Bytes bytes = pattern_bytes(3 * kPage + 100, 1);
@@ -336,6 +301,24 @@ TEST(InstancePool, ExhaustedSlotsAndWhatDoesNotFitAreClearErrors) {
   EXPECT_NO_THROW(instance.grow_heap(4 * kPage));
   // The failures left nothing behind: both slots of `other` were usable.
   EXPECT_EQ(other.stats().in_use, 1u);
+}
+
+// An image as large as a slot leaves no heap: it instantiates and resets in both heap modes,
+// and growing its heap is refused.
+TEST(InstancePool, AnImageThatFillsTheSlotHasNoHeap) {
+  const Bytes bytes = pattern_bytes(8u << 20, 10);
+  const SealedImage image = make_image(bytes);
+  for (const HeapMode heap : {HeapMode::kAnonymous, HeapMode::kMemfd}) {
+    SCOPED_TRACE(to_string(heap));
+    InstancePool pool(small_pool(1, heap));
+    for (int round = 0; round < 2; ++round) {
+      Instance instance = pool.instantiate(image);
+      EXPECT_EQ(instance.heap_limit(), 0u);
+      EXPECT_EQ(test::differences(instance, bytes), "");
+      test::expect_error([&] { instance.grow_heap(kPage); }, ENOMEM, {"the heap limit is 0"});
+      instance.base()[5] = std::byte{1};
+    }
+  }
 }
 
 TEST(InstancePool, BadOptionsAndAnAddressSpaceLimitAreClearErrors) {

@@ -48,8 +48,11 @@
 // Hazards:
 //   * System calls do not fault: read(2) into heap memory past heap_size() fails with EFAULT.
 //   * A pointer kept from an instance after it is returned points into the next instance.
-//   * fork(): a child inherits the slots' mappings (private copies, as for any MAP_PRIVATE
-//     memory), not the pool: do not use the pool or its instances in the child.
+//   * fork(): a child inherits the image mappings and an anonymous heap as private copies
+//     (what it writes is its own), but not a memfd heap (MADV_DONTFORK: a shared heap would let
+//     the child write into the parent's next instances; in the child it is unmapped, a touch
+//     is SIGSEGV). Do not use the pool in the child (its lock may be held by a thread that
+//     did not survive fork).
 #pragma once
 
 #include <cstddef>
@@ -124,6 +127,9 @@ struct InstancePoolStats {
   std::uint64_t resets = 0;
   std::uint64_t pages_restored = 0;  // written image pages dropped at reset, in all
   std::uint64_t heap_pages_dropped = 0;
+  // Pages are dropped in batches, one process_madvise(2) per reset (Linux 6.15+), rather than
+  // one madvise(2) per written range; false until the first reset drops something.
+  bool batched_drops = false;
 };
 
 class Instance;

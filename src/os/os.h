@@ -196,6 +196,7 @@ inline constexpr int kMadvPopulateWrite = 23;  // MADV_POPULATE_WRITE
 // ---- copy-on-write slots (src/os/pagemap.cc) --------------------------------------------
 
 inline constexpr int kMadvDontneed = 4;  // MADV_DONTNEED
+inline constexpr int kMadvDontfork = 10;  // MADV_DONTFORK: a child of fork() has no such mapping
 // Maps [0, length) of `fd` MAP_PRIVATE read-write at `address` (MAP_FIXED, over a
 // reservation this process owns): writes are copied on write, never reach the file.
 // Not async-signal-safe.
@@ -221,6 +222,17 @@ int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, P
 // pread(2) of /proc/self/pagemap: the 64-bit entries of `pages` pages from `begin`.
 int read_pagemap(int pagemap_fd, std::uint64_t begin, std::uint64_t* entries,
                  std::size_t pages) noexcept;
+// Drops the pages of `count` ranges (MADV_DONTNEED), all of them in as few system calls as it
+// can: process_madvise(2) on the calling process (PIDFD_SELF) for up to 256 ranges at a
+// time, where the kernel flushes the TLB once per batch (Linux 6.16+) instead of once per
+// range, which every other running thread of the process pays for with an interrupt. Where
+// process_madvise refuses (kernels before 6.15 allow no MADV_DONTNEED through it, before 6.14
+// have no PIDFD_SELF; a seccomp filter), one madvise(2) per range, and the refusal is
+// remembered. Not async-signal-safe.
+int drop_ranges(const PageRange* ranges, std::size_t count) noexcept;
+// Whether drop_ranges() batches (process_madvise) or falls back to one madvise per range;
+// known after its first call. Async-signal-safe.
+bool drop_ranges_batched() noexcept;
 // The bits of a pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
 inline constexpr std::uint64_t kPagemapPresent = 1ull << 63;
 inline constexpr std::uint64_t kPagemapSwapped = 1ull << 62;

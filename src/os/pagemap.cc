@@ -2,8 +2,11 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
@@ -41,6 +44,25 @@ constexpr std::uint64_t kPageIsFile = 1u << 2;
 constexpr std::uint64_t kPageIsPresent = 1u << 3;
 constexpr std::uint64_t kPageIsSwapped = 1u << 4;
 static_assert(sizeof(PageRegion) == 24 && sizeof(ScanArgument) == 96);
+
+// linux/pidfd.h of Linux 6.14: the calling thread (whose mm is the process's).
+constexpr int kPidfdSelf = -10000;
+constexpr std::size_t kBatch = 256;  // ranges per process_madvise (UIO_MAXIOV is 1024)
+// 1: process_madvise works here; 0: not tried yet; -1: refused, madvise per range.
+std::atomic<int> g_batched{0};
+
+int drop_one_by_one(const PageRange* ranges, std::size_t count) noexcept {
+  for (std::size_t i = 0; i < count; ++i) {
+    const PageRange& r = ranges[i];
+    if (const int err = retry([&] {
+          return ::madvise(reinterpret_cast<void*>(r.begin), r.end - r.begin, MADV_DONTNEED);
+        });
+        err != 0) {
+      return err;
+    }
+  }
+  return 0;
+}
 
 }  // namespace
 
@@ -107,5 +129,53 @@ int read_pagemap(int pagemap_fd, std::uint64_t begin, std::uint64_t* entries,
   if (const int err = pread_full(pagemap_fd, entries, pages * 8, offset, &got); err != 0) return err;
   return got == pages * 8 ? 0 : EIO;
 }
+
+int drop_ranges(const PageRange* ranges, std::size_t count) noexcept {
+  while (count > 0 && g_batched.load(std::memory_order_relaxed) >= 0) {
+    iovec iov[kBatch];
+    const std::size_t n = count < kBatch ? count : kBatch;
+    std::uint64_t wanted = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      iov[i].iov_base = reinterpret_cast<void*>(ranges[i].begin);
+      iov[i].iov_len = ranges[i].end - ranges[i].begin;
+      wanted += iov[i].iov_len;
+    }
+    long done = 0;
+    const int err = retry([&] {
+      done = ::syscall(SYS_process_madvise, kPidfdSelf, iov, n, MADV_DONTNEED, 0u);
+      return static_cast<int>(done < 0 ? -1 : 0);
+    });
+    if (err != 0) {
+      const bool refused = err == EINVAL || err == EBADF || err == ESRCH || err == ENOSYS ||
+                           err == EPERM;
+      if (refused && g_batched.load(std::memory_order_relaxed) == 0) {
+        // process_madvise cannot do this here (EINVAL: no MADV_DONTNEED or no PIDFD_SELF;
+        // ENOSYS, EBADF, ESRCH, EPERM: older kernels, filters): per range from now on.
+        g_batched.store(-1, std::memory_order_relaxed);
+        break;
+      }
+      return err;
+    }
+    g_batched.store(1, std::memory_order_relaxed);
+    std::size_t i = 0;
+    if (static_cast<std::uint64_t>(done) < wanted) {
+      // Part of the batch was dropped (the kernel stops at a range it could not advise): the
+      // rest one by one, and the range that stopped it says why.
+      auto skip = static_cast<std::uint64_t>(done);
+      while (i < n && skip >= ranges[i].end - ranges[i].begin) {
+        skip -= ranges[i].end - ranges[i].begin;
+        ++i;
+      }
+      const PageRange rest{ranges[i].begin + skip, ranges[i].end};
+      if (const int e = drop_one_by_one(&rest, 1); e != 0) return e;
+      if (const int e = drop_one_by_one(ranges + i + 1, n - i - 1); e != 0) return e;
+    }
+    ranges += n;
+    count -= n;
+  }
+  return drop_one_by_one(ranges, count);
+}
+
+bool drop_ranges_batched() noexcept { return g_batched.load(std::memory_order_relaxed) > 0; }
 
 }  // namespace mapwright::os
