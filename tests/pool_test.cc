@@ -374,6 +374,36 @@ TEST(InstancePool, WithoutPagemapScanTheAutomaticMethodFallsBack) {
   test::expect_clean_exit(result);
 }
 
+// Written pages are dropped in one process_madvise per reset where the kernel takes
+// MADV_DONTNEED through it (Linux 6.15+), else one madvise per range; both restore exactly.
+// A child that denies process_madvise (EINVAL, as kernels before 6.15 answer) falls back.
+TEST(InstancePool, DroppedPagesAreBatchedOrDroppedOneRangeAtATime) {
+  const Bytes bytes = pattern_bytes(40 * kPage + 5, 13);
+  const SealedImage image = make_image(bytes);
+  for (const bool deny : {false, true}) {
+    SCOPED_TRACE(deny ? "process_madvise denied" : "process_madvise allowed");
+    const auto result = run_in_child([&] {
+      if (deny) CHILD_CHECK(test::deny_syscall(SYS_process_madvise, EINVAL));
+      InstancePool pool(small_pool(1));
+      for (int round = 0; round < 4; ++round) {
+        Instance instance = pool.instantiate(image);
+        CHILD_CHECK_MSG(differences(instance, bytes).empty(), differences(instance, bytes));
+        instance.grow_heap(8 * kPage);
+        for (std::uint64_t page = round; page < 40; page += 3) instance.base()[page * kPage + 1] = std::byte{0xab};
+        for (std::uint64_t page = 0; page < 8; page += 2) instance.heap()[page * kPage] = std::byte{1};
+      }
+      const InstancePoolStats stats = pool.stats();
+      CHILD_CHECK(stats.pages_restored > 0);
+      if (deny) CHILD_CHECK_MSG(!stats.batched_drops, "batched with process_madvise denied");
+      test::say(stats.batched_drops ? "batched\n" : "one by one\n");
+    });
+    test::expect_clean_exit(result);
+    if (deny) {
+      EXPECT_NE(result.output.find("one by one"), std::string::npos) << result.describe();
+    }
+  }
+}
+
 // Several threads instantiate, write, check and reset at once, two images over fewer slots
 // than a thread each would hold with a little slack.
 TEST(InstancePool, ThreadsInstantiateAndResetAtOnce) {

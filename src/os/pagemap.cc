@@ -148,9 +148,11 @@ int drop_ranges(const PageRange* ranges, std::size_t count) noexcept {
     if (err != 0) {
       const bool refused = err == EINVAL || err == EBADF || err == ESRCH || err == ENOSYS ||
                            err == EPERM;
-      if (refused && g_batched.load(std::memory_order_relaxed) == 0) {
+      if (refused) {
         // process_madvise cannot do this here (EINVAL: no MADV_DONTNEED or no PIDFD_SELF;
-        // ENOSYS, EBADF, ESRCH, EPERM: older kernels, filters): per range from now on.
+        // ENOSYS, EBADF, ESRCH, EPERM: older kernels, a seccomp filter installed since it
+        // last worked): per range from now on. (A range madvise refuses too is reported by
+        // the fallback.)
         g_batched.store(-1, std::memory_order_relaxed);
         break;
       }
