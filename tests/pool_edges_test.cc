@@ -192,6 +192,10 @@ bool write_until_timeout(InstancePool& pool, const SealedImage& image, long micr
 // A runtime's timeout: SIGALRM arrives while an instance writes pages (faulting), and its
 // handler siglongjmps out. The instance is returned; the next one is exactly the image.
 TEST(PoolEdges, ASiglongjmpOutOfAnInstanceInTheMiddleOfItsWritesLeavesTheSlotResettable) {
+#if MAPWRIGHT_TEST_TSAN
+  GTEST_SKIP() << "TSan holds an asynchronous signal until the thread enters one of its "
+                  "interceptors, which a loop of plain stores never does";
+#endif
   const Bytes bytes = pattern_bytes(1024 * kPage, 4);
   const SealedImage image = make_image(bytes);
   const auto result = run_in_child([&] {
@@ -235,7 +239,14 @@ TEST(PoolEdges, AForkedChildCannotWriteIntoTheParentsNextInstances) {
         test::say("heap written\n");
       });
       if (heap == HeapMode::kMemfd) {
+#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
+        // The sanitizer catches the SIGSEGV, reports it and exits.
+        EXPECT_TRUE(child.signal == SIGSEGV || (child.exited && child.exit_code != 0))
+            << child.describe();
+        EXPECT_NE(child.output.find("SEGV"), std::string::npos) << child.describe();
+#else
         EXPECT_EQ(child.signal, SIGSEGV) << child.describe();
+#endif
         EXPECT_EQ(child.output.find("heap written"), std::string::npos) << child.describe();
       } else {
         test::expect_clean_exit(child);

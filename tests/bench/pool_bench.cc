@@ -16,13 +16,18 @@
 // threads:2, each thread its own instances of the same image): inst_per_s is the instances per
 // second of all threads together.
 //
+// pool/reuse_same_pages/dirty:16 (threads:1, threads:2): every instance writes the same 16
+// pages, in a pool with image_keep_resident = 16 pages: they are copied back at reset and
+// written again without a page fault.
+//
 // Heap growth, both modes (pool/heap/anonymous, pool/heap/memfd; threads:1, threads:2): an
 // instance of a one-page image grows its heap 64 KiB at a time to 4 MiB, writing a byte to
 // each new page, then is reset.
 //
 // Counters: pages_restored = image pages dropped per reset (pool rows only).
 // RATIO rows: pool/reuse/dirty:K over pool/mmap_memcpy/dirty:K and pool/mmap_private/dirty:K
-// (both image sizes); pool/reuse/dirty:16/threads:2 over threads:1; pool/heap/memfd over
+// (both image sizes); pool/reuse/dirty:16/threads:2 over threads:1; the same for
+// reuse_same_pages, and reuse_same_pages over reuse_threads (1 thread); pool/heap/memfd over
 // pool/heap/anonymous.
 // Targets (issue 13): pool/reuse/dirty:1 >= 1000x the speed of pool/mmap_memcpy and <= 10 us;
 // 2 threads >= 1.5x the instances per second of 1.
@@ -122,6 +127,36 @@ void reuse(benchmark::State& state, const Image* image, int k) {
   });
 }
 
+InstancePool& keeping_pool() {
+  static InstancePool pool = [] {
+    InstancePoolOptions options;
+    options.slots = 8;
+    options.slot_size = 128ull << 20;
+    options.image_keep_resident = 16 * kPage;
+    options.name = "pool_bench keeping";
+    return InstancePool(options);
+  }();
+  return pool;
+}
+
+// Every instance writes the same 16 pages (a runtime's globals, its stack), in a pool that
+// copies up to 16 written pages back at reset instead of dropping them: after the first
+// instance, no page fault and no madvise.
+void reuse_same_pages(benchmark::State& state) {
+  skip_on_error(state, [&] {
+    const SealedImage& sealed = image_of(kImages[0].size);
+    InstancePool& pool = keeping_pool();
+    const std::uint64_t pages = sealed.size() / kPage;
+    for (auto _ : state) {
+      Instance instance = pool.instantiate(sealed);
+      for (std::uint64_t i = 0; i < 16; ++i) instance.base()[(i * 1021 + 7) % pages * kPage + 8] = std::byte{1};
+    }
+    state.counters["inst_per_s"] =
+        benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+    state.SetLabel(std::string("reset: ") + to_string(pool.reset_method()));
+  });
+}
+
 void mmap_memcpy(benchmark::State& state, const Image* image, int k) {
   skip_on_error(state, [&] {
     const std::span<const std::byte> bytes = image_of(image->size).map();
@@ -213,6 +248,10 @@ void register_benchmarks() {
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime()
         ->Threads(threads);
+    benchmark::RegisterBenchmark("pool/reuse_same_pages/dirty:16", reuse_same_pages)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime()
+        ->Threads(threads);
     benchmark::RegisterBenchmark("pool/heap/anonymous", heap_growth, HeapMode::kAnonymous)
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime()
@@ -223,6 +262,10 @@ void register_benchmarks() {
         ->Threads(threads);
   }
   compare("pool/reuse_threads/dirty:16/real_time/threads:2",
+          "pool/reuse_threads/dirty:16/real_time/threads:1");
+  compare("pool/reuse_same_pages/dirty:16/real_time/threads:2",
+          "pool/reuse_same_pages/dirty:16/real_time/threads:1");
+  compare("pool/reuse_same_pages/dirty:16/real_time/threads:1",
           "pool/reuse_threads/dirty:16/real_time/threads:1");
   compare("pool/heap/memfd", "pool/heap/anonymous");
 }
