@@ -8,6 +8,7 @@
 //   build/release/examples/instance_pool [COUNT]
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <cstring>
 #include <string>
 
+#include <mapwright/error.h>
 #include <mapwright/pool.h>
 #include <mapwright/region.h>
 
@@ -49,11 +51,24 @@ int main(int argc, char** argv) {
     region.finish(kEntries * 8);
     const mapwright::SealedImage table = std::move(region).seal();
 
+    // Lookups read pages all over the table, so after a while each slot has all of it
+    // mapped: write-protect tracking finds the few written pages without looking at every
+    // mapped one (pool.h). Where userfaultfd is not allowed, the automatic method.
     mapwright::InstancePoolOptions options;
     options.slots = 4;
     options.slot_size = 128ull << 20;
+    options.reset = mapwright::ResetMethod::kWriteProtect;
     options.name = "lookup tables";
-    mapwright::InstancePool pool(options);
+    mapwright::InstancePool pool = [&] {
+      try {
+        return mapwright::InstancePool(options);
+      } catch (const mapwright::Error& e) {
+        if (e.error() != ENOTSUP) throw;
+        std::printf("(%s: using the automatic method)\n", e.what());
+        options.reset = mapwright::ResetMethod::kAutomatic;
+        return mapwright::InstancePool(options);
+      }
+    }();
 
     std::uint64_t random = 88172645463325252ull;
     const auto next = [&] {

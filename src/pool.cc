@@ -29,6 +29,7 @@ const char* to_string(ResetMethod method) noexcept {
     case ResetMethod::kPagemapScan: return "PAGEMAP_SCAN";
     case ResetMethod::kPagemapRead: return "pagemap read";
     case ResetMethod::kRemap: return "remap";
+    case ResetMethod::kWriteProtect: return "userfaultfd write-protect";
   }
   return "?";
 }
@@ -94,6 +95,7 @@ struct InstancePool::State final : detail::FaultOwner {
   std::uint64_t stride = 0;  // slot_size + guard
   detail::Reservation reservation;
   os::OwnedFd pagemap;  // /proc/self/pagemap, for the pagemap methods
+  os::OwnedFd uffd;     // the write-tracking userfaultfd, for kWriteProtect
   std::vector<std::unique_ptr<Instance::Slot>> slots;
 
   mutable std::mutex mutex;  // guards what follows
@@ -130,8 +132,9 @@ struct InstancePool::State final : detail::FaultOwner {
   void map_image(Instance::Slot* slot, const SealedImage& image, const ImageKey& key);
   void set_heap(Instance::Slot* slot, std::uint64_t size, const char* operation);
   bool reset(Instance::Slot* slot) noexcept;
-  bool drop_written(std::byte* begin, std::uint64_t length, const std::byte* source,
+  bool drop_written(std::byte* begin, std::uint64_t length, bool image, const std::byte* source,
                     std::uint64_t keep, std::uint64_t* pages) noexcept;
+  int map_image_range(Instance::Slot* slot, std::uint64_t span, int fd) noexcept;
   void empty(Instance::Slot* slot) noexcept;
 };
 
@@ -153,13 +156,41 @@ void InstancePool::State::choose_method(ResetMethod wanted) {
     std::uint64_t entry = 0;
     read = os::read_pagemap(pagemap.get(), probe, &entry, 1) == 0;
   }
-  const auto refuse = [&](const char* why) {
+  // Write tracking: a userfaultfd with asynchronous write-protection, and PAGEMAP_SCAN that
+  // reads it back, tried on the same page (which is then reserved afresh, unregistered).
+  std::string no_tracking = "PAGEMAP_SCAN is missing";
+  if (scan && wanted == ResetMethod::kWriteProtect) {
+    int tracking = -1;
+    if (const int err = os::open_write_tracking(&tracking); err != 0) {
+      no_tracking = std::string("userfaultfd: ") + std::strerror(err);
+    } else {
+      uffd.reset(tracking);
+      os::PageRange range;
+      std::size_t count = 0;
+      std::uint64_t walked = 0;
+      int failed = os::track_writes(uffd.get(), reservation.base(), page);
+      if (failed == 0) {
+        failed = os::scan_written_pages(pagemap.get(), probe, probe + page, &range, 1, &count, &walked);
+      }
+      (void)os::reserve_fixed(reservation.base(), page);
+      if (failed != 0) {
+        no_tracking = std::string("write-protect tracking: ") + std::strerror(failed);
+        uffd.reset(-1);
+      }
+    }
+  }
+  const bool track = uffd.get() >= 0;
+  const auto refuse = [&](const std::string& why) {
     throw Error(ENOTSUP, kCreate, options.name,
                 std::string("(reset method ") + to_string(wanted) + ": " + why + ")");
   };
   switch (wanted) {
     case ResetMethod::kAutomatic:
       method = scan ? ResetMethod::kPagemapScan : read ? ResetMethod::kPagemapRead : ResetMethod::kRemap;
+      break;
+    case ResetMethod::kWriteProtect:
+      if (!track) refuse(no_tracking);
+      method = wanted;
       break;
     case ResetMethod::kPagemapScan:
       if (!scan) refuse(have_pagemap ? "this kernel has no PAGEMAP_SCAN (Linux 6.7+)" : "no /proc/self/pagemap");
@@ -171,6 +202,7 @@ void InstancePool::State::choose_method(ResetMethod wanted) {
       break;
     case ResetMethod::kRemap: method = wanted; break;
   }
+  if (method != ResetMethod::kWriteProtect) uffd.reset(-1);
   if (method == ResetMethod::kRemap) pagemap.reset(-1);
 }
 
@@ -179,7 +211,7 @@ void InstancePool::State::choose_method(ResetMethod wanted) {
 // `keep` bytes of them found are copied back from it; without, those within the first `keep`
 // bytes of the range are zeroed. Adds how many pages were dropped or restored to *pages. False
 // when the pages could not be found or dropped (the caller then remaps).
-bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
+bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length, bool image,
                                        const std::byte* source, std::uint64_t keep,
                                        std::uint64_t* pages) noexcept {
   const auto start = reinterpret_cast<std::uint64_t>(begin);
@@ -214,7 +246,11 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
     batch[batched++] = {from, to};
     return true;
   };
-  if (method == ResetMethod::kPagemapScan) {
+  // The image under write tracking: the pages written since the last reset, protected again
+  // by the same walk (before they are dropped, so that the kernel keeps them protected). The
+  // heap is anonymous memory, not tracked: every page of it there is the instance's.
+  const bool written = image && method == ResetMethod::kWriteProtect;
+  if (written || method == ResetMethod::kPagemapScan || method == ResetMethod::kWriteProtect) {
     constexpr std::size_t kRanges = 128;
     os::PageRange ranges[kRanges];
     std::uint64_t at = start;
@@ -222,9 +258,10 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
     while (at < end) {
       std::size_t count = 0;
       std::uint64_t walked = 0;
-      if (os::scan_private_pages(pagemap.get(), at, end, ranges, kRanges, &count, &walked) != 0) {
-        return false;
-      }
+      const int err =
+          written ? os::scan_written_pages(pagemap.get(), at, end, ranges, kRanges, &count, &walked)
+                  : os::scan_private_pages(pagemap.get(), at, end, ranges, kRanges, &count, &walked);
+      if (err != 0) return false;
       for (std::size_t i = 0; i < count; ++i) {
         if (!act(ranges[i].begin, ranges[i].end)) return false;
         *pages += (ranges[i].end - ranges[i].begin) / page;
@@ -268,6 +305,14 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length,
   return false;  // kRemap: the caller remaps
 }
 
+// Maps the image's `span` bytes MAP_PRIVATE at the slot's base, write-protected and tracked
+// under kWriteProtect (a new mapping ends the range's earlier registration).
+int InstancePool::State::map_image_range(Instance::Slot* slot, std::uint64_t span, int fd) noexcept {
+  if (const int err = os::map_private_fixed(slot->base, span, fd); err != 0) return err;
+  if (method == ResetMethod::kWriteProtect) return os::track_writes(uffd.get(), slot->base, span);
+  return 0;
+}
+
 // Puts the slot back to "no image": its whole range inaccessible address space again.
 void InstancePool::State::empty(Instance::Slot* slot) noexcept {
   (void)os::reserve_fixed(slot->base, options.slot_size);
@@ -299,8 +344,8 @@ bool InstancePool::State::reset(Instance::Slot* slot) noexcept {
       }
     }
     if (method == ResetMethod::kRemap ||
-        !drop_written(slot->base, slot->image_span, source, image_keep, &image_pages)) {
-      ok = os::map_private_fixed(slot->base, slot->image_span, slot->image->fd()) == 0;
+        !drop_written(slot->base, slot->image_span, true, source, image_keep, &image_pages)) {
+      ok = map_image_range(slot, slot->image_span, slot->image->fd()) == 0;
       image_pages = slot->image_span / page;
     }
   }
@@ -310,7 +355,7 @@ bool InstancePool::State::reset(Instance::Slot* slot) noexcept {
   if (ok && slot->accessible > 0) {
     if (options.heap == HeapMode::kAnonymous) {
       if (method == ResetMethod::kRemap ||
-          !drop_written(heap, slot->accessible, nullptr, keep, &heap_pages)) {
+          !drop_written(heap, slot->accessible, false, nullptr, keep, &heap_pages)) {
         if (keep > 0) std::memset(heap, 0, keep);
         ok = os::madvise(heap + keep, slot->accessible - keep, os::kMadvDontneed) == 0;
         heap_pages = slot->accessible / page;
@@ -385,9 +430,13 @@ void InstancePool::State::map_image(Instance::Slot* slot, const SealedImage& ima
   if (slot->image) empty(slot);
   const std::uint64_t span = round_up(image.size(), page);
   if (span > 0) {
-    if (const int err = os::map_private_fixed(slot->base, span, image.fd()); err != 0) {
+    if (const int err = map_image_range(slot, span, image.fd()); err != 0) {
       empty(slot);
-      throw Error(err, kInstantiate, options.name, "(mmap of the image, " + str(image.size()) + " bytes)");
+      throw Error(err, kInstantiate, options.name,
+                  std::string(method == ResetMethod::kWriteProtect
+                                  ? "(mmap and userfaultfd write-protection of the image, "
+                                  : "(mmap of the image, ") +
+                      str(image.size()) + " bytes)");
     }
   }
   // An image that fills the slot leaves no heap to map (a mapping of 0 bytes is EINVAL).

@@ -219,6 +219,23 @@ struct PageRange {
 // kernels without the ioctl. Not async-signal-safe.
 int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
                        std::size_t capacity, std::size_t* count, std::uint64_t* walked_to) noexcept;
+// PAGEMAP_SCAN as above, for the pages of [begin, end) written since they were last
+// write-protected, in a range registered by track_writes(); each page found is write-protected
+// again in the same walk (PM_SCAN_WP_MATCHING). EPERM where the range is not so registered.
+// Not async-signal-safe.
+int scan_written_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
+                       std::size_t capacity, std::size_t* count, std::uint64_t* walked_to) noexcept;
+// A userfaultfd for write tracking only (UFFD_USER_MODE_ONLY, so no privilege is needed;
+// close-on-exec): asynchronous write-protection (UFFD_FEATURE_WP_ASYNC, Linux 6.7+: the kernel
+// resolves a write to a protected page itself, nothing is ever read from the fd) that also
+// covers pages not mapped yet (UFFD_FEATURE_WP_UNPOPULATED). ENOSYS, EPERM (a seccomp filter,
+// vm.unprivileged_userfaultfd), or ENOTSUP when the kernel lacks a feature. Not
+// async-signal-safe.
+int open_write_tracking(int* fd) noexcept;
+// Registers [address, address + length) with `uffd` for write-protection and protects all of
+// it: from then on a page written there shows as written to scan_written_pages(). A new
+// mapping over the range ends the registration. Not async-signal-safe.
+int track_writes(int uffd, void* address, std::uint64_t length) noexcept;
 // pread(2) of /proc/self/pagemap: the 64-bit entries of `pages` pages from `begin`.
 int read_pagemap(int pagemap_fd, std::uint64_t begin, std::uint64_t* entries,
                  std::size_t pages) noexcept;

@@ -1,5 +1,6 @@
 // src/os/pagemap.cc — the system calls of copy-on-write slots (os.h, "copy-on-write slots").
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -40,6 +41,13 @@ struct ScanArgument {
   std::uint64_t return_mask;
 };
 constexpr unsigned long kPagemapScan = _IOWR('f', 16, ScanArgument);
+constexpr std::uint64_t kPageIsWritten = 1u << 1;
+constexpr std::uint64_t kScanWpMatching = 1u << 0;   // PM_SCAN_WP_MATCHING
+constexpr std::uint64_t kScanCheckWpAsync = 1u << 1;  // PM_SCAN_CHECK_WPASYNC
+// linux/userfaultfd.h of Linux 6.7; Debian 12's headers (6.1) lack the newer features.
+constexpr int kUffdUserModeOnly = 1;                    // UFFD_USER_MODE_ONLY
+constexpr std::uint64_t kUffdFeatureWpUnpopulated = 1u << 13;
+constexpr std::uint64_t kUffdFeatureWpAsync = 1u << 15;
 constexpr std::uint64_t kPageIsFile = 1u << 2;
 constexpr std::uint64_t kPageIsPresent = 1u << 3;
 constexpr std::uint64_t kPageIsSwapped = 1u << 4;
@@ -87,8 +95,13 @@ int protect(void* address, std::uint64_t length, bool accessible) noexcept {
   });
 }
 
-int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
-                       std::size_t capacity, std::size_t* count, std::uint64_t* walked_to) noexcept {
+namespace {
+
+// PAGEMAP_SCAN over [begin, end) for the pages `set_up` asks for, up to `capacity` ranges.
+template <class SetUp>
+int scan_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
+               std::size_t capacity, std::size_t* count, std::uint64_t* walked_to,
+               SetUp set_up) noexcept {
   // PageRange is two words, PageRegion three: the kernel fills a PageRegion array on the
   // stack in batches, copied out as ranges.
   constexpr std::size_t kBatch = 64;
@@ -102,11 +115,7 @@ int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, P
     argument.end = end;
     argument.vec = reinterpret_cast<std::uint64_t>(regions);
     argument.vec_len = capacity - found < kBatch ? capacity - found : kBatch;
-    // Not a file page (inverted), and present or swapped.
-    argument.category_inverted = kPageIsFile;
-    argument.category_mask = kPageIsFile;
-    argument.category_anyof_mask = kPageIsPresent | kPageIsSwapped;
-    argument.return_mask = kPageIsFile | kPageIsPresent | kPageIsSwapped;
+    set_up(argument);
     long n = 0;
     if (const int err = retry([&] { return static_cast<int>(n = ::ioctl(pagemap_fd, kPagemapScan, &argument)); });
         err != 0) {
@@ -119,6 +128,63 @@ int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, P
   *count = found;
   *walked_to = at < end ? at : end;
   return 0;
+}
+
+}  // namespace
+
+int scan_private_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
+                       std::size_t capacity, std::size_t* count, std::uint64_t* walked_to) noexcept {
+  return scan_pages(pagemap_fd, begin, end, out, capacity, count, walked_to, [](ScanArgument& a) {
+    // Not a file page (inverted), and present or swapped.
+    a.category_inverted = kPageIsFile;
+    a.category_mask = kPageIsFile;
+    a.category_anyof_mask = kPageIsPresent | kPageIsSwapped;
+    a.return_mask = kPageIsFile | kPageIsPresent | kPageIsSwapped;
+  });
+}
+
+int scan_written_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, PageRange* out,
+                       std::size_t capacity, std::size_t* count, std::uint64_t* walked_to) noexcept {
+  return scan_pages(pagemap_fd, begin, end, out, capacity, count, walked_to, [](ScanArgument& a) {
+    a.flags = kScanWpMatching | kScanCheckWpAsync;
+    a.category_mask = kPageIsWritten;
+    a.return_mask = kPageIsWritten;
+  });
+}
+
+int open_write_tracking(int* fd) noexcept {
+  long made = -1;
+  if (const int err = retry([&] {
+        made = ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | kUffdUserModeOnly);
+        return static_cast<int>(made < 0 ? -1 : 0);
+      });
+      err != 0) {
+    return err;
+  }
+  const int uffd = static_cast<int>(made);
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = kUffdFeatureWpAsync | kUffdFeatureWpUnpopulated;
+  if (::ioctl(uffd, UFFDIO_API, &api) != 0) {
+    const int err = errno == EINVAL ? ENOTSUP : errno;  // a feature this kernel lacks
+    ::close(uffd);
+    return err;
+  }
+  *fd = uffd;
+  return 0;
+}
+
+int track_writes(int uffd, void* address, std::uint64_t length) noexcept {
+  uffdio_register reg{};
+  reg.range.start = reinterpret_cast<std::uint64_t>(address);
+  reg.range.len = length;
+  reg.mode = UFFDIO_REGISTER_MODE_WP;
+  if (const int err = retry([&] { return ::ioctl(uffd, UFFDIO_REGISTER, &reg); }); err != 0) return err;
+  uffdio_writeprotect protect{};
+  protect.range.start = reg.range.start;
+  protect.range.len = length;
+  protect.mode = UFFDIO_WRITEPROTECT_MODE_WP;
+  return retry([&] { return ::ioctl(uffd, UFFDIO_WRITEPROTECT, &protect); });
 }
 
 int read_pagemap(int pagemap_fd, std::uint64_t begin, std::uint64_t* entries,
