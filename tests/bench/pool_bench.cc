@@ -20,6 +20,10 @@
 // pages, in a pool with image_keep_resident = 16 pages: they are copied back at reset and
 // written again without a page fault.
 //
+// pool/read_mapped/dirty:3/{pagemap_scan,write_protect}: a 64 MiB image whose slot has all
+// of it read-mapped (as after many instances of random lookups), each instance writing 3
+// random pages, reset by ResetMethod::kPagemapScan and by kWriteProtect.
+//
 // Heap growth, both modes (pool/heap/anonymous, pool/heap/memfd; threads:1, threads:2): an
 // instance of a one-page image grows its heap 64 KiB at a time to 4 MiB, writing a byte to
 // each new page, then is reset.
@@ -27,7 +31,8 @@
 // Counters: pages_restored = image pages dropped per reset (pool rows only).
 // RATIO rows: pool/reuse/dirty:K over pool/mmap_memcpy/dirty:K and pool/mmap_private/dirty:K
 // (both image sizes); pool/reuse/dirty:16/threads:2 over threads:1; the same for
-// reuse_same_pages, and reuse_same_pages over reuse_threads (1 thread); pool/heap/memfd over
+// reuse_same_pages, and reuse_same_pages over reuse_threads (1 thread); read_mapped
+// write_protect over pagemap_scan; pool/heap/memfd over
 // pool/heap/anonymous.
 // Targets (issue 13): pool/reuse/dirty:1 >= 1000x the speed of pool/mmap_memcpy and <= 10 us;
 // 2 threads >= 1.5x the instances per second of 1.
@@ -157,6 +162,42 @@ void reuse_same_pages(benchmark::State& state) {
   });
 }
 
+InstancePool& read_mapped_pool(ResetMethod method) {
+  const auto make = [](ResetMethod m) {
+    InstancePoolOptions options;
+    options.slots = 1;
+    options.slot_size = 128ull << 20;
+    options.reset = m;
+    options.name = std::string("pool_bench read-mapped ") + to_string(m);
+    return InstancePool(options);
+  };
+  static InstancePool scan = make(ResetMethod::kPagemapScan);
+  static InstancePool protect = make(ResetMethod::kWriteProtect);
+  return method == ResetMethod::kWriteProtect ? protect : scan;
+}
+
+// Instances of a 64 MiB image that an earlier instance read all of (the slot keeps those
+// pages mapped), each writing 3 random pages: the reset methods that look at every mapped
+// page (PAGEMAP_SCAN) and at page-table entries only (write protection).
+void read_mapped(benchmark::State& state, ResetMethod method) {
+  skip_on_error(state, [&] {
+    const SealedImage& sealed = image_of(kImages[0].size);
+    InstancePool& pool = read_mapped_pool(method);
+    {
+      const Instance first = pool.instantiate(sealed);
+      std::uint64_t sum = 0;
+      for (std::uint64_t at = 0; at < sealed.size(); at += kPage) sum += static_cast<std::uint64_t>(first.base()[at]);
+      benchmark::DoNotOptimize(sum);
+    }
+    Random random;
+    for (auto _ : state) {
+      Instance instance = pool.instantiate(sealed);
+      write_pages(instance.base(), sealed.size(), 3, random);
+    }
+    state.SetLabel(std::string("reset: ") + to_string(pool.reset_method()));
+  });
+}
+
 void mmap_memcpy(benchmark::State& state, const Image* image, int k) {
   skip_on_error(state, [&] {
     const std::span<const std::byte> bytes = image_of(image->size).map();
@@ -241,6 +282,13 @@ void register_benchmarks() {
     compare(std::string("pool/reuse") + image.suffix, std::string("pool/mmap_memcpy") + image.suffix);
     compare(std::string("pool/reuse") + image.suffix, std::string("pool/mmap_private") + image.suffix);
   }
+  benchmark::RegisterBenchmark("pool/read_mapped/dirty:3/pagemap_scan", read_mapped, ResetMethod::kPagemapScan)
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("pool/read_mapped/dirty:3/write_protect", read_mapped, ResetMethod::kWriteProtect)
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+  compare("pool/read_mapped/dirty:3/write_protect", "pool/read_mapped/dirty:3/pagemap_scan");
   // Threads: each thread's real time per instance; 2 threads at the same time per instance
   // make twice the instances per second.
   for (const int threads : {1, 2}) {
