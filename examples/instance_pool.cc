@@ -24,7 +24,6 @@
 namespace {
 
 constexpr std::uint64_t kEntries = 8u << 20;  // 8 Mi entries of 8 bytes: 64 MiB
-constexpr std::uint64_t kPage = 4096;
 
 using Clock = std::chrono::steady_clock;
 
