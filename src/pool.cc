@@ -250,7 +250,7 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length, b
   // by the same walk (before they are dropped, so that the kernel keeps them protected). The
   // heap is anonymous memory, not tracked: every page of it there is the instance's.
   const bool written = image && method == ResetMethod::kWriteProtect;
-  if (written || method == ResetMethod::kPagemapScan || method == ResetMethod::kWriteProtect) {
+  if (method == ResetMethod::kPagemapScan || method == ResetMethod::kWriteProtect) {
     constexpr std::size_t kRanges = 128;
     os::PageRange ranges[kRanges];
     std::uint64_t at = start;

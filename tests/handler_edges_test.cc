@@ -324,21 +324,6 @@ TEST(HandlerEdges, ForkWhileOtherThreadsFaultAndRegisterLeavesAWorkingChild) {
 
 // ---- a 4 KiB sigaltstack ----------------------------------------------------------------
 
-// A 4 KiB alternate stack with an inaccessible page right below it: a handler path that
-// needs more (as lazy binding of libc symbols inside the handler did) dies by SIGSEGV.
-void use_small_altstack() {
-  const std::uint64_t page = page_size();
-  void* p = ::mmap(nullptr, 2 * page + 4096, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  CHILD_CHECK(p != MAP_FAILED);
-  auto* base = static_cast<unsigned char*>(p);
-  CHILD_CHECK(::mprotect(base, page, PROT_NONE) == 0);
-  stack_t stack{};
-  stack.ss_sp = base + page;
-  stack.ss_size = 4096;
-  CHILD_CHECK(::sigaltstack(&stack, nullptr) == 0);
-}
-
 enum class AltPath { kGrowth, kFailureInsideGuarded, kFailureReported, kForeign, kBelowCommitted };
 
 class SmallAltStack : public ::testing::TestWithParam<AltPath> {};

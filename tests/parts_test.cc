@@ -169,14 +169,7 @@ TEST(DownwardGrowth, AStoreBelowTheBottomIsACrashNotAGrowth) {
       },
       std::chrono::milliseconds(20'000));
   EXPECT_EQ(result.output.find("survived"), std::string::npos) << result.describe();
-#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
-  // The sanitizer catches the SIGSEGV, reports it and exits.
-  EXPECT_TRUE(result.signal == SIGSEGV || (result.exited && result.exit_code != 0))
-      << result.describe();
-  EXPECT_NE(result.output.find("SEGV"), std::string::npos) << result.describe();
-#else
-  EXPECT_EQ(result.signal, SIGSEGV) << result.describe();
-#endif
+  test::expect_segv(result);
 }
 
 TEST(Backing, StagedPublishesAtomicallyAndLeavesNothingWhenDropped) {

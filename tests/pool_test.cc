@@ -217,14 +217,7 @@ TEST(InstancePool, TouchingPastTheAnonymousHeapIsASegfault) {
     instance.heap()[kPage] = std::byte{1};
     test::say("after\n");
   });
-#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
-  // The sanitizer catches the SIGSEGV, reports it and exits.
-  EXPECT_TRUE(result.signal == SIGSEGV || (result.exited && result.exit_code != 0))
-      << result.describe();
-  EXPECT_NE(result.output.find("SEGV"), std::string::npos) << result.describe();
-#else
-  EXPECT_EQ(result.signal, SIGSEGV) << result.describe() << result.output;
-#endif
+  test::expect_segv(result);
   EXPECT_NE(result.output.find("before"), std::string::npos);
   EXPECT_EQ(result.output.find("after"), std::string::npos);
 }
@@ -446,8 +439,12 @@ TEST(InstancePool, DroppedPagesAreBatchedOrDroppedOneRangeAtATime) {
       test::say(stats.batched_drops ? "batched\n" : "one by one\n");
     });
     test::expect_clean_exit(result);
-    if (deny) {
+    // Linux 6.15 lets process_madvise give MADV_DONTNEED for the calling process.
+    const bool batches_here = test::kernel_at_least(6, 15);
+    if (deny || !batches_here) {
       EXPECT_NE(result.output.find("one by one"), std::string::npos) << result.describe();
+    } else {
+      EXPECT_NE(result.output.find("batched"), std::string::npos) << result.describe();
     }
   }
 }

@@ -224,7 +224,7 @@ int drop_ranges(const PageRange* ranges, std::size_t count) noexcept {
       }
       return err;
     }
-    g_batched.store(1, std::memory_order_relaxed);
+    if (g_batched.load(std::memory_order_relaxed) == 0) g_batched.store(1, std::memory_order_relaxed);
     std::size_t i = 0;
     if (static_cast<std::uint64_t>(done) < wanted) {
       // Part of the batch was dropped (the kernel stops at a range it could not advise): the

@@ -9,11 +9,13 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +27,8 @@
 #include <system_error>
 
 #include <gtest/gtest.h>
+
+#include "sanitizers.h"
 
 namespace mapwright::test {
 
@@ -117,6 +121,27 @@ void no_core_dumps() {
   ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
+bool kernel_at_least(int major, int minor) {
+  utsname name{};
+  if (::uname(&name) != 0) return false;
+  int have_major = 0;
+  int have_minor = 0;
+  if (std::sscanf(name.release, "%d.%d", &have_major, &have_minor) != 2) return false;
+  return have_major > major || (have_major == major && have_minor >= minor);
+}
+
+void use_small_altstack() {
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  void* p = ::mmap(nullptr, 2 * page + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  CHILD_CHECK(p != MAP_FAILED);
+  auto* base = static_cast<unsigned char*>(p);
+  CHILD_CHECK(::mprotect(base, page, PROT_NONE) == 0);
+  stack_t stack{};
+  stack.ss_sp = base + page;
+  stack.ss_size = 4096;
+  CHILD_CHECK(::sigaltstack(&stack, nullptr) == 0);
+}
+
 std::vector<std::string> lines_starting_with(const std::string& output, const std::string& prefix) {
   std::vector<std::string> lines;
   std::size_t start = 0;
@@ -133,6 +158,16 @@ std::vector<std::string> lines_starting_with(const std::string& output, const st
 void expect_clean_exit(const ChildResult& result) {
   EXPECT_FALSE(result.timed_out) << result.describe();
   EXPECT_TRUE(result.exited && result.exit_code == 0) << result.describe();
+}
+
+void expect_segv(const ChildResult& result) {
+#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
+  EXPECT_TRUE(result.signal == SIGSEGV || (result.exited && result.exit_code != 0))
+      << result.describe();
+  EXPECT_NE(result.output.find("SEGV"), std::string::npos) << result.describe();
+#else
+  EXPECT_EQ(result.signal, SIGSEGV) << result.describe();
+#endif
 }
 
 void expect_clean_exit_unreported(const ChildResult& result) {

@@ -60,6 +60,14 @@ void say(const char* text);
 // For a child that is meant to die by a signal: no core file (RLIMIT_CORE 0, not dumpable).
 void no_core_dumps();
 
+// A 4 KiB alternate signal stack with an inaccessible page right below it, for the calling
+// thread: a handler path that needs more (as lazy binding of libc symbols inside the handler
+// did) dies by SIGSEGV.
+void use_small_altstack();
+
+// Whether the running kernel's release (uname) is at least major.minor.
+bool kernel_at_least(int major, int minor);
+
 // ---- in the parent ------------------------------------------------------------------------
 
 // The lines of `output` that start with `prefix`.
@@ -67,6 +75,10 @@ std::vector<std::string> lines_starting_with(const std::string& output, const st
 
 // The child neither timed out nor failed: it exited with code 0.
 void expect_clean_exit(const ChildResult& result);
+
+// The child died of SIGSEGV; under a sanitizer, which catches it, reports "SEGV" and exits,
+// that report and a failing exit instead.
+void expect_segv(const ChildResult& result);
 
 // expect_clean_exit(), and no "mapwright:" line in the output: mapwright's handler reported
 // nothing (a failure inside guarded() is the caller's to report).
