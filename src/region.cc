@@ -38,12 +38,6 @@ struct RegionState {
   explicit RegionState(Backing b) : backing(std::move(b)) {}
 };
 
-[[noreturn]] void throw_report(const FaultReport& report) {
-  FailureRecord record;
-  record_failure(report, &record);
-  throw Error(record.error, record.operation, record.subject, record.detail);
-}
-
 }  // namespace detail
 
 namespace {

@@ -7,6 +7,7 @@
 
 #include "mapwright/error.h"
 #include "range_table.h"
+#include "recovery.h"
 
 namespace mapwright::detail {
 
@@ -33,6 +34,12 @@ Registration& Registration::operator=(Registration&& other) noexcept {
 void Registration::reset() noexcept {
   if (begin_ != 0) fault_table().erase(begin_);
   begin_ = 0;
+}
+
+[[noreturn]] void throw_report(const FaultReport& report) {
+  FailureRecord record;
+  record_failure(report, &record);
+  throw Error(record.error, record.operation, record.subject, record.detail);
 }
 
 }  // namespace mapwright::detail

@@ -33,4 +33,8 @@ class Registration {
   std::uintptr_t begin_ = 0;
 };
 
+// Throws the Error an owner's report describes (the same text the handler's one line would
+// carry), for the ordinary-code verbs (commit(), grow()). Not async-signal-safe.
+[[noreturn]] void throw_report(const FaultReport& report);
+
 }  // namespace mapwright::detail

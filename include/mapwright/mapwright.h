@@ -5,6 +5,7 @@
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "mapwright/loader.h"
+#include "mapwright/lazy.h"
 #include "mapwright/memfd_pool.h"
 #include "mapwright/pool.h"
 #include "mapwright/region.h"

@@ -255,6 +255,28 @@ inline constexpr std::uint64_t kPagemapPresent = 1ull << 63;
 inline constexpr std::uint64_t kPagemapSwapped = 1ull << 62;
 inline constexpr std::uint64_t kPagemapFileOrShared = 1ull << 61;
 
+// ---- lazily filled ranges (src/os/userfaultfd.cc) ---------------------------------------
+
+// A userfaultfd whose missing-page faults raise SIGBUS (BUS_ADRERR) in the faulting thread
+// (UFFD_FEATURE_SIGBUS) instead of waiting for a reader of the fd; close-on-exec,
+// non-blocking. UFFD_USER_MODE_ONLY where the kernel has it (5.11+; `*user_mode_only` says),
+// which is all an unprivileged process may open by default. A kernel access (a system call)
+// to a missing page fails with EFAULT. ENOSYS (no userfaultfd), EPERM (a seccomp filter,
+// vm.unprivileged_userfaultfd, no privilege), ENOTSUP (SIGBUS mode missing, before 4.14).
+// Not async-signal-safe.
+int open_lazy_fill(int* fd, bool* user_mode_only) noexcept;
+// Registers [address, address + length) (page-aligned, private anonymous memory) with `uffd`
+// for missing-page faults. ENOTSUP if the kernel offers no UFFDIO_COPY there.
+// Not async-signal-safe.
+int register_missing(int uffd, void* address, std::uint64_t length) noexcept;
+// UFFDIO_COPY: fills the missing pages [address, address + length) (page-aligned) with the
+// bytes at `source` and maps them, atomically per page. `*filled` gets the bytes filled, also
+// when it stops early: EEXIST at a page that is already there (another thread filled it),
+// EFAULT when `source` cannot be read (a file that shrank), ENOMEM, EAGAIN when the address
+// space is changing. Async-signal-safe (one ioctl).
+int fill_missing(int uffd, void* address, const void* source, std::uint64_t length,
+                 std::uint64_t* filled) noexcept;
+
 // ---- sockets (src/os/sockets.cc) --------------------------------------------------------
 
 // sendmsg(2) of `data` with `fd` attached as SCM_RIGHTS (fd < 0: none), MSG_NOSIGNAL (a
