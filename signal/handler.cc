@@ -72,7 +72,7 @@ void bind_handler_path() noexcept {
   (void)os::ftruncate(-1, 0);
   (void)os::fallocate(-1, 0, 0, 1);
   (void)os::madvise(nullptr, 0, MADV_NORMAL);
-  (void)os::fill_missing(-1, nullptr, nullptr, 0, &value);  // EBADF, but ioctl is bound
+  (void)os::fill_missing(-1, nullptr, nullptr, 0, &value);  // EBADF, but syscall() is bound
   (void)os::file_size_limit(&value);
   os::SignalSet set = 0;
   (void)os::set_signal_mask(SIG_BLOCK, 0, &set);

@@ -85,7 +85,9 @@ int fill_missing(int uffd, void* address, const void* source, std::uint64_t leng
   int err = 0;
   for (;;) {
     copy.copy = 0;
-    if (::ioctl(uffd, UFFDIO_COPY, &copy) == 0) break;
+    // The raw system call, not ioctl(3): the sanitizers' ioctl interceptor decodes its
+    // argument on the handler's stack, which may be a 4 KiB sigaltstack.
+    if (::syscall(SYS_ioctl, uffd, UFFDIO_COPY, &copy) == 0) break;
     err = errno;
     if (err == EINTR) {
       err = 0;
