@@ -29,6 +29,8 @@ LazyFill::LazyFill(std::string name, int uffd, std::byte* base, LazySourceBytes 
       pages_(full_pages_ + (source.size % page_ != 0 ? 1 : 0)),
       window_(window_pages == 0 ? 1 : window_pages) {}
 
+// Not instrumented by ASan: see os::fill_missing().
+[[gnu::no_sanitize_address]]
 int LazyFill::fill_pages(std::uint64_t first, std::uint64_t last, bool skip_existing,
                          std::uint64_t* stopped) noexcept {
   std::uint64_t page = first;
@@ -80,6 +82,8 @@ FaultOutcome LazyFill::fail(FaultReport* report, int error, std::uint64_t page) 
   return FaultOutcome::kFailed;
 }
 
+// Not instrumented by ASan: see os::fill_missing().
+[[gnu::no_sanitize_address]]
 FaultOutcome LazyFill::on_fault(const FaultContext& fault, FaultReport* report) noexcept {
   const std::uint64_t page = (fault.address - reinterpret_cast<std::uintptr_t>(base_)) / page_;
   if (page >= pages_) return fail(report, EFAULT, page);
