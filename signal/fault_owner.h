@@ -39,6 +39,7 @@ struct FaultReport {
   const char* subject = "";      // the owner's name
   std::uint64_t size = 0;        // the size growth aimed at; 0: none
   std::uint64_t offset = kNoOffset;  // the fault's offset in the owner's file; kNoOffset: none
+  const char* access = "store";  // a string literal: what was at `offset` ("store", "touch")
   const char* reason = nullptr;  // a string literal that explains, or null
 };
 

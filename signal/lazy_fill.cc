@@ -76,6 +76,7 @@ FaultOutcome LazyFill::fail(FaultReport* report, int error, std::uint64_t page) 
   report->operation = "filling lazy image";
   report->subject = name_.c_str();
   report->offset = page * page_;
+  report->access = "touch";  // a load or a store: a missing page faults for both
   report->reason = error == EFAULT    ? "its source could not be read (a file that shrank?)"
                    : error == ENOMEM ? "no memory for the page"
                                      : nullptr;

@@ -24,7 +24,9 @@ void describe_detail(const FaultReport& report, bool with_reason, LineWriter& ou
   const bool sized = report.size != 0;
   const bool placed = report.offset != kNoOffset;
   if (sized) out.text("to ").bytes(report.size);
-  if (placed) out.text(sized ? " (store at offset " : "(store at offset ").number(report.offset).text(")");
+  if (placed) {
+    out.text(sized ? " (" : "(").text(report.access).text(" at offset ").number(report.offset).text(")");
+  }
   if (with_reason && report.reason != nullptr) {
     out.text(sized || placed ? ": " : "").text(report.reason);
   }

@@ -238,7 +238,8 @@ TEST(LazyImage, AFileSourceThatShrankIsAnErrorInsideGuardedAndOneLineOutside) {
     EXPECT_EQ(e.error(), EFAULT);
     EXPECT_EQ(e.operation(), "filling lazy image");
     EXPECT_EQ(e.subject(), "shrinking");
-    EXPECT_NE(std::string(e.what()).find("could not be read"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("(touch at offset " + std::to_string(10 * kPage) + "): its source could not be read"),
+              std::string::npos) << e.what();
   }
   EXPECT_EQ(image.stats().failures, 1u);
   EXPECT_THROW(image.prefetch(8 * kPage, kPage), Error);
