@@ -23,22 +23,34 @@ LazyFill::LazyFill(std::string name, int uffd, std::byte* base, LazySourceBytes 
     : name_(std::move(name)),
       uffd_(uffd),
       base_(base),
-      source_(source),
       page_(os::page_size()),
-      full_pages_(source.size / page_),
-      pages_(full_pages_ + (source.size % page_ != 0 ? 1 : 0)),
-      window_(window_pages == 0 ? 1 : window_pages) {}
+      window_(window_pages == 0 ? 1 : window_pages) {
+  rebind(source);
+}
+
+void LazyFill::rebind(LazySourceBytes source) noexcept {
+  // Shrinking first and growing last: a stray touch sees a range no larger than both.
+  pages_.store(0, std::memory_order_relaxed);
+  bytes_.store(source.bytes, std::memory_order_relaxed);
+  tail_.store(source.tail, std::memory_order_relaxed);
+  full_pages_.store(source.size / page_, std::memory_order_relaxed);
+  pages_.store(source.size / page_ + (source.size % page_ != 0 ? 1 : 0), std::memory_order_release);
+}
 
 // Not instrumented by ASan: see os::fill_missing().
 [[gnu::no_sanitize_address]]
 int LazyFill::fill_pages(std::uint64_t first, std::uint64_t last, bool skip_existing,
                          std::uint64_t* stopped) noexcept {
+  const std::uint64_t full = full_pages_.load(std::memory_order_relaxed);
+  const std::byte* const bytes = bytes_.load(std::memory_order_relaxed);
+  const std::byte* const tail_page = tail_.load(std::memory_order_relaxed);
   std::uint64_t page = first;
   unsigned again = 0;
   while (page < last) {
-    const bool tail = page >= full_pages_;
-    const std::uint64_t count = tail ? 1 : (last < full_pages_ ? last : full_pages_) - page;
-    const std::byte* from = tail ? source_.tail : source_.bytes + page * page_;
+    const bool tail = page >= full;
+    if (tail && tail_page == nullptr) break;  // a stray touch during a rebind
+    const std::uint64_t count = tail ? 1 : (last < full ? last : full) - page;
+    const std::byte* from = tail ? tail_page : bytes + page * page_;
     std::uint64_t filled = 0;
     const int err = os::fill_missing(uffd_, base_ + page * page_, from, count * page_, &filled);
     const std::uint64_t done = filled / page_;
@@ -86,10 +98,11 @@ FaultOutcome LazyFill::fail(FaultReport* report, int error, std::uint64_t page) 
 // Not instrumented by ASan: see os::fill_missing().
 [[gnu::no_sanitize_address]]
 FaultOutcome LazyFill::on_fault(const FaultContext& fault, FaultReport* report) noexcept {
+  const std::uint64_t pages = pages_.load(std::memory_order_acquire);
   const std::uint64_t page = (fault.address - reinterpret_cast<std::uintptr_t>(base_)) / page_;
-  if (page >= pages_) return fail(report, EFAULT, page);
+  if (page >= pages) return fail(report, EFAULT, page);
   const std::uint64_t window_start = page / window_ * window_;
-  const std::uint64_t window_end = pages_ - window_start < window_ ? pages_ : window_start + window_;
+  const std::uint64_t window_end = pages - window_start < window_ ? pages : window_start + window_;
   // The faulting page first, then the rest of its window after it, in one copy.
   std::uint64_t stopped = page;
   const int err = fill_pages(page, window_end, false, &stopped);
@@ -112,10 +125,11 @@ FaultOutcome LazyFill::on_fault(const FaultContext& fault, FaultReport* report) 
 FaultOutcome LazyFill::commit(std::uintptr_t begin, std::uintptr_t end,
                               FaultReport* report) noexcept {
   const auto base = reinterpret_cast<std::uintptr_t>(base_);
-  if (end <= begin || end <= base || begin >= base + pages_ * page_) return FaultOutcome::kResolved;
+  const std::uint64_t pages = pages_.load(std::memory_order_acquire);
+  if (end <= begin || end <= base || begin >= base + pages * page_) return FaultOutcome::kResolved;
   const std::uint64_t first = (begin < base ? 0 : begin - base) / page_;
   std::uint64_t last = (end - base + page_ - 1) / page_;
-  if (last > pages_) last = pages_;
+  if (last > pages) last = pages;
   std::uint64_t stopped = first;
   if (const int err = fill_pages(first, last, true, &stopped); err != 0) {
     return fail(report, err, stopped);

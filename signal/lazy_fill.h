@@ -69,9 +69,20 @@ class LazyFill final : public FaultOwner {
   // instead of a report about a fill nobody needs. Async-signal-safe.
   void close() noexcept { closing_.store(true, std::memory_order_release); }
 
+  // Points the owner at another source (a pool slot given another image), or at none (an
+  // empty source: size 0). Only while no thread touches the range; a stray touch meanwhile
+  // (the caller's race) may be filled from either source, never from freed memory of this
+  // object. Async-signal-safe (plain stores), though only ordinary code calls it.
+  void rebind(LazySourceBytes source) noexcept;
+  // Whether `address` lies in the pages of the current source. Async-signal-safe.
+  bool covers(std::uintptr_t address) const noexcept {
+    const auto base = reinterpret_cast<std::uintptr_t>(base_);
+    return address >= base && (address - base) / page_ < pages_.load(std::memory_order_relaxed);
+  }
+
   // Relaxed snapshot. Async-signal-safe.
   LazyCounters counters() const noexcept;
-  std::uint64_t pages() const noexcept { return pages_; }
+  std::uint64_t pages() const noexcept { return pages_.load(std::memory_order_relaxed); }
   const std::string& name() const noexcept { return name_; }
 
  private:
@@ -86,10 +97,13 @@ class LazyFill final : public FaultOwner {
   const std::string name_;
   const int uffd_;
   std::byte* const base_;
-  const LazySourceBytes source_;
   const std::uint64_t page_;
-  const std::uint64_t full_pages_;  // whole pages of the source
-  const std::uint64_t pages_;       // full_pages_, plus one for a tail
+  // The source, changed only by rebind() (atomics: a stray touch during a rebind reads
+  // either value, never a torn one).
+  std::atomic<const std::byte*> bytes_{nullptr};
+  std::atomic<const std::byte*> tail_{nullptr};
+  std::atomic<std::uint64_t> full_pages_{0};  // whole pages of the source
+  std::atomic<std::uint64_t> pages_{0};       // full_pages_, plus one for a tail
   const std::uint64_t window_;
   std::atomic<std::uint64_t> faults_{0};
   std::atomic<std::uint64_t> pages_filled_{0};

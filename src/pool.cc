@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fault_owner.h"
+#include "lazy_fill.h"
 #include "mapwright/error.h"
 #include "mapwright/wrapper.h"
 #include "os/os.h"
@@ -30,6 +31,14 @@ const char* to_string(ResetMethod method) noexcept {
     case ResetMethod::kPagemapRead: return "pagemap read";
     case ResetMethod::kRemap: return "remap";
     case ResetMethod::kWriteProtect: return "userfaultfd write-protect";
+  }
+  return "?";
+}
+
+const char* to_string(ImagePopulation population) noexcept {
+  switch (population) {
+    case ImagePopulation::kCopyOnWrite: return "copy-on-write";
+    case ImagePopulation::kLazy: return "lazy";
   }
   return "?";
 }
@@ -86,6 +95,10 @@ struct Instance::Slot {
   std::uint64_t heap_size = 0;
   std::uint64_t heap_limit = 0;
   bool in_use = false;
+  // ImagePopulation::kLazy: the owner that fills the image range on first touch (bound to
+  // the slot's image, or to none), and the image's last partial page, zero-padded.
+  std::unique_ptr<detail::LazyFill> lazy;
+  std::unique_ptr<std::byte[]> tail;
 };
 
 struct InstancePool::State final : detail::FaultOwner {
@@ -96,6 +109,7 @@ struct InstancePool::State final : detail::FaultOwner {
   detail::Reservation reservation;
   os::OwnedFd pagemap;  // /proc/self/pagemap, for the pagemap methods
   os::OwnedFd uffd;     // the write-tracking userfaultfd, for kWriteProtect
+  os::OwnedFd lazy_uffd;  // ImagePopulation::kLazy: missing pages raise SIGBUS
   std::vector<std::unique_ptr<Instance::Slot>> slots;
 
   mutable std::mutex mutex;  // guards what follows
@@ -106,9 +120,18 @@ struct InstancePool::State final : detail::FaultOwner {
 
   detail::Registration registration;  // last: erased first, before the mapping goes
 
-  // Only a memfd heap raises SIGBUS here: a touch past its size (past heap_size()).
-  detail::FaultOutcome on_fault(const detail::FaultContext&,
+  // The slot that holds `address` (inside the reservation). Async-signal-safe.
+  Instance::Slot* slot_at(std::uintptr_t address) const noexcept {
+    return slots[(address - reinterpret_cast<std::uintptr_t>(reservation.base())) / stride].get();
+  }
+
+  // A missing page of a kLazy image is filled here; otherwise only a memfd heap raises
+  // SIGBUS: a touch past its size (past heap_size()).
+  detail::FaultOutcome on_fault(const detail::FaultContext& fault,
                                 detail::FaultReport* report) noexcept override {
+    if (const Instance::Slot* slot = slot_at(fault.address); slot->lazy && slot->lazy->covers(fault.address)) {
+      return slot->lazy->on_fault(fault, report);
+    }
     report->error = EFAULT;
     report->operation = "touching instance memory";
     report->subject = options.name.c_str();
@@ -118,8 +141,8 @@ struct InstancePool::State final : detail::FaultOwner {
   // Everything below heap_size() is mapped; nothing past it can be made so here.
   detail::FaultOutcome commit(std::uintptr_t begin, std::uintptr_t end,
                               detail::FaultReport* report) noexcept override {
-    const auto offset = begin - reinterpret_cast<std::uintptr_t>(reservation.base());
-    const Instance::Slot* slot = slots[offset / stride].get();
+    const Instance::Slot* slot = slot_at(begin);
+    if (slot->lazy && slot->lazy->covers(begin)) return slot->lazy->commit(begin, end, report);
     const auto heap_end = reinterpret_cast<std::uintptr_t>(slot->base) + slot->image_span +
                           slot->heap_size;
     if (end <= heap_end) return detail::FaultOutcome::kResolved;
@@ -308,6 +331,15 @@ bool InstancePool::State::drop_written(std::byte* begin, std::uint64_t length, b
 // Maps the image's `span` bytes MAP_PRIVATE at the slot's base, write-protected and tracked
 // under kWriteProtect (a new mapping ends the range's earlier registration).
 int InstancePool::State::map_image_range(Instance::Slot* slot, std::uint64_t span, int fd) noexcept {
+  if (options.population == ImagePopulation::kLazy) {
+    // Fresh private memory, every page missing; a new mapping ends the range's earlier
+    // registration, so it is registered again. MADV_DONTFORK: in a child the registration
+    // would be gone and the missing pages would read as zeros.
+    if (const int err = os::reserve_fixed(slot->base, span); err != 0) return err;
+    if (const int err = os::protect(slot->base, span, true); err != 0) return err;
+    if (const int err = os::madvise(slot->base, span, os::kMadvDontfork); err != 0) return err;
+    return os::register_missing(lazy_uffd.get(), slot->base, span);
+  }
   if (const int err = os::map_private_fixed(slot->base, span, fd); err != 0) return err;
   if (method == ResetMethod::kWriteProtect) return os::track_writes(uffd.get(), slot->base, span);
   return 0;
@@ -315,6 +347,7 @@ int InstancePool::State::map_image_range(Instance::Slot* slot, std::uint64_t spa
 
 // Puts the slot back to "no image": its whole range inaccessible address space again.
 void InstancePool::State::empty(Instance::Slot* slot) noexcept {
+  if (slot->lazy) slot->lazy->rebind({});
   (void)os::reserve_fixed(slot->base, options.slot_size);
   slot->image.reset();
   slot->key = {};
@@ -429,13 +462,27 @@ void InstancePool::State::map_image(Instance::Slot* slot, const SealedImage& ima
                                     const ImageKey& key) {
   if (slot->image) empty(slot);
   const std::uint64_t span = round_up(image.size(), page);
+  if (slot->lazy && span > 0) {
+    // The owner reads the image's own read-only mapping (kept alive with slot->image) and,
+    // for a last partial page, a zero-padded copy of it.
+    detail::LazySourceBytes source;
+    source.size = image.size();
+    source.bytes = image.map().data();
+    if (const std::uint64_t whole = image.size() / page * page; whole != image.size()) {
+      std::memset(slot->tail.get(), 0, page);
+      std::memcpy(slot->tail.get(), source.bytes + whole, image.size() - whole);
+      source.tail = slot->tail.get();
+    }
+    slot->lazy->rebind(source);
+  }
   if (span > 0) {
     if (const int err = map_image_range(slot, span, image.fd()); err != 0) {
       empty(slot);
       throw Error(err, kInstantiate, options.name,
                   std::string(method == ResetMethod::kWriteProtect
                                   ? "(mmap and userfaultfd write-protection of the image, "
-                                  : "(mmap of the image, ") +
+                              : slot->lazy ? "(mmap and userfaultfd registration of the image, "
+                                           : "(mmap of the image, ") +
                       str(image.size()) + " bytes)");
     }
   }
@@ -515,6 +562,21 @@ InstancePool::InstancePool(InstancePoolOptions options) : state_(std::make_share
     bad(str(options.slots) + " slots of " + str(options.slot_size) + " bytes and a guard of " +
         str(options.guard) + " need more than 2^47 bytes of address space");
   }
+  if (options.population == ImagePopulation::kLazy) {
+    if (options.reset == ResetMethod::kWriteProtect) {
+      bad("reset method userfaultfd write-protect with lazy population: a lazy slot's "
+          "touched pages are all its own");
+    }
+    if (options.lazy_window_pages == 0 || options.lazy_window_pages > 65536) {
+      bad("lazy_window_pages is " + str(options.lazy_window_pages) + "; it must be 1 to 65536");
+    }
+    int fd = -1;
+    if (const int err = os::open_lazy_fill(&fd, nullptr); err != 0) {
+      throw Error(ENOTSUP, kCreate, options.name,
+                  std::string("(lazy population: userfaultfd: ") + std::strerror(err) + ")");
+    }
+    s.lazy_uffd.reset(fd);
+  }
   s.options = std::move(options);
   s.stride = s.options.slot_size + s.options.guard;
   s.reservation = detail::Reservation::anonymous(s.options.slots * s.stride - s.options.guard,
@@ -526,12 +588,19 @@ InstancePool::InstancePool(InstancePoolOptions options) : state_(std::make_share
     auto slot = std::make_unique<Instance::Slot>();
     slot->index = i;
     slot->base = s.reservation.base() + i * s.stride;
+    if (s.lazy_uffd.get() >= 0) {
+      slot->tail.reset(new std::byte[s.page]());
+      slot->lazy = std::make_unique<detail::LazyFill>(s.options.name, s.lazy_uffd.get(), slot->base,
+                                                      detail::LazySourceBytes{},
+                                                      s.options.lazy_window_pages);
+    }
     s.free_empty.push_back(slot.get());
     s.slots.push_back(std::move(slot));
   }
   std::reverse(s.free_empty.begin(), s.free_empty.end());  // slot 0 first
   s.counters.reset_method = s.method;
   s.counters.heap_mode = s.options.heap;
+  s.counters.population = s.options.population;
   s.counters.slots = s.options.slots;
   const auto begin = reinterpret_cast<std::uintptr_t>(s.reservation.base());
   s.registration = detail::Registration(begin, begin + s.reservation.mapped(), &s,
@@ -598,6 +667,12 @@ InstancePoolStats InstancePool::stats() const {
   std::lock_guard lock(state_->mutex);
   InstancePoolStats stats = state_->counters;
   stats.batched_drops = os::drop_ranges_batched();
+  for (const auto& slot : state_->slots) {
+    if (!slot->lazy) continue;
+    const detail::LazyCounters lazy = slot->lazy->counters();
+    stats.lazy_faults += lazy.faults;
+    stats.lazy_pages_filled += lazy.pages_filled;
+  }
   return stats;
 }
 
@@ -643,6 +718,16 @@ std::byte* Instance::heap() const noexcept {
 }
 std::uint64_t Instance::heap_size() const noexcept { return slot_ != nullptr ? slot_->heap_size : 0; }
 std::uint64_t Instance::heap_limit() const noexcept { return slot_ != nullptr ? slot_->heap_limit : 0; }
+
+void Instance::prefetch(std::uint64_t offset, std::uint64_t length) {
+  if (slot_ == nullptr || !slot_->lazy || offset >= slot_->image_span || length == 0) return;
+  const auto base = reinterpret_cast<std::uintptr_t>(slot_->base);
+  const std::uint64_t end = length > slot_->image_span - offset ? slot_->image_span : offset + length;
+  detail::FaultReport report;
+  if (slot_->lazy->commit(base + offset, base + end, &report) != detail::FaultOutcome::kResolved) {
+    detail::throw_report(report);
+  }
+}
 
 void Instance::grow_heap(std::uint64_t size) {
   if (slot_ == nullptr) throw Error(EINVAL, kGrow, "", "(an empty Instance)");

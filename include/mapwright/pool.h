@@ -57,12 +57,14 @@
 // instances: the slots are unmapped when the last of them goes.
 //
 // Hazards:
-//   * System calls do not fault: read(2) into heap memory past heap_size() fails with EFAULT.
+//   * System calls do not fault: read(2) into heap memory past heap_size() fails with EFAULT,
+//     and so does any system call on a missing page of a kLazy image (prefetch() first).
 //   * A pointer kept from an instance after it is returned points into the next instance.
 //   * fork(): a child inherits the image mappings and an anonymous heap as private copies
 //     (what it writes is its own), but not a memfd heap (MADV_DONTFORK: a shared heap would let
 //     the child write into the parent's next instances; in the child it is unmapped, a touch
-//     is SIGSEGV). Do not use the pool in the child (its lock may be held by a thread that
+//     is SIGSEGV), nor a kLazy image (its missing pages would read as zeros there: it is
+//     MADV_DONTFORK too). Do not use the pool in the child (its lock may be held by a thread that
 //     did not survive fork).
 #pragma once
 
@@ -98,6 +100,17 @@ enum class HeapMode {
 // "anonymous", "memfd".
 const char* to_string(HeapMode mode) noexcept;
 
+// How an instance's image pages come to be.
+enum class ImagePopulation {
+  kCopyOnWrite,  // the image mapped MAP_PRIVATE: pages read are the image's own, pages written
+                 // are copied by the kernel (the default)
+  kLazy,         // private memory filled on first touch from the image, by the touching thread
+                 // (userfaultfd in SIGBUS mode, as LazyImage in lazy.h); reset makes every
+                 // page missing again. Needs userfaultfd (ENOTSUP naming it otherwise)
+};
+// "copy-on-write", "lazy".
+const char* to_string(ImagePopulation population) noexcept;
+
 struct InstancePoolOptions {
   // How many instances can exist at once; at least 1.
   std::size_t slots = 16;
@@ -108,6 +121,12 @@ struct InstancePoolOptions {
   // Inaccessible address space after each slot (rounded up to a page).
   std::uint64_t guard = 2ull << 20;
   HeapMode heap = HeapMode::kAnonymous;
+  ImagePopulation population = ImagePopulation::kCopyOnWrite;
+  // kLazy: pages filled per fault (the aligned block holding the faulting one); 1 to 65536.
+  std::uint64_t lazy_window_pages = 1;
+  // How written pages are found at reset. Under kLazy every page an instance touched is
+  // its own (filled or written): all of them are made missing again (kWriteProtect is
+  // refused with EINVAL there).
   ResetMethod reset = ResetMethod::kAutomatic;
   // Written image bytes copied back from the image at reset instead of dropped, per reset
   // (rounded down to a page; the first pages found, in address order). A page so restored
@@ -131,6 +150,7 @@ struct InstanceOptions {
 struct InstancePoolStats {
   ResetMethod reset_method = ResetMethod::kAutomatic;  // the one that runs
   HeapMode heap_mode = HeapMode::kAnonymous;
+  ImagePopulation population = ImagePopulation::kCopyOnWrite;
   std::size_t slots = 0;
   std::size_t in_use = 0;
   std::uint64_t instantiations = 0;
@@ -142,6 +162,9 @@ struct InstancePoolStats {
   // Pages are dropped in batches, one process_madvise(2) per reset (Linux 6.15+), rather than
   // one madvise(2) per written range; false until the first reset drops something.
   bool batched_drops = false;
+  // kLazy: faults resolved by filling, and pages filled (by faults and prefetch()).
+  std::uint64_t lazy_faults = 0;
+  std::uint64_t lazy_pages_filled = 0;
 };
 
 class Instance;
@@ -200,6 +223,11 @@ class Instance {
   // Never shrinks. Throws Error (ENOMEM past heap_limit(), or the errno of mprotect /
   // ftruncate: a memfd heap that cannot get pages).
   void grow_heap(std::uint64_t size);
+  // Makes [offset, offset + length) of the image (clipped to it) safe to hand to a system
+  // call: under ImagePopulation::kLazy its missing pages are filled now (read(2)/write(2)
+  // on a missing page fail with EFAULT); under kCopyOnWrite nothing is needed. Throws Error
+  // when a fill fails.
+  void prefetch(std::uint64_t offset, std::uint64_t length);
   // Resets the slot and gives it back now; the instance is empty afterwards.
   void reset() noexcept;
 

@@ -24,6 +24,9 @@
 // of it read-mapped (as after many instances of random lookups), each instance writing 3
 // random pages, reset by ResetMethod::kPagemapScan and by kWriteProtect.
 //
+// pool/reuse_lazy/dirty:K (K = 1, 16): the reuse cycle with ImagePopulation::kLazy (each
+// written page filled from the image on first touch, missing again after reset).
+//
 // Heap growth, both modes (pool/heap/anonymous, pool/heap/memfd; threads:1, threads:2): an
 // instance of a one-page image grows its heap 64 KiB at a time to 4 MiB, writing a byte to
 // each new page, then is reset.
@@ -32,7 +35,8 @@
 // RATIO rows: pool/reuse/dirty:K over pool/mmap_memcpy/dirty:K and pool/mmap_private/dirty:K
 // (both image sizes); pool/reuse/dirty:16/threads:2 over threads:1; the same for
 // reuse_same_pages, and reuse_same_pages over reuse_threads (1 thread); read_mapped
-// write_protect over pagemap_scan; pool/heap/memfd over
+// write_protect over pagemap_scan; pool/reuse_lazy/dirty:K over pool/reuse/dirty:K;
+// pool/heap/memfd over
 // pool/heap/anonymous.
 // Targets (issue 13): pool/reuse/dirty:1 >= 1000x the speed of pool/mmap_memcpy and <= 10 us;
 // 2 threads >= 1.5x the instances per second of 1.
@@ -129,6 +133,29 @@ void reuse(benchmark::State& state, const Image* image, int k) {
     state.counters["inst_per_s"] =
         benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
     state.SetLabel(std::string("reset: ") + to_string(pool.reset_method()));
+  });
+}
+
+// The same cycle in a lazy pool (ImagePopulation::kLazy): each written page is a missing
+// page filled from the image in the faulting thread, and reset makes it missing again.
+void reuse_lazy(benchmark::State& state, int k) {
+  skip_on_error(state, [&] {
+    const SealedImage& sealed = image_of(64ull << 20);
+    static InstancePool pool = [] {
+      InstancePoolOptions options;
+      options.slots = 2;
+      options.slot_size = 128ull << 20;
+      options.population = ImagePopulation::kLazy;
+      options.name = "pool_bench lazy";
+      return InstancePool(options);
+    }();
+    Random random;
+    for (auto _ : state) {
+      Instance instance = pool.instantiate(sealed);
+      write_pages(instance.base(), 64ull << 20, k, random);
+    }
+    state.counters["inst_per_s"] =
+        benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
   });
 }
 
@@ -282,6 +309,12 @@ void register_benchmarks() {
     compare(std::string("pool/reuse") + image.suffix, std::string("pool/mmap_memcpy") + image.suffix);
     compare(std::string("pool/reuse") + image.suffix, std::string("pool/mmap_private") + image.suffix);
   }
+  for (const int k : {1, 16}) {
+    benchmark::RegisterBenchmark(("pool/reuse_lazy/dirty:" + std::to_string(k)).c_str(), reuse_lazy, k)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+  }
+  compare("pool/reuse_lazy", "pool/reuse");
   benchmark::RegisterBenchmark("pool/read_mapped/dirty:3/pagemap_scan", read_mapped, ResetMethod::kPagemapScan)
       ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
