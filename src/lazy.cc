@@ -181,6 +181,18 @@ struct LazyImage::State {
   detail::Registration registration;
 
   explicit State(LazySource s, LazyOptions o) : source(std::move(s)), options(std::move(o)) {}
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+  // Before the members go: a thread still touching the image (the caller's race) must meet
+  // a SIGSEGV, never bytes of a range that is no longer filled (after the userfaultfd is
+  // closed, a missing page would read as zeros): the range becomes inaccessible first, and a
+  // handler filling meanwhile is told to let its access retry, which then faults on the
+  // protection. Then the registration is erased (waiting for handlers), and so on.
+  ~State() {
+    if (!owner) return;
+    owner->close();
+    (void)os::protect(reservation.base(), length, false);
+  }
 
   // The eager path: the whole source into the mapping. Throws Error.
   void copy_all(const char* operation) {
@@ -254,16 +266,7 @@ LazyImage::LazyImage(LazySource source, LazyOptions options)
 
 LazyImage::LazyImage(LazyImage&&) noexcept = default;
 LazyImage& LazyImage::operator=(LazyImage&&) noexcept = default;
-LazyImage::~LazyImage() {
-  if (!state_ || !state_->owner) return;
-  // A thread still touching the image while it goes (the caller's race) must meet a SIGSEGV,
-  // never bytes of a range that is no longer filled (after the userfaultfd is closed, a
-  // missing page would read as zeros) nor a SIGBUS nobody resolves: the range becomes
-  // inaccessible first; a handler filling meanwhile is told to let its access retry, which
-  // then faults on the protection.
-  state_->owner->close();
-  (void)os::protect(state_->reservation.base(), state_->length, false);
-}
+LazyImage::~LazyImage() = default;
 
 std::byte* LazyImage::data() const noexcept {
   return state_ && state_->length != 0 ? state_->reservation.base() : nullptr;

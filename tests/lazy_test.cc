@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -388,6 +389,33 @@ TEST(LazyImage, DestroyedWhileOtherThreadsFaultIsSafe) {
     }
   }, std::chrono::seconds(120));
   test::expect_clean_exit_unreported(result);
+}
+
+// A moved image keeps filling at the same address; one assigned over drops its old range.
+TEST(LazyImage, MovesKeepTheRangeAndAssignmentDropsTheOldOne) {
+  SKIP_WITHOUT_USERFAULTFD();
+  const Bytes a = test::pattern_bytes(5 * kPage, 1), b = test::pattern_bytes(3 * kPage + 9, 2);
+  LazyImage first(LazySource::memory(a));
+  std::byte* at = first.data();
+  LazyImage moved(std::move(first));
+  EXPECT_EQ(first.data(), nullptr);  // NOLINT(bugprone-use-after-move): moved-from is empty
+  EXPECT_EQ(moved.data(), at);
+  EXPECT_EQ(differences(moved, a), "");
+  moved = LazyImage(LazySource::memory(b));
+  EXPECT_EQ(differences(moved, b), "");
+  // Many images made and dropped: each leaves the range table, its mapping and its fds.
+  const auto open_fds = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                         std::filesystem::directory_iterator());
+  };
+  const auto fds_before = open_fds();
+  test::TempDir dir;
+  test::write_file(dir / "b", b);
+  for (int i = 0; i < 2000; ++i) {
+    LazyImage scratch(i % 2 == 0 ? LazySource::memory(b) : LazySource::file(dir / "b"));
+    ASSERT_EQ(scratch.data()[kPage], b[kPage]);
+  }
+  EXPECT_EQ(open_fds(), fds_before);
 }
 
 // The handler path fits a 4 KiB sigaltstack.
