@@ -44,10 +44,6 @@ constexpr unsigned long kPagemapScan = _IOWR('f', 16, ScanArgument);
 constexpr std::uint64_t kPageIsWritten = 1u << 1;
 constexpr std::uint64_t kScanWpMatching = 1u << 0;   // PM_SCAN_WP_MATCHING
 constexpr std::uint64_t kScanCheckWpAsync = 1u << 1;  // PM_SCAN_CHECK_WPASYNC
-// linux/userfaultfd.h of Linux 6.7; Debian 12's headers (6.1) lack the newer features.
-constexpr int kUffdUserModeOnly = 1;                    // UFFD_USER_MODE_ONLY
-constexpr std::uint64_t kUffdFeatureWpUnpopulated = 1u << 13;
-constexpr std::uint64_t kUffdFeatureWpAsync = 1u << 15;
 constexpr std::uint64_t kPageIsFile = 1u << 2;
 constexpr std::uint64_t kPageIsPresent = 1u << 3;
 constexpr std::uint64_t kPageIsSwapped = 1u << 4;
@@ -150,41 +146,6 @@ int scan_written_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, P
     a.category_mask = kPageIsWritten;
     a.return_mask = kPageIsWritten;
   });
-}
-
-int open_write_tracking(int* fd) noexcept {
-  long made = -1;
-  if (const int err = retry([&] {
-        made = ::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | kUffdUserModeOnly);
-        return static_cast<int>(made < 0 ? -1 : 0);
-      });
-      err != 0) {
-    return err;
-  }
-  const int uffd = static_cast<int>(made);
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = kUffdFeatureWpAsync | kUffdFeatureWpUnpopulated;
-  if (::ioctl(uffd, UFFDIO_API, &api) != 0) {
-    const int err = errno == EINVAL ? ENOTSUP : errno;  // a feature this kernel lacks
-    ::close(uffd);
-    return err;
-  }
-  *fd = uffd;
-  return 0;
-}
-
-int track_writes(int uffd, void* address, std::uint64_t length) noexcept {
-  uffdio_register reg{};
-  reg.range.start = reinterpret_cast<std::uint64_t>(address);
-  reg.range.len = length;
-  reg.mode = UFFDIO_REGISTER_MODE_WP;
-  if (const int err = retry([&] { return ::ioctl(uffd, UFFDIO_REGISTER, &reg); }); err != 0) return err;
-  uffdio_writeprotect protect{};
-  protect.range.start = reg.range.start;
-  protect.range.len = length;
-  protect.mode = UFFDIO_WRITEPROTECT_MODE_WP;
-  return retry([&] { return ::ioctl(uffd, UFFDIO_WRITEPROTECT, &protect); });
 }
 
 int read_pagemap(int pagemap_fd, std::uint64_t begin, std::uint64_t* entries,
