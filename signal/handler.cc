@@ -130,7 +130,7 @@ void after_fork_in_child() {
 // (a kind of owner not seen before in the process) runs a cache-miss handler that takes a
 // lock and more stack than a 4 KiB sigaltstack holds (seen: the first LazyFill fault of a
 // process, on a small altstack, died by SIGSEGV in HandleDynamicTypeCacheMiss).
-[[gnu::no_sanitize("vptr")]]
+__attribute__((no_sanitize("vptr")))
 Dispatch dispatch_fault(int sig, const siginfo_t* info, const RangeTable::Pin& pin,
                         FaultReport* report) noexcept {
   if (sig != SIGBUS || info == nullptr || info->si_code != BUS_ADRERR) return Dispatch::kForeign;

@@ -38,7 +38,7 @@ void LazyFill::rebind(LazySourceBytes source) noexcept {
 }
 
 // Not instrumented by ASan: see os::fill_missing().
-[[gnu::no_sanitize_address]]
+__attribute__((no_sanitize_address))
 int LazyFill::fill_pages(std::uint64_t first, std::uint64_t last, bool skip_existing,
                          std::uint64_t* stopped) noexcept {
   const std::uint64_t full = full_pages_.load(std::memory_order_relaxed);
@@ -96,7 +96,7 @@ FaultOutcome LazyFill::fail(FaultReport* report, int error, std::uint64_t page) 
 }
 
 // Not instrumented by ASan: see os::fill_missing().
-[[gnu::no_sanitize_address]]
+__attribute__((no_sanitize_address))
 FaultOutcome LazyFill::on_fault(const FaultContext& fault, FaultReport* report) noexcept {
   const std::uint64_t pages = pages_.load(std::memory_order_acquire);
   const std::uint64_t page = (fault.address - reinterpret_cast<std::uintptr_t>(base_)) / page_;

@@ -115,7 +115,7 @@ int track_writes(int uffd, void* address, std::uint64_t length) noexcept {
 // Not instrumented by ASan (nor are the LazyFill functions that call it): it runs in the
 // SIGBUS handler, where a signal frame on an AVX-512 machine leaves about 860 bytes of a
 // 4 KiB sigaltstack, and ASan's redzones around the locals took more than that.
-[[gnu::no_sanitize_address]]
+__attribute__((no_sanitize_address))
 int fill_missing(int uffd, void* address, const void* source, std::uint64_t length,
                  std::uint64_t* filled) noexcept {
   const int saved = errno;
