@@ -37,8 +37,8 @@ void LazyFill::rebind(LazySourceBytes source) noexcept {
   pages_.store(source.size / page_ + (source.size % page_ != 0 ? 1 : 0), std::memory_order_release);
 }
 
-// Not instrumented by ASan: see os::fill_missing().
-__attribute__((no_sanitize_address))
+// Not instrumented by ASan or TSan: see os::fill_missing().
+__attribute__((no_sanitize_address, no_sanitize_thread))
 int LazyFill::fill_pages(std::uint64_t first, std::uint64_t last, bool skip_existing,
                          std::uint64_t* stopped) noexcept {
   const std::uint64_t full = full_pages_.load(std::memory_order_relaxed);
@@ -95,8 +95,8 @@ FaultOutcome LazyFill::fail(FaultReport* report, int error, std::uint64_t page) 
   return FaultOutcome::kFailed;
 }
 
-// Not instrumented by ASan: see os::fill_missing().
-__attribute__((no_sanitize_address))
+// Not instrumented by ASan or TSan: see os::fill_missing().
+__attribute__((no_sanitize_address, no_sanitize_thread))
 FaultOutcome LazyFill::on_fault(const FaultContext& fault, FaultReport* report) noexcept {
   const std::uint64_t pages = pages_.load(std::memory_order_acquire);
   const std::uint64_t page = (fault.address - reinterpret_cast<std::uintptr_t>(base_)) / page_;

@@ -112,10 +112,11 @@ int track_writes(int uffd, void* address, std::uint64_t length) noexcept {
   return retry([&] { return ::ioctl(uffd, UFFDIO_WRITEPROTECT, &protect); });
 }
 
-// Not instrumented by ASan (nor are the LazyFill functions that call it): it runs in the
-// SIGBUS handler, where a signal frame on an AVX-512 machine leaves about 860 bytes of a
-// 4 KiB sigaltstack, and ASan's redzones around the locals took more than that.
-__attribute__((no_sanitize_address))
+// Not instrumented by ASan or TSan (nor are the LazyFill functions that call it): it runs in
+// the SIGBUS handler, where a signal frame on an AVX-512 machine leaves about 860 bytes of a
+// 4 KiB sigaltstack; ASan's redzones around the locals, and TSan's calls for each atomic
+// access, took more than that.
+__attribute__((no_sanitize_address, no_sanitize_thread))
 int fill_missing(int uffd, void* address, const void* source, std::uint64_t length,
                  std::uint64_t* filled) noexcept {
   const int saved = errno;
