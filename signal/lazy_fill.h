@@ -18,9 +18,10 @@
 //     found already filled (EEXIST: another thread won the race). Any other outcome is
 //     kFailed with a report, never a retry (invariant 1); EAGAIN (the address space is
 //     changing) is retried a bounded number of times, then reported.
-//   * on_fault() reads only immutable members and bumps relaxed atomics: no lock, no
-//     allocation (invariant 2). The source stays readable for the owner's lifetime, which
-//     the Registration outlives (invariant 4).
+//   * on_fault() reads immutable members and the source's atomics (changed only by
+//     rebind(), while no thread touches the range) and bumps relaxed counters: no lock, no
+//     allocation (invariant 2). The source stays readable for as long as it is bound, and
+//     the owner outlives every handler that found it (invariant 4).
 //   * Bytes of the source beyond its size never reach the range: the last partial page comes
 //     from `tail`, which holds zeros past the end.
 #pragma once
@@ -45,8 +46,8 @@ struct LazySourceBytes {
 
 struct LazyCounters {
   std::uint64_t faults = 0;        // faults resolved
-  std::uint64_t pages_filled = 0;  // pages copied in (by faults and by fill())
-  std::uint64_t failures = 0;      // faults or fill() calls that could not be resolved
+  std::uint64_t pages_filled = 0;  // pages copied in (by faults and by commit())
+  std::uint64_t failures = 0;      // faults or commit() calls that could not be resolved
 };
 
 class LazyFill final : public FaultOwner {
@@ -82,8 +83,6 @@ class LazyFill final : public FaultOwner {
 
   // Relaxed snapshot. Async-signal-safe.
   LazyCounters counters() const noexcept;
-  std::uint64_t pages() const noexcept { return pages_.load(std::memory_order_relaxed); }
-  const std::string& name() const noexcept { return name_; }
 
  private:
   // Fills the missing pages of [first, last) (page indices). With `skip_existing`, a page

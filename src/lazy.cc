@@ -175,7 +175,7 @@ struct LazyImage::State {
   detail::Reservation reservation;
   os::OwnedFd uffd;
   std::unique_ptr<detail::LazyFill> owner;
-  std::uint64_t eager_pages = 0;
+  std::atomic<std::uint64_t> eager_pages{0};  // pages the eager path copied
   std::atomic<std::uint64_t> resets{0};
   int unavailable = 0;  // why userfaultfd could not be used (kEager)
   detail::Registration registration;
@@ -203,7 +203,7 @@ struct LazyImage::State {
       throw Error(err, operation, options.name, "(copying " + from.description + ")");
     }
     if (from.tail) std::memcpy(reservation.base() + whole, from.tail.get(), page);
-    eager_pages += length / page;
+    eager_pages.fetch_add(length / page, std::memory_order_relaxed);
   }
 };
 
@@ -275,14 +275,8 @@ std::uint64_t LazyImage::size() const noexcept { return state_ ? state_->source.
 LazyMode LazyImage::mode() const noexcept { return state_ ? state_->mode : LazyMode::kEager; }
 
 void LazyImage::prefetch(std::uint64_t offset, std::uint64_t length) {
-  if (!state_ || !state_->owner || offset >= state_->length || length == 0) return;
-  State& s = *state_;
-  const auto base = reinterpret_cast<std::uintptr_t>(s.reservation.base());
-  const std::uint64_t end = length > s.length - offset ? s.length : offset + length;
-  detail::FaultReport report;
-  if (s.owner->commit(base + offset, base + end, &report) != detail::FaultOutcome::kResolved) {
-    detail::throw_report(report);
-  }
+  if (!state_ || !state_->owner) return;  // empty, or eager: every page is there
+  detail::commit_range(*state_->owner, state_->reservation.base(), state_->length, offset, length);
 }
 
 void LazyImage::reset() {
@@ -304,7 +298,7 @@ LazyStats LazyImage::stats() const noexcept {
   stats.mode = state_->mode;
   stats.resets = state_->resets.load(std::memory_order_relaxed);
   stats.unavailable = state_->unavailable;
-  stats.pages_filled = state_->eager_pages;
+  stats.pages_filled = state_->eager_pages.load(std::memory_order_relaxed);
   if (state_->owner) {
     const detail::LazyCounters counters = state_->owner->counters();
     stats.faults = counters.faults;

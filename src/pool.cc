@@ -720,13 +720,8 @@ std::uint64_t Instance::heap_size() const noexcept { return slot_ != nullptr ? s
 std::uint64_t Instance::heap_limit() const noexcept { return slot_ != nullptr ? slot_->heap_limit : 0; }
 
 void Instance::prefetch(std::uint64_t offset, std::uint64_t length) {
-  if (slot_ == nullptr || !slot_->lazy || offset >= slot_->image_span || length == 0) return;
-  const auto base = reinterpret_cast<std::uintptr_t>(slot_->base);
-  const std::uint64_t end = length > slot_->image_span - offset ? slot_->image_span : offset + length;
-  detail::FaultReport report;
-  if (slot_->lazy->commit(base + offset, base + end, &report) != detail::FaultOutcome::kResolved) {
-    detail::throw_report(report);
-  }
+  if (slot_ == nullptr || !slot_->lazy) return;  // copy-on-write: every page is mapped
+  detail::commit_range(*slot_->lazy, slot_->base, slot_->image_span, offset, length);
 }
 
 void Instance::grow_heap(std::uint64_t size) {

@@ -36,6 +36,17 @@ void Registration::reset() noexcept {
   begin_ = 0;
 }
 
+void commit_range(FaultOwner& owner, std::byte* base, std::uint64_t span, std::uint64_t offset,
+                  std::uint64_t length) {
+  if (offset >= span || length == 0) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(base);
+  const std::uint64_t end = length > span - offset ? span : offset + length;
+  FaultReport report;
+  if (owner.commit(begin + offset, begin + end, &report) != FaultOutcome::kResolved) {
+    throw_report(report);
+  }
+}
+
 [[noreturn]] void throw_report(const FaultReport& report) {
   FailureRecord record;
   record_failure(report, &record);

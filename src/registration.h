@@ -7,6 +7,7 @@
 // owner and the mapping it protects, so that it is destroyed first.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "fault_owner.h"
@@ -36,5 +37,10 @@ class Registration {
 // Throws the Error an owner's report describes (the same text the handler's one line would
 // carry), for the ordinary-code verbs (commit(), grow()). Not async-signal-safe.
 [[noreturn]] void throw_report(const FaultReport& report);
+// Calls owner.commit() on [base + offset, base + offset + length) clipped to the first
+// `span` bytes (nothing when the range starts past them), throwing the report's Error when
+// it fails: the prefetch() of lazy images and lazy pool instances. Not async-signal-safe.
+void commit_range(FaultOwner& owner, std::byte* base, std::uint64_t span, std::uint64_t offset,
+                  std::uint64_t length);
 
 }  // namespace mapwright::detail

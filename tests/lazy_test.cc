@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #include "mapwright/fault.h"
 #include "mapwright/lazy.h"
 #include "pool_helpers.h"
+#include "sanitizers.h"
 #include "wrapper_helpers.h"
 
 namespace mapwright {
@@ -416,6 +418,44 @@ TEST(LazyImage, MovesKeepTheRangeAndAssignmentDropsTheOldOne) {
     ASSERT_EQ(scratch.data()[kPage], b[kPage]);
   }
   EXPECT_EQ(open_fds(), fds_before);
+}
+
+sigjmp_buf g_timeout;
+void on_alarm(int) { ::siglongjmp(g_timeout, 1); }
+
+// A runtime's timeout: SIGALRM arrives while a thread reads pages that are being filled, and
+// its handler siglongjmps out. The fill handler runs with every signal blocked, so the jump
+// never abandons a fill half done; the image is then reset and reads exactly its source.
+TEST(LazyImage, ASiglongjmpTimeoutInTheMiddleOfFillsLeavesTheImageWhole) {
+  SKIP_WITHOUT_USERFAULTFD();
+#if MAPWRIGHT_TEST_TSAN
+  GTEST_SKIP() << "TSan holds an asynchronous signal until the thread enters one of its "
+                  "interceptors, which a loop of plain loads never does";
+#endif
+  const Bytes bytes = test::pattern_bytes(2048 * kPage, 14);
+  const auto result = run_in_child([&] {
+    LazyImage image(LazySource::memory(bytes), {.window_pages = 2});
+    struct sigaction sa {};
+    sa.sa_handler = on_alarm;
+    CHILD_CHECK(::sigaction(SIGALRM, &sa, nullptr) == 0);
+    for (int round = 0; round < 20; ++round) {
+      image.reset();
+      if (sigsetjmp(g_timeout, 1) == 0) {
+        const itimerval timer{{0, 0}, {0, 200 + round * 150}};
+        CHILD_CHECK(::setitimer(ITIMER_REAL, &timer, nullptr) == 0);
+        for (;;) {  // until the timer fires
+          for (std::uint64_t at = 0; at < bytes.size(); at += kPage) {
+            (void)*static_cast<volatile std::byte*>(image.data() + at);
+          }
+          image.reset();
+        }
+      }
+      const std::string diff = differences(image, bytes);
+      CHILD_CHECK_MSG(diff.empty(), diff);
+    }
+    CHILD_CHECK(image.stats().failures == 0);
+  });
+  test::expect_clean_exit(result);
 }
 
 // The handler path fits a 4 KiB sigaltstack.

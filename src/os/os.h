@@ -231,7 +231,7 @@ int scan_written_pages(int pagemap_fd, std::uint64_t begin, std::uint64_t end, P
 // covers pages not mapped yet (UFFD_FEATURE_WP_UNPOPULATED). ENOSYS, EPERM (a seccomp filter,
 // vm.unprivileged_userfaultfd), or ENOTSUP when the kernel lacks a feature. Not
 // async-signal-safe.
-int open_write_tracking(int* fd) noexcept;  // (in src/os/userfaultfd.cc, as track_writes)
+int open_write_tracking(int* fd) noexcept;  // this and track_writes: src/os/userfaultfd.cc
 // Registers [address, address + length) with `uffd` for write-protection and protects all of
 // it: from then on a page written there shows as written to scan_written_pages(). A new
 // mapping over the range ends the registration. Not async-signal-safe.
