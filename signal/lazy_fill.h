@@ -32,6 +32,7 @@
 #include <string>
 
 #include "fault_owner.h"
+#include "frame_decoders.h"
 
 namespace mapwright::detail {
 
@@ -57,6 +58,10 @@ class LazyFill final : public FaultOwner {
   // faulting one, clipped to the range. Not async-signal-safe (copies the name).
   LazyFill(std::string name, int uffd, std::byte* base, LazySourceBytes source,
            std::uint64_t window_pages);
+  // A compressed source: `frames` and `decoders` outlive the owner; the window is a frame.
+  // Not async-signal-safe.
+  LazyFill(std::string name, int uffd, std::byte* base, const CompressedFrames* frames,
+           FrameDecoders* decoders);
 
   // The handler's entry. Async-signal-safe.
   FaultOutcome on_fault(const FaultContext& fault, FaultReport* report) noexcept override;
@@ -91,7 +96,16 @@ class LazyFill final : public FaultOwner {
   // through). Returns 0, or the errno of a failure that is not EEXIST. Async-signal-safe.
   int fill_pages(std::uint64_t first, std::uint64_t last, bool skip_existing,
                  std::uint64_t* stopped) noexcept;
-  FaultOutcome fail(FaultReport* report, int error, std::uint64_t page) noexcept;
+  // The same from `frame`, a decoded frame whose first byte is page `frame_first`'s.
+  int fill_from(const std::byte* frame, std::uint64_t frame_first, std::uint64_t first,
+                std::uint64_t last, bool skip_existing, std::uint64_t* stopped) noexcept;
+  // A compressed source: decodes frame `index` and fills its missing pages, [page, frame end)
+  // first and then the frame's pages before `page` (with `all`, every missing page of the
+  // frame, stepping over those there). Returns 0 or an errno; *stopped, *reason as above.
+  int fill_frame(std::uint64_t index, std::uint64_t page, bool all, std::uint64_t* stopped,
+                 const char** reason) noexcept;
+  FaultOutcome fail(FaultReport* report, int error, std::uint64_t page,
+                    const char* reason) noexcept;
 
   const std::string name_;
   const int uffd_;
@@ -104,6 +118,8 @@ class LazyFill final : public FaultOwner {
   std::atomic<std::uint64_t> full_pages_{0};  // whole pages of the source
   std::atomic<std::uint64_t> pages_{0};       // full_pages_, plus one for a tail
   const std::uint64_t window_;
+  const CompressedFrames* const frames_ = nullptr;  // a compressed source, or none
+  FrameDecoders* const decoders_ = nullptr;
   std::atomic<std::uint64_t> faults_{0};
   std::atomic<std::uint64_t> pages_filled_{0};
   std::atomic<std::uint64_t> failures_{0};

@@ -4,19 +4,25 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cerrno>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
+#include "fork_holes.h"
+#include "frame_decoders.h"
 #include "lazy_fill.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "os/os.h"
 #include "registration.h"
 #include "reservation.h"
+#include "zstd_frames.h"
 
 namespace mapwright {
 
@@ -33,6 +39,13 @@ struct LazySource::State {
   std::uint64_t offset = 0;
   const void* mapping = nullptr;
   std::uint64_t mapping_length = 0;
+  // A compressed source: `bytes` is its stored frames, `frames` their table (pointing into
+  // frame_ends), `decoders` the handler's slots.
+  std::vector<std::uint64_t> frame_ends;
+  detail::CompressedFrames frames;
+  // Made by the first LazyImage of the source (a source is shared, const, between images).
+  mutable std::mutex decoders_mutex;
+  mutable std::unique_ptr<detail::FrameDecoders> decoders;
 
   State() = default;
   State(const State&) = delete;
@@ -44,6 +57,22 @@ struct LazySource::State {
   // Copies [from, to) of the source into `out` (which holds at least to - from bytes):
   // memcpy from memory, pread from a file. Returns 0 or the errno (EFAULT: the file is
   // shorter now than the range).
+  // Decodes every frame of a compressed source into `out` (its size rounded up to a page,
+  // zero past the end). Returns "" or why a frame does not decode.
+  std::string decode_all(std::byte* out) const {
+    detail::FrameDecoder decoder;
+    for (std::uint64_t i = 0; i < frames.count; ++i) {
+      const std::uint64_t begin = i == 0 ? 0 : frames.ends[i - 1];
+      const std::uint64_t first = i * frames.frame_bytes;
+      const std::uint64_t length = std::min(frames.frame_bytes, size - first);
+      std::string why = decoder.decode({bytes + begin, frames.ends[i] - begin}, {out + first, length});
+      if (!why.empty()) return "frame " + std::to_string(i) + " (bytes " + std::to_string(first) + " to " + std::to_string(first + length) + "): " + why;
+    }
+    const std::uint64_t page = os::page_size();
+    std::memset(out + size, 0, (size + page - 1) / page * page - size);
+    return {};
+  }
+
   int copy(std::uint64_t from, std::uint64_t to, std::byte* out) const noexcept {
     if (fd.get() < 0) {
       std::memcpy(out, bytes + from, to - from);
@@ -144,6 +173,39 @@ LazySource LazySource::from_file(int fd, std::uint64_t offset, std::uint64_t siz
   return LazySource(std::move(state));
 }
 
+LazySource LazySource::compressed(int fd, std::uint64_t offset, std::uint64_t stored,
+                                  std::uint64_t size, std::uint64_t frame_bytes,
+                                  std::vector<std::uint64_t> frame_ends, std::string description) {
+  auto state = std::make_shared<State>();
+  state->description = std::move(description);
+  int copy = -1;
+  if (const int err = os::dup_cloexec(fd, 0, &copy); err != 0) {
+    throw Error(err, kSource, state->description, "(dup)");
+  }
+  state->fd.reset(copy);
+  state->offset = offset;
+  state->size = size;
+  if (stored != 0) {
+    const std::uint64_t page = page_size();
+    const std::uint64_t start = offset / page * page;
+    const std::uint64_t length = offset - start + stored;
+    const void* mapped = nullptr;
+    if (const int err = os::map_readonly_at(copy, start, length, &mapped); err != 0) {
+      throw Error(err, kSource, state->description, "(mmap of its compressed bytes)");
+    }
+    state->mapping = mapped;
+    state->mapping_length = length;
+    state->bytes = static_cast<const std::byte*>(mapped) + (offset - start);
+  }
+  state->frame_ends = std::move(frame_ends);
+  state->frames.stored = state->bytes;
+  state->frames.ends = state->frame_ends.data();
+  state->frames.count = state->frame_ends.size();
+  state->frames.frame_bytes = frame_bytes;
+  state->frames.size = size;
+  return LazySource(std::move(state));
+}
+
 LazySource LazySource::file(const std::filesystem::path& path, std::uint64_t offset,
                             std::uint64_t size) {
   int fd = -1;
@@ -189,6 +251,7 @@ struct LazyImage::State {
   // handler filling meanwhile is told to let its access retry, which then faults on the
   // protection. Then the registration is erased (waiting for handlers), and so on.
   ~State() {
+    if (length != 0) detail::forget_dont_fork(reservation.base(), length);
     if (!owner) return;
     owner->close();
     (void)os::protect(reservation.base(), length, false);
@@ -198,6 +261,14 @@ struct LazyImage::State {
   void copy_all(const char* operation) {
     const LazySource::State& from = *source.state_;
     const std::uint64_t page = page_size();
+    if (from.frames.frame_bytes != 0) {
+      if (std::string why = from.decode_all(reservation.base()); !why.empty()) {
+        throw Error(EBADMSG, operation, options.name, "(decoding " + from.description + ": " + why + ")",
+                    Error::DetailIsCause{});
+      }
+      eager_pages.fetch_add(length / page, std::memory_order_relaxed);
+      return;
+    }
     const std::uint64_t whole = from.size / page * page;
     if (const int err = from.copy(0, whole, reservation.base()); err != 0) {
       throw Error(err, operation, options.name, "(copying " + from.description + ")");
@@ -240,7 +311,7 @@ LazyImage::LazyImage(LazySource source, LazyOptions options)
   if (const int err = os::protect(base, s.length, true); err != 0) {
     throw Error(err, kCreate, s.options.name, "(mprotect)");
   }
-  if (const int err = os::madvise(base, s.length, os::kMadvDontfork); err != 0) {
+  if (const int err = detail::dont_fork(base, s.length); err != 0) {
     throw Error(err, kCreate, s.options.name, "(madvise MADV_DONTFORK)");
   }
   if (s.uffd.get() < 0) {
@@ -252,13 +323,27 @@ LazyImage::LazyImage(LazySource source, LazyOptions options)
   if (const int err = os::register_missing(s.uffd.get(), base, s.length); err != 0) {
     throw Error(err, kCreate, s.options.name, "(UFFDIO_REGISTER of the range)");
   }
-  detail::LazySourceBytes bytes;
-  bytes.bytes = from.bytes;
-  bytes.size = from.size;
-  bytes.tail = from.tail.get();
   install_fault_handler();
-  s.owner = std::make_unique<detail::LazyFill>(s.options.name, s.uffd.get(), base, bytes,
-                                               s.options.window_pages);
+  if (from.frames.frame_bytes != 0) {
+    // A compressed source: its decoder slots are made with the first image that needs them.
+    {
+      const std::lock_guard lock(from.decoders_mutex);
+      if (!from.decoders) {
+        const unsigned cpus = std::thread::hardware_concurrency();
+        from.decoders = std::make_unique<detail::FrameDecoders>(
+            std::clamp(cpus, 2u, 16u), from.frames.frame_bytes);
+      }
+    }
+    s.owner = std::make_unique<detail::LazyFill>(s.options.name, s.uffd.get(), base,
+                                                 &from.frames, from.decoders.get());
+  } else {
+    detail::LazySourceBytes bytes;
+    bytes.bytes = from.bytes;
+    bytes.size = from.size;
+    bytes.tail = from.tail.get();
+    s.owner = std::make_unique<detail::LazyFill>(s.options.name, s.uffd.get(), base, bytes,
+                                                 s.options.window_pages);
+  }
   s.registration = detail::Registration(reinterpret_cast<std::uintptr_t>(base),
                                         reinterpret_cast<std::uintptr_t>(base) + s.length,
                                         s.owner.get(), s.options.name.c_str());

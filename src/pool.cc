@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fault_owner.h"
+#include "fork_holes.h"
 #include "lazy_fill.h"
 #include "mapwright/error.h"
 #include "mapwright/wrapper.h"
@@ -119,6 +120,10 @@ struct InstancePool::State final : detail::FaultOwner {
   InstancePoolStats counters;
 
   detail::Registration registration;  // last: erased first, before the mapping goes
+  // The slots' MADV_DONTFORK holes go with the reservation (fork_holes.h).
+  ~State() {
+    if (reservation.base() != nullptr) detail::forget_dont_fork(reservation.base(), reservation.mapped());
+  }
 
   // The slot that holds `address` (inside the reservation). Async-signal-safe.
   Instance::Slot* slot_at(std::uintptr_t address) const noexcept {
@@ -337,7 +342,7 @@ int InstancePool::State::map_image_range(Instance::Slot* slot, std::uint64_t spa
     // would be gone and the missing pages would read as zeros.
     if (const int err = os::reserve_fixed(slot->base, span); err != 0) return err;
     if (const int err = os::protect(slot->base, span, true); err != 0) return err;
-    if (const int err = os::madvise(slot->base, span, os::kMadvDontfork); err != 0) return err;
+    if (const int err = detail::dont_fork(slot->base, span); err != 0) return err;
     return os::register_missing(lazy_uffd.get(), slot->base, span);
   }
   if (const int err = os::map_private_fixed(slot->base, span, fd); err != 0) return err;
@@ -349,6 +354,7 @@ int InstancePool::State::map_image_range(Instance::Slot* slot, std::uint64_t spa
 void InstancePool::State::empty(Instance::Slot* slot) noexcept {
   if (slot->lazy) slot->lazy->rebind({});
   (void)os::reserve_fixed(slot->base, options.slot_size);
+  detail::forget_dont_fork(slot->base, options.slot_size);
   slot->image.reset();
   slot->key = {};
   slot->image_size = 0;
@@ -505,8 +511,7 @@ void InstancePool::State::map_image(Instance::Slot* slot, const SealedImage& ima
     }
     // A shared mapping would stay shared with a child of fork(): what the child wrote would
     // reach this slot's next instances. The child gets no heap instead.
-    if (const int err = os::madvise(slot->base + span, options.slot_size - span, os::kMadvDontfork);
-        err != 0) {
+    if (const int err = detail::dont_fork(slot->base + span, options.slot_size - span); err != 0) {
       empty(slot);
       throw Error(err, kInstantiate, options.name, "(madvise MADV_DONTFORK of the heap memfd)");
     }

@@ -38,6 +38,7 @@
 #include "wrapper_graph.h"
 #include "entry_image.h"
 #include "wrapper_integrity.h"
+#include "zstd_frames.h"
 
 namespace mapwright {
 namespace {
@@ -55,6 +56,14 @@ std::string entry_label(std::size_t index, std::string_view name) {
 
 }  // namespace
 
+const char* to_string(EntryCompression compression) noexcept {
+  switch (compression) {
+    case EntryCompression::kNone: return "none";
+    case EntryCompression::kZstd: return "zstd";
+  }
+  return "unknown";
+}
+
 // ---- WrapperEntry, LoadedLibraries --------------------------------------------------------
 
 bool WrapperEntry::contiguous() const noexcept {
@@ -65,6 +74,12 @@ bool WrapperEntry::contiguous() const noexcept {
 }
 
 std::span<const std::byte> WrapperEntry::bytes() const {
+  if (compression != EntryCompression::kNone) {
+    throw Error(EINVAL, "reading wrapper entry", name,
+                std::string("(it is stored compressed (") + to_string(compression) +
+                    "): read it with Wrapper::lazy(), image() or `mapwright extract`)",
+                kCause);
+  }
   if (chunks.empty()) return {};
   if (!contiguous()) {
     throw Error(EINVAL, "reading wrapper entry", name,
@@ -279,7 +294,7 @@ struct Wrapper::State {
         }
         return;
       }
-      if (v == kWrapperFormatVersion) {
+      if (v == kWrapperFormatVersion || v == kWrapperCompressedFormatVersion) {
         const std::uint64_t e = s + kTrailer;
         if (n < e) damaged("(truncated at byte " + str(n) + " of " + str(e) + " expected)");
         if (n == e) damaged("(the trailer is damaged: " + why + ")");
@@ -322,12 +337,13 @@ struct Wrapper::State {
     const auto root = reader->getRoot<schema::WrapperFile>();
     if (root.getMagic() != kWrapperMagic) refuse_not_a_wrapper("the magic number is wrong");
     version = root.getFormatVersion();
-    if (version != kWrapperFormatVersion && version != 1) {
-      refuse("(format version " + str(version) + " is not supported; this build reads versions 1 and " +
-             str(kWrapperFormatVersion) + ")");
+    if (version != kWrapperFormatVersion && version != kWrapperCompressedFormatVersion &&
+        version != 1) {
+      refuse("(format version " + str(version) + " is not supported; this build reads versions 1 to " +
+             str(kWrapperCompressedFormatVersion) + ")");
     }
-    if (trailer && version != kWrapperFormatVersion) {
-      damaged("(the root says format version " + str(version) + " but the file has a version " +
+    if (trailer && version == 1) {
+      damaged("(the root says format version 1 but the file has a version " +
               str(kWrapperFormatVersion) + " trailer: the file is damaged)");
     }
     producer = root.getProducer();
@@ -385,8 +401,33 @@ struct Wrapper::State {
       total += chunk.size();
       entry.chunks.emplace_back(first, chunk.size());
     }
-    if (total != entry.size) {
-      bad("its size says " + str(entry.size) + " bytes but its chunks hold " + str(total));
+    entry.stored_size = total;
+    switch (from.getCompression()) {
+      case schema::Compression::NONE:
+        if (from.getFrameSize() != 0 || from.hasFrameEnds()) bad("it has frames but no compression");
+        if (total != entry.size) {
+          bad("its size says " + str(entry.size) + " bytes but its chunks hold " + str(total));
+        }
+        break;
+      case schema::Compression::ZSTD: {
+        if (version != kWrapperCompressedFormatVersion) {
+          bad("it is compressed, which format version " + str(version) + " does not allow");
+        }
+        entry.compression = EntryCompression::kZstd;
+        entry.frame_bytes = from.getFrameSize();
+        const auto ends = from.getFrameEnds();
+        entry.frame_ends.reserve(ends.size());
+        for (const std::uint64_t end : ends) entry.frame_ends.push_back(end);
+        if (std::string why = detail::frame_table_problem(entry.size, entry.frame_bytes,
+                                                          entry.frame_ends, total);
+            !why.empty()) {
+          bad("its zstd frames do not fit: " + why);
+        }
+        if (!entry.contiguous()) bad("it is compressed, but its chunks are not contiguous");
+        break;
+      }
+      default:
+        bad("unknown compression " + str(static_cast<std::uint16_t>(from.getCompression())));
     }
     // A file offset (the loader copies from the file): base + the offset in the wrapper.
     entry.offset =
@@ -728,8 +769,33 @@ const WrapperEntry& Wrapper::entry(std::string_view name) const {
 
 bool Wrapper::verify_entry(const WrapperEntry& entry) const noexcept {
   detail::DigestStream digest;
-  for (const auto& chunk : entry.chunks) digest.update(chunk.data(), chunk.size());
-  return digest.finish() == entry.digest;
+  if (entry.compression == EntryCompression::kNone) {
+    for (const auto& chunk : entry.chunks) digest.update(chunk.data(), chunk.size());
+    return digest.finish() == entry.digest;
+  }
+  try {
+    return detail::decode_frames(entry, [&](std::span<const std::byte> plain, std::uint64_t) {
+             digest.update(plain.data(), plain.size());
+           }).empty() &&
+           digest.finish() == entry.digest;
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+}
+
+void Wrapper::read_entry(const WrapperEntry& entry, const ReadPiece& take) const {
+  if (entry.compression == EntryCompression::kNone) {
+    std::uint64_t at = 0;
+    for (const auto& chunk : entry.chunks) {
+      take(chunk, at);
+      at += chunk.size();
+    }
+    return;
+  }
+  if (std::string why = detail::decode_frames(entry, take); !why.empty()) {
+    throw Error(EBADMSG, "decoding wrapper entry", state_->name + ":" + detail::printable(entry.name),
+                "(" + why + ")", kCause);
+  }
 }
 
 void Wrapper::verify_metadata() const { state_->verify_metadata(); }
@@ -765,8 +831,11 @@ Library Wrapper::load_library(std::string_view name, LoadOptions options) const 
     }
     if (user) user(bytes);
   };
-  if (e.contiguous()) return mapwright::load_library(fd(), e.offset, e.size, options);
-  // Chunks with gaps between them (files over 4 GiB): gather them into a sealed memfd.
+  if (e.contiguous() && e.compression == EntryCompression::kNone) {
+    return mapwright::load_library(fd(), e.offset, e.size, options);
+  }
+  // Compressed (decoded into a sealed memfd, then loaded from it with no copy), or chunks with
+  // gaps between them (files over 4 GiB: gathered there).
   return mapwright::load_library(detail::gather_entry(e, options.name), options);
 }
 
@@ -784,11 +853,44 @@ SealedImage Wrapper::image(std::string_view name) const {
   return image;
 }
 
+std::string detail::decode_frames(
+    const WrapperEntry& entry,
+    const std::function<void(std::span<const std::byte>, std::uint64_t)>& take) {
+  if (entry.size == 0) return {};
+  const std::span<const std::byte> stored(entry.chunks.front().data(), entry.stored_size);
+  detail::FrameDecoder decoder;
+  std::vector<std::byte> plain(static_cast<std::size_t>(std::min(entry.frame_bytes, entry.size)));
+  for (std::size_t i = 0; i < entry.frame_ends.size(); ++i) {
+    const std::uint64_t begin = i == 0 ? 0 : entry.frame_ends[i - 1];
+    const std::uint64_t first = i * entry.frame_bytes;
+    const std::uint64_t length = std::min(entry.frame_bytes, entry.size - first);
+    const std::span<std::byte> out(plain.data(), static_cast<std::size_t>(length));
+    if (std::string why = decoder.decode(stored.subspan(begin, entry.frame_ends[i] - begin), out);
+        !why.empty()) {
+      return "frame " + str(i) + " (bytes " + str(first) + " to " + str(first + length) +
+             ") does not decode: " + why;
+    }
+    take(out, first);
+  }
+  return {};
+}
+
 SealedImage detail::gather_entry(const WrapperEntry& entry, const std::string& memfd_name) {
   RegionOptions region_options;
   region_options.capacity = (entry.size + 4095) / 4096 * 4096;
   Region region = Region::memfd(memfd_name, region_options);
   region.ensure(entry.size);
+  if (entry.compression != EntryCompression::kNone) {
+    if (std::string why = decode_frames(entry, [&](std::span<const std::byte> plain,
+                                                   std::uint64_t at) {
+          std::memcpy(region.data() + at, plain.data(), plain.size());
+        });
+        !why.empty()) {
+      throw Error(EBADMSG, "decoding wrapper entry", memfd_name, "(" + why + ")", kCause);
+    }
+    region.finish(entry.size);
+    return std::move(region).seal();
+  }
   std::uint64_t at = 0;
   for (const auto& chunk : entry.chunks) {
     std::memcpy(region.data() + at, chunk.data(), chunk.size());
@@ -796,6 +898,23 @@ SealedImage detail::gather_entry(const WrapperEntry& entry, const std::string& m
   }
   region.finish(entry.size);
   return std::move(region).seal();
+}
+
+LazyImage Wrapper::lazy(std::string_view name, LazyOptions options) const {
+  const WrapperEntry& e = entry(name);
+  const std::string label = state_->name + ":" + detail::printable(e.name);
+  if (options.name == LazyOptions{}.name) options.name = label;
+  if (e.compression == EntryCompression::kNone) {
+    if (!e.contiguous()) {
+      throw Error(EINVAL, "mapping wrapper entry lazily", label,
+                  "(its chunks are not contiguous in the file: use image())", kCause);
+    }
+    LazySource source = LazySource::from_file(fd(), e.offset, e.size, label);
+    return LazyImage(std::move(source), std::move(options));
+  }
+  LazySource source = LazySource::compressed(fd(), e.offset, e.stored_size, e.size, e.frame_bytes,
+                                             e.frame_ends, label + " (zstd)");
+  return LazyImage(std::move(source), std::move(options));
 }
 
 LoadedLibraries Wrapper::load_in_order(const std::vector<std::size_t>& order,

@@ -34,6 +34,7 @@
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
 #include "wrapper_integrity.h"
+#include "zstd_frames.h"
 
 namespace mapwright {
 namespace {
@@ -157,6 +158,10 @@ struct WrapperWriter::State {
     PendingBlobs chunks;
     std::string source;    // the file it was copied from, for messages; empty from memory
     detail::ElfInfo elf;   // a library's SONAME and DT_NEEDED (check_elf)
+    // Compressed (options.compression): the chunks hold zstd frames ending at frame_ends.
+    EntryCompression compression = EntryCompression::kNone;
+    std::uint64_t frame_bytes = 0;
+    std::vector<std::uint64_t> frame_ends;
   };
 
   std::filesystem::path target;
@@ -266,6 +271,7 @@ struct WrapperWriter::State {
         words += text_words(dependency.size()) + kFar;
       }
       words += entry.chunks.size() * (1 + kFar) + kFar;
+      words += entry.frame_ends.size() + kFar;
     }
     return words * sizeof(::capnp::word);
   }
@@ -323,7 +329,7 @@ struct WrapperWriter::State {
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
            std::vector<std::string> depends, std::string source, Write&& write) {
     Pending entry{std::string(name), kind,          size, {}, std::move(depends),
-                  PendingBlobs(builder), std::move(source), {}};
+                  PendingBlobs(builder), std::move(source), {}, EntryCompression::kNone, 0, {}};
     Release release(region.fd(), region.data(), options.durable);
     // Declared after `entry`: the digest thread is joined before the blobs are discarded.
     detail::DigestPipeline digest(
@@ -378,6 +384,10 @@ struct WrapperWriter::State {
   // (a few pages), and keeps the SONAME and DT_NEEDED for publish(). The blobs of a refused
   // entry are discarded, as after any failed add: zero, and no blocks where they cover pages.
   void check_elf(Pending& entry) const {
+    if (entry.compression != EntryCompression::kNone) {
+      check_compressed_elf(entry);
+      return;
+    }
     // Where each chunk starts in the entry (a stream's chunks grow: sizes differ).
     std::vector<std::uint64_t> starts;
     std::uint64_t at = 0;
@@ -402,10 +412,178 @@ struct WrapperWriter::State {
       }
       return done;
     });
+    refuse_bad_elf(entry);
+  }
+
+  void refuse_bad_elf(const Pending& entry) const {
     if (entry.elf.problem != detail::ElfProblem::kNone) {
       throw Error(EINVAL, "writing wrapper", subject, label(entry) + ": " + entry.elf.reason,
                   kCause);
     }
+  }
+
+  // The same for a compressed library: its headers are read through its frames, decoded
+  // as needed (one kept: the headers and the dynamic section are near each other).
+  void check_compressed_elf(Pending& entry) const {
+    const auto* stored = reinterpret_cast<const std::byte*>(entry.chunks.front().getReader().begin());
+    detail::FrameDecoder decoder;
+    std::vector<std::byte> frame(static_cast<std::size_t>(entry.frame_bytes));
+    std::uint64_t decoded = UINT64_MAX;  // the frame held in `frame`
+    entry.elf = detail::read_elf(entry.size, [&](std::uint64_t offset, void* buffer,
+                                                 std::size_t length) {
+      std::size_t done = 0;
+      while (done < length && offset + done < entry.size) {
+        const std::uint64_t position = offset + done;
+        const std::uint64_t index = position / entry.frame_bytes;
+        const std::uint64_t first = index * entry.frame_bytes;
+        const std::uint64_t frame_length = std::min(entry.frame_bytes, entry.size - first);
+        if (index != decoded) {
+          const std::uint64_t begin = index == 0 ? 0 : entry.frame_ends[index - 1];
+          const std::string why = decoder.decode(
+              {stored + begin, static_cast<std::size_t>(entry.frame_ends[index] - begin)},
+              {frame.data(), static_cast<std::size_t>(frame_length)});
+          if (!why.empty()) refuse_input(EIO, entry.name, "its frame " + str(index) + ": " + why);
+          decoded = index;
+        }
+        const std::size_t piece = static_cast<std::size_t>(
+            std::min<std::uint64_t>(length - done, first + frame_length - position));
+        std::memcpy(static_cast<std::byte*>(buffer) + done, frame.data() + (position - first), piece);
+        done += piece;
+      }
+      return done;
+    });
+    refuse_bad_elf(entry);
+  }
+
+  // A compressed entry (options.compression): the bytes that next(buffer, want) gives — a
+  // span of at most `want` bytes, in `buffer` or elsewhere; empty at the end — are cut in
+  // frames of frame_bytes, each hashed (the digest is over these bytes), compressed alone
+  // and appended to chunks allocated as the compressed bytes come (as a stream's are: 64 KiB,
+  // doubling to 16 MiB or chunk_bytes), each page-aligned and adjacent to the one before, so
+  // the frames are one contiguous run in the file. `size`: the bytes expected, for progress
+  // (UINT64_MAX: unknown). Like add(): the entry is added only if all went well.
+  template <class Next>
+  void add_compressed(std::string_view name, EntryKind kind, std::uint64_t size,
+                      std::vector<std::string> depends, std::string source, Next&& next) {
+    const WrapperCompression& how = options.compression;
+    Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(builder),
+                  std::move(source),  {}, how.method, how.frame_bytes, {}};
+    Release release(region.fd(), region.data(), options.durable);
+    detail::DigestStream digest;
+    detail::FrameEncoder encoder(how.level, how.frame_bytes);
+    std::vector<std::byte> buffer(static_cast<std::size_t>(how.frame_bytes));
+    const std::uint64_t total_before = total_done;
+    const std::uint64_t largest = std::min(kLargestStreamChunk, options.chunk_bytes);
+    std::uint64_t next_length = std::min(kFirstStreamChunk, largest);
+    std::byte* chunk = nullptr;       // the newest chunk
+    std::uint64_t chunk_length = 0;
+    std::uint64_t chunk_filled = 0;
+    std::uint64_t stored = 0;
+    const auto append = [&](std::span<const std::byte> bytes) {
+      while (!bytes.empty()) {
+        if (chunk_filled == chunk_length) {
+          if (chunk != nullptr) release.piece({chunk, static_cast<std::size_t>(chunk_length)});
+          try {
+            entry.chunks.add(builder.new_aligned_data(next_length, kWrapperAlignment));
+          } catch (const Error& e) {
+            refuse(e.error(), name, e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
+          }
+          std::byte* first =
+              reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+          if (chunk != nullptr && first != chunk + chunk_length) {
+            refuse_input(EFBIG, name,
+                         "a compressed entry must be one run of bytes, and this one reached the "
+                         "end of a 4 GiB Cap'n Proto segment: add it uncompressed");
+          }
+          chunk = first;
+          chunk_length = next_length;
+          chunk_filled = 0;
+          next_length = std::min(next_length * 2, largest);
+        }
+        const std::size_t piece =
+            static_cast<std::size_t>(std::min<std::uint64_t>(bytes.size(), chunk_length - chunk_filled));
+        std::memcpy(chunk + chunk_filled, bytes.data(), piece);
+        chunk_filled += piece;
+        stored += piece;
+        bytes = bytes.subspan(piece);
+      }
+    };
+    try {
+      std::uint64_t next_report = kPiece;
+      for (;;) {
+        // A whole frame, unless the source ends first.
+        std::size_t have = 0;
+        std::span<const std::byte> plain;
+        while (have < buffer.size()) {
+          const auto got = next(buffer.data() + have, buffer.size() - have);
+          if (got.empty()) break;
+          if (have == 0 && got.size() == buffer.size()) {
+            plain = got;  // a whole frame in place (from memory): no copy
+            have = got.size();
+            break;
+          }
+          if (got.data() != buffer.data() + have) std::memcpy(buffer.data() + have, got.data(), got.size());
+          have += got.size();
+        }
+        if (have == 0) break;
+        if (plain.empty()) plain = {buffer.data(), have};
+        digest.update(plain.data(), plain.size());
+        append(encoder.encode(plain));
+        entry.frame_ends.push_back(stored);
+        entry.size += have;
+        total_done += have;
+        if (entry.size >= next_report || have < buffer.size()) {
+          report(name, entry.size, size == UINT64_MAX ? entry.size : size);
+          next_report = (entry.size / kPiece + 1) * kPiece;
+        }
+        if (have < buffer.size()) break;
+      }
+      if (chunk != nullptr) {
+        builder.shrink(entry.chunks[entry.chunks.size() - 1], chunk_filled);
+        release.piece({chunk, static_cast<std::size_t>(chunk_filled)});
+      }
+    } catch (...) {
+      total_done = total_before;
+      throw;
+    }
+    entry.digest = digest.finish();
+    release.finish();
+    if (kind == EntryKind::kSharedLibrary) check_elf(entry);
+    if (entry.size == 0) report(name, 0, 0);
+    names.insert(entry.name);
+    entries.push_back(std::move(entry));
+  }
+
+  bool compressing() const noexcept {
+    return options.compression.method != EntryCompression::kNone;
+  }
+
+  // A compressed entry from `fd`: read(2) until end of file (streams), or pread(2) of `size`
+  // bytes (regular files; one that shrinks meanwhile is an Error).
+  void add_compressed_fd(std::string_view name, EntryKind kind, int fd, const std::string& source,
+                         std::vector<std::string> depends, std::uint64_t size, bool stream) {
+    std::uint64_t at = 0;
+    add_compressed(name, kind, stream ? UINT64_MAX : size, std::move(depends), source,
+                   [&](std::byte* into, std::size_t want) -> std::span<const std::byte> {
+      std::size_t got = 0;
+      if (stream) {
+        if (const int err = os::read_waiting(fd, into, want, &got); err != 0) {
+          refuse(err, name, "reading " + source);
+        }
+        return {into, got};
+      }
+      want = static_cast<std::size_t>(std::min<std::uint64_t>(want, size - at));
+      if (want == 0) return {};
+      if (const int err = os::pread_full(fd, into, want, at, &got); err != 0) {
+        refuse(err, name, "reading " + source);
+      }
+      if (got != want) {
+        refuse_input(EIO, name, source + " ended after " + str(at + got) + " of " + str(size) +
+                                    " bytes (it shrank while it was copied)");
+      }
+      at += got;
+      return {into, got};
+    });
   }
 
   // What the dynamic linker needs to use a library entry as another's dependency: it matches
@@ -454,8 +632,12 @@ struct WrapperWriter::State {
   // otherwise its blobs are discarded and the exception propagates.
   void add_stream(std::string_view name, EntryKind kind, int fd, const std::string& source,
                   std::vector<std::string> depends) {
+    if (compressing()) {
+      add_compressed_fd(name, kind, fd, source, std::move(depends), 0, true);
+      return;
+    }
     Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(builder),
-                  source,            {}};
+                  source,            {}, EntryCompression::kNone, 0, {}};
     Release release(region.fd(), region.data(), options.durable);
     // On this thread: a stream's size is not known, and pieces come as the reads do.
     detail::DigestPipeline digest(
@@ -548,6 +730,10 @@ struct WrapperWriter::State {
       refuse(err, name, "fcntl of " + source);
     }
     const std::uint64_t size = status.size;
+    if (compressing()) {
+      add_compressed_fd(name, kind, fd, source, std::move(depends), size, false);
+      return;
+    }
     bool in_kernel = true;  // copy_file_range until the kernel says it cannot here
     add(name, kind, size, std::move(depends), source,
         [&](std::span<std::byte> into, std::uint64_t at) {
@@ -587,6 +773,18 @@ struct WrapperWriter::State {
   void add_span(std::string_view name, EntryKind kind, std::span<const std::byte> bytes,
                 std::vector<std::string> depends) {
     check_name(name);
+    if (compressing()) {
+      std::uint64_t at = 0;
+      add_compressed(name, kind, bytes.size(), std::move(depends), {},
+                     [&](std::byte*, std::size_t want) -> std::span<const std::byte> {
+                       const auto piece = bytes.subspan(
+                           static_cast<std::size_t>(at),
+                           static_cast<std::size_t>(std::min<std::uint64_t>(want, bytes.size() - at)));
+                       at += piece.size();
+                       return piece;
+                     });
+      return;
+    }
     add(name, kind, bytes.size(), std::move(depends), {},
         [&](std::span<std::byte> into, std::uint64_t at) {
           std::memcpy(into.data(), bytes.data() + at, into.size());
@@ -601,6 +799,16 @@ WrapperWriter::WrapperWriter(const std::filesystem::path& target, WrapperWriterO
                 "(chunk size " + str(chunk) +
                     " is not a multiple of 4096 between 4096 and 512 MiB - 4096)", kCause);
   }
+  const WrapperCompression& how = options.compression;
+  if (how.method != EntryCompression::kNone &&
+      (how.frame_bytes % 4096 != 0 || how.frame_bytes < detail::kMinFrameBytes ||
+       how.frame_bytes > detail::kMaxFrameBytes)) {
+    throw Error(EINVAL, "writing wrapper", target.string(),
+                "(frame size " + str(how.frame_bytes) + " is not a multiple of 4096 from " +
+                    str(detail::kMinFrameBytes) + " to " + str(detail::kMaxFrameBytes) + ")",
+                kCause);
+  }
+  if (how.method != EntryCompression::kNone) (void)detail::FrameEncoder(how.level, how.frame_bytes);
   // Before anything is created: a target that is not a regular file is refused by name.
   (void)detail::check_publish_target(target, "writing wrapper");
   state_ = std::make_unique<State>(target, std::move(options));
@@ -643,6 +851,31 @@ void WrapperWriter::add_data(std::string_view name, std::uint64_t size, const Fi
   State& s = *state_;
   s.check_name(name);
   if (!fill) s.refuse_input(EINVAL, name, "no fill function");
+  if (s.compressing()) {
+    // fill() writes into a buffer of whole frames (about 8 MiB), compressed from there.
+    const std::uint64_t frames = std::max<std::uint64_t>(1, kPiece / s.options.compression.frame_bytes);
+    const std::uint64_t piece = std::min(frames * s.options.compression.frame_bytes, size);
+    std::vector<std::byte> buffer(static_cast<std::size_t>(piece));
+    std::uint64_t at = 0;
+    std::uint64_t filled_end = 0;  // [filled_end - buffer's filled length, filled_end) is in it
+    std::uint64_t filled_length = 0;
+    s.add_compressed(name, EntryKind::kData, size, {}, {},
+                     [&](std::byte*, std::size_t want) -> std::span<const std::byte> {
+                       if (at == size) return {};
+                       if (at == filled_end) {
+                         filled_length = std::min(piece, size - at);
+                         std::memset(buffer.data(), 0, static_cast<std::size_t>(filled_length));
+                         fill(std::span<std::byte>(buffer.data(), static_cast<std::size_t>(filled_length)), at);
+                         filled_end = at + filled_length;
+                       }
+                       const std::uint64_t in = at - (filled_end - filled_length);
+                       const auto length = static_cast<std::size_t>(
+                           std::min<std::uint64_t>(want, filled_end - at));
+                       at += length;
+                       return {buffer.data() + in, length};
+                     });
+    return;
+  }
   // fill() sees whole chunks; add() walks them in pieces, so call fill at a chunk's start.
   s.add(name, EntryKind::kData, size, {}, {}, [&](std::span<std::byte> piece, std::uint64_t at) {
     const std::uint64_t chunk_start = at / s.options.chunk_bytes * s.options.chunk_bytes;
@@ -692,7 +925,10 @@ std::uint64_t WrapperWriter::publish() {
   const std::uint64_t metadata_offset = s.metadata_offset();
   auto root = s.builder.initRoot<schema::WrapperFile>();
   root.setMagic(kWrapperMagic);
-  root.setFormatVersion(kWrapperFormatVersion);
+  const bool compressed = std::any_of(s.entries.begin(), s.entries.end(), [](const State::Pending& e) {
+    return e.compression != EntryCompression::kNone;
+  });
+  root.setFormatVersion(compressed ? kWrapperCompressedFormatVersion : kWrapperFormatVersion);
   root.setProducer(s.options.producer);
   auto list = root.initEntries(static_cast<::capnp::uint>(s.entries.size()));
   for (std::size_t i = 0; i < s.entries.size(); ++i) {
@@ -709,6 +945,14 @@ std::uint64_t WrapperWriter::publish() {
       auto deps = to.initDependencies(static_cast<::capnp::uint>(from.dependencies.size()));
       for (std::size_t d = 0; d < from.dependencies.size(); ++d) {
         deps.set(static_cast<::capnp::uint>(d), from.dependencies[d]);
+      }
+    }
+    if (from.compression == EntryCompression::kZstd) {
+      to.setCompression(schema::Compression::ZSTD);
+      to.setFrameSize(from.frame_bytes);
+      auto ends = to.initFrameEnds(static_cast<::capnp::uint>(from.frame_ends.size()));
+      for (std::size_t f = 0; f < from.frame_ends.size(); ++f) {
+        ends.set(static_cast<::capnp::uint>(f), from.frame_ends[f]);
       }
     }
     auto chunks = to.initChunks(static_cast<::capnp::uint>(from.chunks.size()));

@@ -42,14 +42,27 @@ int extract(const ExtractOptions& options) {
   }
 
   const bool to_stdout = options.output == "-";
+  // The entry's bytes piece by piece: its chunks, or its frames decoded one at a time (a
+  // frame that does not decode was the digest's mismatch above, or is this Error with
+  // --no-verify).
+  const auto each_piece = [&](const Wrapper::ReadPiece& take) {
+    try {
+      wrapper.read_entry(*entry, take);
+    } catch (const mapwright::Error& e) {
+      if (e.operation() != "decoding wrapper entry") throw;
+      throw ToolError(kExitDamaged, fmt::format("extracting entry {} from wrapper {}: {}",
+                                                in_quotes(entry->name), in_quotes(wrapper.name()),
+                                                e.what()));
+    }
+  };
   if (to_stdout) {
-    for (const std::span<const std::byte> chunk : entry->chunks) {
-      if (const int error = write_all(STDOUT_FILENO, chunk.data(), chunk.size()); error != 0) {
+    each_piece([&](std::span<const std::byte> piece, std::uint64_t) {
+      if (const int error = write_all(STDOUT_FILENO, piece.data(), piece.size()); error != 0) {
         throw ToolError(kExitFailure,
                         fmt::format("writing entry {} to standard output: {}",
                                     in_quotes(entry->name), std::strerror(error)));
       }
-    }
+    });
     return kExitOk;
   }
   // Replacing the wrapper by one of its entries would lose the wrapper.
@@ -86,8 +99,7 @@ int extract(const ExtractOptions& options) {
   } catch (const mapwright::Error& e) {
     throw failed(e);
   }
-  std::uint64_t at = 0;
-  for (const std::span<const std::byte> chunk : entry->chunks) {
+  each_piece([&](std::span<const std::byte> chunk, std::uint64_t at) {
     for (std::size_t done = 0; done < chunk.size();) {
       const ssize_t wrote = ::pwrite(region->fd(), chunk.data() + done, chunk.size() - done,
                                      static_cast<off_t>(at + done));
@@ -95,8 +107,7 @@ int extract(const ExtractOptions& options) {
       if (wrote < 0) throw failed(mapwright::Error(errno, "writing", options.output, "(pwrite)"));
       done += static_cast<std::size_t>(wrote);
     }
-    at += chunk.size();
-  }
+  });
   try {
     region->finish(entry->size);
     region->publish();

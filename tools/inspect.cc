@@ -53,15 +53,22 @@ void print_text(const Wrapper& wrapper) {
              in_quotes(wrapper.producer()), wrapper.size(), where, entries.size(),
              entries.size() == 1 ? "entry" : "entries");
 
-  constexpr std::size_t kColumns = 7;
+  constexpr std::size_t kColumns = 8;
   // Left-aligned text columns, right-aligned numbers.
-  constexpr std::array<bool, kColumns> kRight = {false, false, true, true, true, false, false};
+  constexpr std::array<bool, kColumns> kRight = {false, false, true, true, true, true, false, false};
   using Row = std::array<std::string, kColumns>;
   std::vector<Row> rows;
-  rows.push_back({"NAME", "KIND", "OFFSET", "SIZE", "CHUNKS", "DIGEST", "DEPENDENCIES"});
+  // STORED: the bytes in the file, "zstd" and their share of SIZE for a compressed entry.
+  rows.push_back({"NAME", "KIND", "OFFSET", "SIZE", "STORED", "CHUNKS", "DIGEST", "DEPENDENCIES"});
   for (const WrapperEntry& entry : entries) {
+    const std::string stored =
+        entry.compression == EntryCompression::kNone
+            ? std::to_string(entry.stored_size)
+            : fmt::format("{} {} ({:.1f}%)", to_string(entry.compression), entry.stored_size,
+                          entry.size == 0 ? 100.0 : 100.0 * static_cast<double>(entry.stored_size) /
+                                                        static_cast<double>(entry.size));
     rows.push_back({printable(entry.name), to_string(entry.kind), std::to_string(entry.offset),
-                    std::to_string(entry.size), std::to_string(entry.chunks.size()),
+                    std::to_string(entry.size), stored, std::to_string(entry.chunks.size()),
                     entry.digest.hex(), join_dependencies(entry.dependencies)});
   }
   // Cells are printable() already: one column per code point.
@@ -111,9 +118,11 @@ void print_json(const Wrapper& wrapper) {
     }
     out += fmt::format(
         "    {{\"name\": {}, \"kind\": \"{}\", \"offset\": {}, \"size\": {}, \"digest\": \"{}\", "
-        "\"dependencies\": [{}], \"chunks\": {}}}",
+        "\"dependencies\": [{}], \"chunks\": {}, \"compression\": \"{}\", \"stored_size\": {}, "
+        "\"frame_size\": {}, \"frames\": {}}}",
         json_string(entry.name), to_string(entry.kind), entry.offset, entry.size,
-        entry.digest.hex(), dependencies, entry.chunks.size());
+        entry.digest.hex(), dependencies, entry.chunks.size(), to_string(entry.compression),
+        entry.stored_size, entry.frame_bytes, entry.frame_ends.size());
   }
   out += first ? "]\n}\n" : "\n  ]\n}\n";
   fmt::print("{}", out);
@@ -143,7 +152,8 @@ Subcommand add_inspect(CLI::App& app) {
                     "Print JSON for scripts: {\"format_version\", \"metadata_checked\", \"producer\", "
                     "\"file_size\", \"wrapper_offset\", \"wrapper_size\", "
                     "\"entries\": [{\"name\", \"kind\", \"offset\", \"size\", \"digest\", "
-                    "\"dependencies\", \"chunks\"}]}");
+                    "\"dependencies\", \"chunks\", \"compression\", \"stored_size\", "
+                    "\"frame_size\", \"frames\"}]}");
   command->footer(
       std::string("The structure (and in format version 2 the metadata digest) is checked when "
                   "the file is opened; the entries' digests and the padding are not (use "

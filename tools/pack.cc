@@ -33,6 +33,9 @@ struct PackOptions {
   std::vector<std::string> data;       // NAME=PATH
   std::string producer = "mapwright " MAPWRIGHT_VERSION;
   std::uint64_t chunk_bytes = kDefaultChunkBytes;
+  std::string compress = "none";            // --compress none|zstd
+  std::uint64_t frame_bytes = 256ull << 10;  // --frame-size
+  int level = 3;                             // --level
   bool progress = false;
   bool no_progress = false;
   bool no_sync = false;
@@ -64,7 +67,11 @@ constexpr const char* kPackFooter =
     "into place once complete, as always. EXE must be a regular file and not OUT itself.\n"
     "An EXE that already ends with a wrapper is copied with it, and the new wrapper hides\n"
     "it (a warning says so): append to the program without one.\n"
-    "  mapwright pack --append-to build/app -o build/app.packed --lib core=build/libcore.so\n";
+    "  mapwright pack --append-to build/app -o build/app.packed --lib core=build/libcore.so\n"
+    "With --compress zstd every entry is stored as independent zstd frames of --frame-size\n"
+    "bytes (format version 3): Wrapper::lazy() then decodes one frame per first touch of a\n"
+    "page, and verify, extract and run decode it; the digest is of the uncompressed bytes.\n"
+    "  mapwright pack --compress zstd --frame-size 64k -o assets.mwr --data model=model.bin\n";
 
 // NAME=REST with a non-empty NAME and REST; "" if `spec` is one, else what is wrong.
 std::string check_spec(const std::string& spec, const char* form) {
@@ -256,6 +263,11 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   WrapperWriterOptions writer_options;
   writer_options.producer = options.producer;
   writer_options.chunk_bytes = options.chunk_bytes;
+  if (options.compress == "zstd") {
+    writer_options.compression.method = EntryCompression::kZstd;
+    writer_options.compression.frame_bytes = options.frame_bytes;
+    writer_options.compression.level = options.level;
+  }
   writer_options.prefix = options.append_to;
   // Standard output: the file is only a staging place, copied out and gone; no fsync.
   writer_options.durable = !options.no_sync && !to_stdout;
@@ -378,6 +390,32 @@ Subcommand add_pack(CLI::App& app) {
           },
           "", "chunk size"))
       ->type_name("BYTES");
+  command->add_option("--compress", options->compress, "Store entries compressed: zstd, or none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "zstd"}))
+      ->type_name("METHOD");
+  command
+      ->add_option("--frame-size", options->frame_bytes,
+                   "With --compress: uncompressed bytes per frame, the unit decoded on a first "
+                   "touch: a multiple of 4096 from 4k to 64m (suffixes k, m)")
+      ->capture_default_str()
+      ->transform(CLI::Validator(
+          [](std::string& value) -> std::string {
+            std::uint64_t bytes = 0;
+            if (std::string error = parse_size(value, bytes); !error.empty()) return error;
+            if (bytes < 4096 || bytes > (64ull << 20) || bytes % 4096 != 0) {
+              return fmt::format("frame size {} bytes is not a multiple of 4096 from 4096 to {}",
+                                 bytes, 64ull << 20);
+            }
+            value = std::to_string(bytes);
+            return {};
+          },
+          "", "frame size"))
+      ->type_name("BYTES");
+  command->add_option("--level", options->level, "With --compress zstd: zstd's level, 1 to 19")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 19))
+      ->type_name("N");
   CLI::Option* on = command->add_flag(
       "--progress", options->progress,
       "Draw a progress bar on stderr even when it is not a terminal (default: when it is)");

@@ -45,6 +45,7 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "mapwright/sealed_image.h"
 
@@ -76,7 +77,14 @@ class LazySource {
   explicit LazySource(std::shared_ptr<const State> state) noexcept : state_(std::move(state)) {}
   static LazySource from_file(int fd, std::uint64_t offset, std::uint64_t size,
                               std::string description);
+  // A compressed wrapper entry (Wrapper::lazy): `stored` bytes at `offset` of `fd`, zstd
+  // frames ending at `frame_ends`, decoding to `size` bytes in frames of `frame_bytes`. The
+  // caller checked the table (the wrapper reader).
+  static LazySource compressed(int fd, std::uint64_t offset, std::uint64_t stored,
+                               std::uint64_t size, std::uint64_t frame_bytes,
+                               std::vector<std::uint64_t> frame_ends, std::string description);
   friend class LazyImage;
+  friend class Wrapper;
   std::shared_ptr<const State> state_;
 };
 
@@ -95,7 +103,8 @@ const char* to_string(LazyMode mode) noexcept;
 
 struct LazyOptions {
   // Pages filled per fault: the aligned block of this many pages that holds the faulting one
-  // (clipped to the image). At least 1; at most 65536.
+  // (clipped to the image). At least 1; at most 65536. A compressed source (Wrapper::lazy)
+  // fills one frame per fault instead, whatever this says.
   std::uint64_t window_pages = 1;
   LazyFallback fallback = LazyFallback::kError;
   // Names the image in errors and in the fault report.

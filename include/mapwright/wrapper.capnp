@@ -1,4 +1,5 @@
-# mapwright/wrapper.capnp — the wrapper file format (format version 2; version 1 is still read).
+# mapwright/wrapper.capnp — the wrapper file format (format version 2, or 3 when an entry is
+# compressed: the same layout with compressed entries; version 1 is still read).
 #
 # A version 2 wrapper file is TWO Cap'n Proto messages in standard stream framing, back to
 # back: the wrapper itself (the segment table, then the segments; root: WrapperFile with
@@ -52,17 +53,21 @@
 #     blob, so the file is built front to back in one pass; then the trailer.
 #
 # What a reader checks (mapwright::Wrapper::open):
-#   * the trailer (version 2): its encoding, magic, formatVersion 2, wrapperSize = the
+#   * the trailer (version 2 or 3): its encoding, magic, formatVersion 2 (the trailer's own
+#     layout, also in a version 3 file, so that version 2 readers find it and then refuse the
+#     root's version 3 by name), wrapperSize = the
 #     wrapper's size (the file's, for a whole file), metadataOffset within the first message;
 #     the metadata digest;
 #   * the stream framing and segment table (sizes within the file; the first message ends
 #     exactly where the trailer begins, or, in version 1, at the end of the file);
-#   * magic and formatVersion (1 or 2; 2 if there is a trailer);
+#   * magic and formatVersion (1, 2 or 3; 2 or 3 if there is a trailer; 3 if an entry is
+#     compressed);
 #   * each entry: a non-empty name without NUL, unique; a known kind; a 16-byte digest of a
 #     known algorithm; chunks whose sizes add up to `size` with no overflow, each starting
 #     page-aligned, none overlapping another entry's bytes (version 2: all of them inside
 #     [H, metadataOffset)); dependencies only on libraries, none on itself, none on data, no
-#     cycle.
+#     cycle; a compressed entry: a known compression, contiguous chunks, a frame table as
+#     described at frameEnds (every frame's bytes are checked when they are decoded).
 @0xd9e1ca8b3f6a5c27;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -71,12 +76,15 @@ $Cxx.namespace("mapwright::schema");
 # "MWRAPPER" in ASCII, read as a little-endian UInt64.
 const wrapperMagic :UInt64 = 0x524550504152574d;
 const wrapperFormatVersion :UInt32 = 2;
+# The version of a file that holds a compressed entry (a version 2 file otherwise).
+const wrapperCompressedFormatVersion :UInt32 = 3;
 # The size of the trailer message at the end of a version 2 file, in bytes.
 const wrapperTrailerBytes :UInt64 = 88;
 
 struct WrapperFile {
   magic @0 :UInt64;            # must equal wrapperMagic
-  formatVersion @1 :UInt32;    # wrapperFormatVersion (2), or 1 in files written before it
+  formatVersion @1 :UInt32;    # wrapperFormatVersion (2), 3 with a compressed entry, or 1 in
+                               # files written before the trailer
   producer @2 :Text;           # who wrote the file, e.g. "mapwright 0.1.0"
   entries @3 :List(Entry);
   # The trailer's fields (version 2): set in the trailer message only, 0/null in the first.
@@ -94,7 +102,24 @@ struct Entry {
   digest @4 :Data;             # 16 bytes; see DigestAlgorithm
   dependencies @5 :List(Text); # libraries only: names of library entries loaded before it
   chunks @6 :List(Data);       # the bytes, in order; each chunk at most 256 MiB by default
-                               # (a Cap'n Proto Data holds less than 512 MiB)
+                               # (a Cap'n Proto Data holds less than 512 MiB); compressed:
+                               # the stored (compressed) bytes, contiguous in the file
+  # Format version 3 (a file with a compressed entry; version 2 readers refuse it by its
+  # version rather than misread it). With compression = zstd the entry's `size` bytes are cut
+  # in frames of frameSize bytes (the last one shorter), each compressed on its own as one
+  # zstd frame that records its size and a checksum of its content (mapwright writes both;
+  # a reader checks the size, and zstd the checksum when there is one); the frames follow each other in the chunks' bytes, and
+  # frameEnds[i] is where frame i ends there (frame i starts at frameEnds[i-1], frame 0 at 0;
+  # the last ends at the chunks' total size). `size`, `digest` and what `extract` writes are
+  # the uncompressed bytes.
+  compression @7 :Compression;
+  frameSize @8 :UInt64;        # a multiple of 4096, 4 KiB to 64 MiB; 0 when not compressed
+  frameEnds @9 :List(UInt64);  # ceil(size / frameSize) ends, increasing
+}
+
+enum Compression {
+  none @0;                     # the chunks are the entry's bytes
+  zstd @1;                     # independent zstd frames (zstd 1.5, RFC 8878), as above
 }
 
 enum Kind {

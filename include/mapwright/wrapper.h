@@ -106,6 +106,7 @@
 #include <vector>
 
 #include "mapwright/capnp.h"
+#include "mapwright/lazy.h"
 #include "mapwright/loader.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
@@ -114,8 +115,11 @@ namespace mapwright {
 
 // "MWRAPPER" read as a little-endian integer; the root's first field.
 inline constexpr std::uint64_t kWrapperMagic = 0x524550504152574dull;
-// The format version this build writes (it reads this one and version 1).
+// The format version this build writes (it reads this one, version 1, and version 3).
 inline constexpr std::uint32_t kWrapperFormatVersion = 2;
+// The version of a file with a compressed entry: version 2's layout and checks, plus
+// compressed entries (older readers refuse it by its version instead of misreading it).
+inline constexpr std::uint32_t kWrapperCompressedFormatVersion = 3;
 // The size of the trailer, the last bytes of a version 2 wrapper (wrapper.capnp).
 inline constexpr std::uint64_t kWrapperTrailerBytes = 88;
 // The default size of an entry's chunks (a Cap'n Proto Data blob is < 512 MiB).
@@ -150,6 +154,25 @@ struct WriteProgress {
   // false while an entry of unknown size is streamed (a pipe, a FIFO, a /proc file): its
   // size is known once the end of the stream is reached.
   bool entry_size_known = true;
+};
+
+// How an entry's bytes are stored.
+enum class EntryCompression {
+  kNone,  // as they are: the chunks are the bytes
+  kZstd,  // in independent zstd frames (wrapper.capnp, "frameEnds"; format version 3)
+};
+// "none", "zstd".
+const char* to_string(EntryCompression compression) noexcept;
+
+// Compression for the entries a writer adds (WrapperWriterOptions::compression).
+struct WrapperCompression {
+  EntryCompression method = EntryCompression::kNone;
+  // Uncompressed bytes per frame: a multiple of 4096 from 4 KiB to 64 MiB. A lazily mapped
+  // entry (Wrapper::lazy) decodes one frame per first touch: smaller frames give a faster
+  // first byte, larger ones compress better. 256 KiB by default.
+  std::uint64_t frame_bytes = 256ull << 10;
+  // zstd's level, 1 (fastest) to 19; 0 is zstd's default (3).
+  int level = 3;
 };
 
 struct WrapperWriterOptions {
@@ -197,6 +220,14 @@ struct WrapperWriterOptions {
   // Hazard: a writer holds its file open for writing until it is destroyed, and execve(2)
   // refuses such a file (ETXTBSY): destroy the writer before running what it wrote.
   std::filesystem::path prefix;
+  // Compressed entries (format version 3): each entry added is stored as independent zstd
+  // frames of compression.frame_bytes (Debian's libzstd), compressed and hashed as it is read,
+  // never held whole in memory (one frame and its compressed form at a time). The digest is
+  // over the uncompressed bytes, so `xxh128sum` of what `mapwright extract` writes matches
+  // it. An entry that a 4 GiB Cap'n Proto segment boundary would split (only in files over
+  // 4 GiB) is refused with Error(EFBIG): write it uncompressed. A library entry is checked
+  // as ELF (above) through its decoded frames. kNone (the default): bytes as they are.
+  WrapperCompression compression;
 };
 
 class WrapperWriter {
@@ -299,18 +330,28 @@ class WrapperWriter {
 struct WrapperEntry {
   std::string name;
   EntryKind kind = EntryKind::kData;
-  std::uint64_t size = 0;
+  std::uint64_t size = 0;  // the entry's bytes (uncompressed)
+  // kZstd: `chunks` hold stored_size bytes of zstd frames, frame i decoding to frame_bytes
+  // bytes (the last to the rest of size) and ending at frame_ends[i] of the stored bytes;
+  // read the entry with Wrapper::lazy(), image(), load_library() or extract, not through
+  // `chunks`. kNone: stored_size == size, frame_bytes 0, no frame_ends.
+  EntryCompression compression = EntryCompression::kNone;
+  std::uint64_t stored_size = 0;
+  std::uint64_t frame_bytes = 0;
+  std::vector<std::uint64_t> frame_ends;
   // The offset of its first byte (of its first chunk) in the FILE, not in the wrapper: for a
   // wrapper at Wrapper::offset() X, X plus the offset within the wrapper. 0 if empty.
   std::uint64_t offset = 0;
   Digest digest;
   std::vector<std::string> dependencies;
-  // The bytes, chunk by chunk, in order (none for an empty entry).
+  // The stored bytes, chunk by chunk, in order (none for an empty entry).
   std::vector<std::span<const std::byte>> chunks;
 
-  // True when the chunks follow each other without a gap (always, in files under 4 GiB).
+  // True when the chunks follow each other without a gap (always, in files under 4 GiB, and
+  // for a compressed entry).
   bool contiguous() const noexcept;
-  // The whole entry as one span. Throws Error(EINVAL) if !contiguous(): use chunks().
+  // The whole entry as one span. Throws Error(EINVAL) if !contiguous() (use chunks()) or if
+  // the entry is compressed (use Wrapper::lazy() or image()).
   std::span<const std::byte> bytes() const;
 };
 
@@ -417,7 +458,15 @@ class Wrapper {
   const WrapperEntry* find(std::string_view name) const noexcept;
   const WrapperEntry& entry(std::string_view name) const;
 
-  // Hashes the entry's bytes and compares them with its digest.
+  // Hands the entry's bytes to take(piece, offset in the entry), in order: its chunks (spans
+  // of the mapping), or for a compressed entry each frame as it is decoded (a buffer reused
+  // for the next: copy what you keep). Nothing is checked against the digest (verify_entry()
+  // does). Throws Error(EBADMSG, "decoding wrapper entry") for a frame that does not
+  // decode, naming the frame, and whatever `take` throws.
+  using ReadPiece = std::function<void(std::span<const std::byte> piece, std::uint64_t offset)>;
+  void read_entry(const WrapperEntry& entry, const ReadPiece& take) const;
+
+  // Hashes the entry's bytes (decoded, if compressed) and compares them with its digest.
   bool verify_entry(const WrapperEntry& entry) const noexcept;
   // Version 2: hashes the metadata again and compares it with the trailer's digest, and checks
   // that every byte outside the chunks and the metadata is zero; throws Error(EBADMSG) naming
@@ -434,6 +483,22 @@ class Wrapper {
   // what making the memfd throws. The copy reads the file through its mapping (see the
   // hazards at the top).
   SealedImage image(std::string_view name) const;
+
+  // Entry `name` (of either kind) as a LazyImage (lazy.h): a private, writable copy whose
+  // pages are filled on first touch, in the touching thread. A compressed entry decodes the
+  // one frame that holds the touched page (the frame is the window; options.window_pages is
+  // not used for it): touching one page of a 1 GiB entry decodes 256 KiB, not 1 GiB. An
+  // uncompressed one is copied from the file (LazySource::file, options.window_pages pages
+  // per fault). The image maps the file itself and may outlive this Wrapper. Its bytes are
+  // not checked against the digest (verify() or image() do that): a frame that does not
+  // decode is a failed fill (EBADMSG, "filling lazy image '<wrapper>:<entry>' ... (touch at
+  // offset N): Bad message (Data corruption detected)"), an Error inside guarded() and one
+  // line and death outside it (lazy.h, "Rules"). options.name defaults to
+  // "<wrapper>:<entry>". Throws what LazyImage's constructor throws (userfaultfd unavailable:
+  // Error, or with options.fallback = kEager every frame decoded now, EBADMSG if one does
+  // not decode), Error(ENOENT) for no such entry, EINVAL for an uncompressed entry whose
+  // chunks have gaps (files over 4 GiB: use image()).
+  LazyImage lazy(std::string_view name, LazyOptions options = {}) const;
 
   // Loads one library entry (kind kSharedLibrary; else Error(EINVAL)): copied in the kernel
   // from fd() into a sealed memfd (loader.h, step 2; on ext4 copy_file_range refuses a
