@@ -13,12 +13,14 @@
 #include <chrono>
 #include <filesystem>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "child.h"
@@ -274,6 +276,42 @@ TEST(LazyImage, AForkedChildHasNoMappingAndTheParentGoesOn) {
   }, std::chrono::seconds(20));
   test::expect_segv(result);
   EXPECT_EQ(differences(image, bytes), "");
+}
+
+// The child inherits the range table, whose entry still covers the parent's image: the hole
+// stays reserved there (fork_holes), so images the child makes of the same size (which the
+// kernel would otherwise place in the hole: "overlapping range") work, and the old address
+// is still a SIGSEGV.
+TEST(LazyImage, AForkedChildMakesImagesOfItsOwnWhereTheParentsWere) {
+  SKIP_WITHOUT_USERFAULTFD();
+  const Bytes bytes = test::pattern_bytes(64 * kPage, 16);
+  std::vector<std::unique_ptr<LazyImage>> parents;
+  for (int i = 0; i < 4; ++i) parents.push_back(std::make_unique<LazyImage>(LazySource::memory(bytes)));
+  parents[1].reset();  // one forgotten before the fork: the child may use its addresses
+  const auto result = run_in_child([&] {
+    test::no_core_dumps();
+    std::vector<LazyImage> mine;
+    for (int i = 0; i < 8; ++i) {
+      mine.emplace_back(LazySource::memory(bytes));
+      CHILD_CHECK(differences(mine.back(), bytes).empty());
+      for (const auto& parent : parents) {
+        if (parent == nullptr) continue;
+        CHILD_CHECK(mine.back().data() + mine.back().size() <= parent->data() ||
+                    parent->data() + parent->size() <= mine.back().data());
+      }
+    }
+    test::say("eight images in the child\n");
+    (void)*static_cast<volatile std::byte*>(parents[0]->data());
+    test::say("the parent's address read in the child\n");
+  }, std::chrono::seconds(20));
+  test::expect_segv(result);
+  EXPECT_THAT(result.output, ::testing::HasSubstr("eight images in the child"));
+  EXPECT_THAT(result.output, ::testing::Not(::testing::HasSubstr("read in the child")));
+  for (const auto& parent : parents) {
+    if (parent != nullptr) {
+      EXPECT_EQ(differences(*parent, bytes), "");
+    }
+  }
 }
 
 TEST(LazyImage, DeniedUserfaultfdIsAClearErrorOrAReportedEagerCopy) {

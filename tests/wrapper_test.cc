@@ -478,9 +478,9 @@ TEST(WrapperOpen, RefusesFilesThatAreNotWrappers) {
 
   const auto bad_magic = craft(dir, "magic.mwr", [](auto root) { root.setMagic(42); });
   expect_error([&] { Wrapper::open(bad_magic); }, EINVAL, {"magic"});
-  const auto bad_version = craft(dir, "version.mwr", [](auto root) { root.setFormatVersion(3); });
+  const auto bad_version = craft(dir, "version.mwr", [](auto root) { root.setFormatVersion(4); });
   expect_error([&] { Wrapper::open(bad_version); }, EINVAL,
-               {"format version 3 is not supported", "reads versions 1 and 2"});
+               {"format version 4 is not supported", "reads versions 1 to 3"});
 }
 
 TEST(WrapperOpen, RefusesATruncatedWrapperAtEveryLength) {

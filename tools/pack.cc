@@ -394,28 +394,32 @@ Subcommand add_pack(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "zstd"}))
       ->type_name("METHOD");
-  command
-      ->add_option("--frame-size", options->frame_bytes,
-                   "With --compress: uncompressed bytes per frame, the unit decoded on a first "
-                   "touch: a multiple of 4096 from 4k to 64m (suffixes k, m)")
-      ->capture_default_str()
-      ->transform(CLI::Validator(
-          [](std::string& value) -> std::string {
-            std::uint64_t bytes = 0;
-            if (std::string error = parse_size(value, bytes); !error.empty()) return error;
-            if (bytes < 4096 || bytes > (64ull << 20) || bytes % 4096 != 0) {
-              return fmt::format("frame size {} bytes is not a multiple of 4096 from 4096 to {}",
-                                 bytes, 64ull << 20);
-            }
-            value = std::to_string(bytes);
-            return {};
-          },
-          "", "frame size"))
-      ->type_name("BYTES");
-  command->add_option("--level", options->level, "With --compress zstd: zstd's level, 1 to 19")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 19))
-      ->type_name("N");
+  CLI::Option* frame_size =
+      command
+          ->add_option("--frame-size", options->frame_bytes,
+                       "With --compress: uncompressed bytes per frame, the unit decoded on a "
+                       "first touch: a multiple of 4096 from 4k to 64m (suffixes k, m)")
+          ->capture_default_str()
+          ->transform(CLI::Validator(
+              [](std::string& value) -> std::string {
+                std::uint64_t bytes = 0;
+                if (std::string error = parse_size(value, bytes); !error.empty()) return error;
+                if (bytes < 4096 || bytes > (64ull << 20) || bytes % 4096 != 0) {
+                  return fmt::format(
+                      "frame size {} bytes is not a multiple of 4096 from 4096 to {}", bytes,
+                      64ull << 20);
+                }
+                value = std::to_string(bytes);
+                return {};
+              },
+              "", "frame size"))
+          ->type_name("BYTES");
+  CLI::Option* level =
+      command
+          ->add_option("--level", options->level, "With --compress zstd: zstd's level, 1 to 19")
+          ->capture_default_str()
+          ->check(CLI::Range(1, 19))
+          ->type_name("N");
   CLI::Option* on = command->add_flag(
       "--progress", options->progress,
       "Draw a progress bar on stderr even when it is not a terminal (default: when it is)");
@@ -426,7 +430,17 @@ Subcommand add_pack(CLI::App& app) {
                     "Do not wait for the disk before publishing (no fsync): still atomic if the "
                     "process dies, but not if the machine loses power");
   command->footer(std::string(kPackFooter) + "\n" + kExitCodesHelp);
-  return {command, [options, command, libraries, data, append_to] {
+  return {command, [options, command, libraries, data, append_to, frame_size, level] {
+            // A frame size or level with nothing compressed would be silently ignored.
+            if (options->compress != "zstd") {
+              for (const CLI::Option* option : {frame_size, level}) {
+                if (option->count() == 0) continue;
+                throw ToolError(kExitUsage,
+                                fmt::format("pack: {} only applies with --compress zstd ({} is "
+                                            "left as it was)",
+                                            option->get_name(), in_quotes(options->output)));
+              }
+            }
             // `--append-to ""` (often an unset variable) would otherwise be no --append-to
             // at all: a plain wrapper, not an executable, published at OUT.
             if (append_to->count() != 0 && options->append_to.empty()) {
