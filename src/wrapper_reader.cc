@@ -168,6 +168,10 @@ struct Wrapper::State {
   // Entries made into sealed images by image(), by index.
   mutable std::mutex images_mutex;
   mutable std::unordered_map<std::size_t, SealedImage> images;
+  // Compressed entries' lazy sources, by index: made by the first lazy(), so that later images
+  // of the entry share its file mapping and its decoder slots.
+  mutable std::mutex lazy_mutex;
+  mutable std::unordered_map<std::size_t, LazySource> lazy_sources;
 
   [[noreturn]] void refuse(const std::string& what) const {
     throw Error(EINVAL, kOpen, name, what, kCause);
@@ -912,9 +916,21 @@ LazyImage Wrapper::lazy(std::string_view name, LazyOptions options) const {
     LazySource source = LazySource::from_file(fd(), e.offset, e.size, label);
     return LazyImage(std::move(source), std::move(options));
   }
-  LazySource source = LazySource::compressed(fd(), e.offset, e.stored_size, e.size, e.frame_bytes,
-                                             e.frame_ends, label + " (zstd)");
-  return LazyImage(std::move(source), std::move(options));
+  const std::size_t index = static_cast<std::size_t>(&e - state_->entries.data());
+  std::optional<LazySource> source;
+  {
+    const std::lock_guard lock(state_->lazy_mutex);
+    auto found = state_->lazy_sources.find(index);
+    if (found == state_->lazy_sources.end()) {
+      found = state_->lazy_sources
+                  .emplace(index, LazySource::compressed(fd(), e.offset, e.stored_size, e.size,
+                                                         e.frame_bytes, e.frame_ends,
+                                                         label + " (zstd)"))
+                  .first;
+    }
+    source = found->second;
+  }
+  return LazyImage(std::move(*source), std::move(options));
 }
 
 LoadedLibraries Wrapper::load_in_order(const std::vector<std::size_t>& order,

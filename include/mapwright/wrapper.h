@@ -489,7 +489,9 @@ class Wrapper {
   // one frame that holds the touched page (the frame is the window; options.window_pages is
   // not used for it): touching one page of a 1 GiB entry decodes 256 KiB, not 1 GiB. An
   // uncompressed one is copied from the file (LazySource::file, options.window_pages pages
-  // per fault). The image maps the file itself and may outlive this Wrapper. Its bytes are
+  // per fault). The image maps the file itself and may outlive this Wrapper; the images of one
+  // compressed entry share that mapping and its decoder slots (lazy.h), made by the first
+  // call (thread-safe) and kept until this Wrapper and those images are gone. Its bytes are
   // not checked against the digest (verify() or image() do that): a frame that does not
   // decode is a failed fill (EBADMSG, "filling lazy image '<wrapper>:<entry>' ... (touch at
   // offset N): Bad message (Data corruption detected)"), an Error inside guarded() and one

@@ -15,8 +15,17 @@
 // pages of the range per second of that time. lazy/eager_memcpy: a fresh anonymous mapping
 // and one memcpy of the whole source into it, for scale.
 //
+// Compressed entries: a 64 MiB text-like entry (zstd shrinks it about fourfold) in frames of
+// 256 KiB, in a wrapper file warm in the page cache.
+//   lazy/compressed/...      Wrapper::lazy(): each first touch of a frame decodes that frame
+//                            in the faulting thread.
+//   lazy/decompress_all/...  what a user would write without it: decode the whole entry into
+//                            fresh memory (Wrapper::read_entry), then read.
+// first_byte: from the call to the entry's first byte; all_pages/threads:T: until T threads
+// have read one byte of every page.
+//
 // RATIO rows: lazy/in_thread/threads:T and lazy/in_thread/window:W over the handler_thread
-// rows of the same name. Targets (issue 14): >= 2x the throughput of the handler thread with
+// rows of the same name; lazy/compressed/... over lazy/decompress_all/... . Targets (issue 14): >= 2x the throughput of the handler thread with
 // 2 faulting threads, >= 1.3x with 1.
 //
 // MAPWRIGHT_BENCH_BYTES below 64 MiB shrinks the range (the smoke run uses 16 MiB).
@@ -30,6 +39,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <span>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -41,6 +54,7 @@
 #include <vector>
 
 #include <mapwright/lazy.h>
+#include <mapwright/wrapper.h>
 
 #include "bench_main.h"
 
@@ -71,7 +85,7 @@ const std::vector<std::byte>& source() {
 // T threads, each touching one byte of every page of its contiguous share of `base`; returns
 // the wall time from the first start to the last finish. The sum of the bytes read is checked
 // against the source, so that no touch is optimized away or wrong.
-double touch_all(const std::byte* base, int threads) {
+double touch_all(const std::byte* base, int threads, const std::vector<std::byte>& bytes = source()) {
   const std::uint64_t pages = range_bytes() / kPage;
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
@@ -96,13 +110,8 @@ double touch_all(const std::byte* base, int threads) {
   go.store(true, std::memory_order_release);
   for (std::thread& worker : workers) worker.join();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  static const std::uint64_t expected = [] {
-    std::uint64_t s = 0;
-    for (std::uint64_t page = 0; page < range_bytes() / kPage; ++page) {
-      s += static_cast<std::uint8_t>(source()[page * kPage]);
-    }
-    return s;
-  }();
+  std::uint64_t expected = 0;
+  for (std::uint64_t page = 0; page < pages; ++page) expected += static_cast<std::uint8_t>(bytes[page * kPage]);
   if (sum.load() != expected) throw std::runtime_error("the touched bytes are not the source's");
   return seconds;
 }
@@ -229,6 +238,93 @@ void eager_memcpy(benchmark::State& state) {
   set_counters(state);
 }
 
+// ---- compressed wrapper entries ----------------------------------------------------------
+
+// Text-like bytes that zstd shrinks about fourfold, as an asset or a table would.
+const std::vector<std::byte>& compressible_source() {
+  static const std::vector<std::byte> bytes = [] {
+    std::vector<std::byte> made(range_bytes());
+    std::uint64_t x = 88172645463325252ull;
+    std::uint64_t at = 0;
+    while (at < made.size()) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      char line[64];
+      const int length = std::snprintf(line, sizeof line, "entry %llu: value %llu\n",
+                                       static_cast<unsigned long long>(at),
+                                       static_cast<unsigned long long>(x % 100000));
+      const std::uint64_t n = std::min<std::uint64_t>(static_cast<std::uint64_t>(length), made.size() - at);
+      std::memcpy(&made[at], line, n);
+      at += n;
+    }
+    return made;
+  }();
+  return bytes;
+}
+
+// A wrapper file in bench_dir() with the compressible source as entry "e", in zstd frames of
+// the default 256 KiB (level 3); written once, warm in the page cache, removed at exit.
+const Wrapper& compressed_wrapper() {
+  static const std::filesystem::path path = scratch_path("lazy-compressed");
+  static const Wrapper wrapper = [] {
+    WrapperWriterOptions options;
+    options.durable = false;
+    options.compression.method = EntryCompression::kZstd;
+    WrapperWriter writer(path, options);
+    writer.add_data("e", compressible_source());
+    writer.publish();
+    std::atexit([] { std::filesystem::remove(path); });
+    return Wrapper::open(path);
+  }();
+  return wrapper;
+}
+
+// Lazy: Wrapper::lazy() (a userfaultfd, a mapping, decoder slots), then the touches; each
+// touch of a page in a frame not yet decoded decodes that frame in the faulting thread.
+// first_byte: the time to the entry's first byte; all_pages: every page touched by T threads.
+void compressed_lazy(benchmark::State& state, bool all_pages, int threads) {
+  const Wrapper& wrapper = compressed_wrapper();
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    LazyImage image = wrapper.lazy("e");
+    if (all_pages) {
+      (void)touch_all(image.data(), threads, compressible_source());
+    } else if (static_cast<std::uint8_t>(*static_cast<const volatile std::byte*>(image.data())) !=
+               static_cast<std::uint8_t>(compressible_source()[0])) {
+      throw std::runtime_error("the first byte is not the source's");
+    }
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  set_counters(state);
+}
+
+// What a user would write without lazy entries: decode the whole entry up front into fresh
+// memory (Wrapper::read_entry, frame by frame), then read it.
+void decompress_all(benchmark::State& state, bool all_pages, int threads) {
+  const Wrapper& wrapper = compressed_wrapper();
+  const WrapperEntry& entry = wrapper.entry("e");
+  const std::uint64_t length = range_bytes();
+  for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
+    void* mapped = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) fail("mmap");
+    auto* bytes = static_cast<std::byte*>(mapped);
+    wrapper.read_entry(entry, [bytes](std::span<const std::byte> piece, std::uint64_t at) {
+      std::memcpy(bytes + at, piece.data(), piece.size());
+    });
+    if (all_pages) {
+      (void)touch_all(bytes, threads, compressible_source());
+    } else if (static_cast<std::uint8_t>(*static_cast<const volatile std::byte*>(bytes)) !=
+               static_cast<std::uint8_t>(compressible_source()[0])) {
+      throw std::runtime_error("the first byte is not the source's");
+    }
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    ::munmap(mapped, length);
+  }
+  set_counters(state);
+}
+
 }  // namespace
 
 void register_benchmarks() {
@@ -251,6 +347,20 @@ void register_benchmarks() {
         ->Unit(benchmark::kMillisecond)
         ->UseManualTime();
   }
+  (void)compressed_wrapper();
+  for (const char* name : {"lazy/compressed", "lazy/decompress_all"}) {
+    const auto function = std::string(name) == "lazy/compressed" ? compressed_lazy : decompress_all;
+    benchmark::RegisterBenchmark((std::string(name) + "/first_byte").c_str(), function, false, 1)
+        ->Unit(benchmark::kMillisecond)
+        ->UseManualTime();
+    for (const int threads : {1, 2}) {
+      benchmark::RegisterBenchmark((std::string(name) + "/all_pages/threads:" + std::to_string(threads)).c_str(),
+                                   function, true, threads)
+          ->Unit(benchmark::kMillisecond)
+          ->UseManualTime();
+    }
+  }
+  compare("lazy/compressed", "lazy/decompress_all");
   benchmark::RegisterBenchmark("lazy/eager_memcpy", eager_memcpy)
       ->Unit(benchmark::kMillisecond)
       ->UseManualTime();

@@ -184,6 +184,35 @@ inline void check_embedded(Input input, const Wrapper* whole) {
 // The input is a whole wrapper file: Wrapper::open over a memfd holding it, then everything a
 // reader of the entries would touch, but not load_library (dlopen of fuzzed bytes is out of
 // scope).
+// A compressed entry (format version 3): a frame table that open() accepted describes the
+// stored bytes exactly, and read_entry() gives exactly `size` bytes in frame order or throws
+// EBADMSG (a frame that does not decode), never anything else.
+inline void check_frames(const Wrapper& wrapper, const WrapperEntry& entry) {
+  MAPWRIGHT_FUZZ_CHECK(wrapper.format_version() == kWrapperCompressedFormatVersion,
+                       "a compressed entry in a file of another version was accepted");
+  MAPWRIGHT_FUZZ_CHECK(entry.frame_bytes % 4096 == 0 && entry.frame_bytes > 0,
+                       "a frame size that is not a positive multiple of 4096 was accepted");
+  MAPWRIGHT_FUZZ_CHECK(entry.frame_ends.size() == (entry.size + entry.frame_bytes - 1) / entry.frame_bytes,
+                       "a frame count that does not cover the size was accepted");
+  std::uint64_t previous = 0;
+  for (const std::uint64_t end : entry.frame_ends) {
+    MAPWRIGHT_FUZZ_CHECK(end > previous, "an empty or backward frame was accepted");
+    previous = end;
+  }
+  MAPWRIGHT_FUZZ_CHECK(previous == entry.stored_size, "the frames do not end at stored_size");
+  MAPWRIGHT_FUZZ_CHECK(entry.size == 0 || entry.contiguous(), "a compressed entry that is not contiguous was accepted");
+  std::uint64_t next = 0;
+  try {
+    wrapper.read_entry(entry, [&](std::span<const std::byte> piece, std::uint64_t at) {
+      MAPWRIGHT_FUZZ_CHECK(at == next && !piece.empty(), "read_entry() gave pieces out of order");
+      next += piece.size();
+    });
+    MAPWRIGHT_FUZZ_CHECK(next == entry.size, "read_entry() gave other than size bytes");
+  } catch (const Error& e) {
+    MAPWRIGHT_FUZZ_CHECK(e.error() == EBADMSG, "read_entry() threw an errno other than EBADMSG");
+  }
+}
+
 inline void run_wrapper(Input input) {
   const FdLeakCheck leaks;
   {
@@ -211,7 +240,13 @@ inline void run_wrapper(Input input) {
           for (const std::byte b : chunk) sum += static_cast<std::uint8_t>(b);  // every byte
           total += chunk.size();
         }
-        MAPWRIGHT_FUZZ_CHECK(total == entry.size, "the chunks do not add up to size");
+        MAPWRIGHT_FUZZ_CHECK(total == entry.stored_size, "the chunks do not add up to stored_size");
+        if (entry.compression == EntryCompression::kNone) {
+          MAPWRIGHT_FUZZ_CHECK(entry.stored_size == entry.size, "an uncompressed entry's stored_size is not its size");
+          MAPWRIGHT_FUZZ_CHECK(entry.frame_ends.empty(), "an uncompressed entry with frames was accepted");
+        } else {
+          check_frames(wrapper, entry);
+        }
         MAPWRIGHT_FUZZ_CHECK(entry.offset % kWrapperAlignment == 0, "an entry's offset is not aligned");
         if (!entry.chunks.empty()) {
           // The first chunk is the input's bytes at entry.offset, whatever the mapping.
@@ -227,14 +262,14 @@ inline void run_wrapper(Input input) {
                                    target->kind == EntryKind::kSharedLibrary,
                                "a dependency that is not another library entry was accepted");
         }
-        if (entry.contiguous()) {
+        if (entry.contiguous() && entry.compression == EntryCompression::kNone) {
           const auto bytes = entry.bytes();
           MAPWRIGHT_FUZZ_CHECK(bytes.size() == entry.size, "bytes() has the wrong size");
           if (!bytes.empty()) sum += static_cast<std::uint8_t>(bytes.back());
         } else {
           try {
             sink(entry.bytes().size());
-            MAPWRIGHT_FUZZ_CHECK(false, "bytes() of a non-contiguous entry did not throw");
+            MAPWRIGHT_FUZZ_CHECK(false, "bytes() of a non-contiguous or compressed entry did not throw");
           } catch (const Error& e) {
             MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "bytes() threw an errno other than EINVAL");
           }

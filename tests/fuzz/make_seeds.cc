@@ -130,6 +130,18 @@ void make_wrappers(const fs::path& dir) {
     writer.add_data("blob", as_bytes(pattern(20000)));
     writer.publish();
   }
+  {
+    // Format version 3: entries in zstd frames of 4 KiB (three frames, the last one short; a
+    // library in frames; an empty entry with none).
+    WrapperWriterOptions options = quick;
+    options.compression.method = mapwright::EntryCompression::kZstd;
+    options.compression.frame_bytes = 4096;
+    WrapperWriter writer(dir / "compressed.mwr", options);
+    writer.add_data("table", as_bytes(pattern(10000)));
+    writer.add_library("liba", as_bytes(fake_elf("liba")));
+    writer.add_data("empty", std::span<const std::byte>());
+    writer.publish();
+  }
   write_file(dir / "metadata_chain.bin", metadata_only({"a", "b", "c"}, {{}, {"a"}, {"a", "b"}}));
   write_file(dir / "metadata_cycle.bin", metadata_only({"a", "b"}, {{"b"}, {"a"}}));
   write_file(dir / "metadata_missing_dependency.bin", metadata_only({"a"}, {{"z"}}));
