@@ -78,6 +78,10 @@ FrameDecoders::~FrameDecoders() {
 __attribute__((no_sanitize_address, no_sanitize_thread))
 int FrameDecoders::decode(const CompressedFrames& frames, std::uint64_t index,
                           const std::byte** buffer, const char** reason) noexcept {
+  if (frames.frame_bytes > frame_bytes_ || index >= frames.count) {
+    *reason = "the frame is not one these decoders were made for";  // a caller's bug
+    return EINVAL;
+  }
   Slot* slot = nullptr;
   for (unsigned wait = 0; slot == nullptr; ++wait) {
     for (unsigned i = 0; i < count_; ++i) {

@@ -54,7 +54,8 @@ class FrameDecoders {
   // the frame's end to a whole page; *buffer gets the buffer (give it back with release()).
   // Returns 0, or an errno with nothing held: EBADMSG for a frame that zstd refuses or that
   // decodes to another size (*reason says which: a static text), EBUSY when no slot came free
-  // after many tries. Async-signal-safe.
+  // after many tries, EINVAL for frames larger than the buffers or an index past the last
+  // frame (a caller's bug, refused rather than overrun). Async-signal-safe.
   int decode(const CompressedFrames& frames, std::uint64_t index, const std::byte** buffer,
              const char** reason) noexcept;
   // Gives back the slot whose buffer decode() returned. Async-signal-safe.
