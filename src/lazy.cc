@@ -107,6 +107,31 @@ void make_tail(LazySource::State& state) {
   }
 }
 
+// Keeps a duplicate of `fd` in `state` and maps `mapped` bytes of it from `offset` (from the
+// page below it; nothing when 0): state->bytes points at `offset`. Throws Error naming the
+// source.
+void map_file_range(LazySource::State& state, int fd, std::uint64_t offset, std::uint64_t size,
+                    std::uint64_t mapped, const char* what) {
+  int copy = -1;
+  if (const int err = os::dup_cloexec(fd, 0, &copy); err != 0) {
+    throw Error(err, kSource, state.description, "(dup)");
+  }
+  state.fd.reset(copy);
+  state.offset = offset;
+  state.size = size;
+  if (mapped == 0) return;
+  const std::uint64_t page = page_size();
+  const std::uint64_t start = offset / page * page;
+  const std::uint64_t length = offset - start + mapped;
+  const void* mapping = nullptr;
+  if (const int err = os::map_readonly_at(copy, start, length, &mapping); err != 0) {
+    throw Error(err, kSource, state.description, what);
+  }
+  state.mapping = mapping;
+  state.mapping_length = length;
+  state.bytes = static_cast<const std::byte*>(mapping) + (offset - start);
+}
+
 }  // namespace
 
 LazySource LazySource::image(const SealedImage& image) {
@@ -149,26 +174,8 @@ LazySource LazySource::from_file(int fd, std::uint64_t offset, std::uint64_t siz
                 "(bytes " + std::to_string(offset) + " to " + std::to_string(offset + size) +
                     " of a " + std::to_string(status.size) + "-byte file)");
   }
-  int copy = -1;
-  if (const int err = os::dup_cloexec(fd, 0, &copy); err != 0) {
-    throw Error(err, kSource, state->description, "(dup)");
-  }
-  state->fd.reset(copy);
-  state->offset = offset;
-  state->size = size;
   const std::uint64_t page = page_size();
-  const std::uint64_t whole = size / page * page;
-  if (whole != 0) {
-    const std::uint64_t start = offset / page * page;
-    const std::uint64_t length = offset - start + whole;
-    const void* mapped = nullptr;
-    if (const int err = os::map_readonly_at(copy, start, length, &mapped); err != 0) {
-      throw Error(err, kSource, state->description, "(mmap of the range)");
-    }
-    state->mapping = mapped;
-    state->mapping_length = length;
-    state->bytes = static_cast<const std::byte*>(mapped) + (offset - start);
-  }
+  map_file_range(*state, fd, offset, size, size / page * page, "(mmap of the range)");
   make_tail(*state);
   return LazySource(std::move(state));
 }
@@ -178,25 +185,7 @@ LazySource LazySource::compressed(int fd, std::uint64_t offset, std::uint64_t st
                                   std::vector<std::uint64_t> frame_ends, std::string description) {
   auto state = std::make_shared<State>();
   state->description = std::move(description);
-  int copy = -1;
-  if (const int err = os::dup_cloexec(fd, 0, &copy); err != 0) {
-    throw Error(err, kSource, state->description, "(dup)");
-  }
-  state->fd.reset(copy);
-  state->offset = offset;
-  state->size = size;
-  if (stored != 0) {
-    const std::uint64_t page = page_size();
-    const std::uint64_t start = offset / page * page;
-    const std::uint64_t length = offset - start + stored;
-    const void* mapped = nullptr;
-    if (const int err = os::map_readonly_at(copy, start, length, &mapped); err != 0) {
-      throw Error(err, kSource, state->description, "(mmap of its compressed bytes)");
-    }
-    state->mapping = mapped;
-    state->mapping_length = length;
-    state->bytes = static_cast<const std::byte*>(mapped) + (offset - start);
-  }
+  map_file_range(*state, fd, offset, size, stored, "(mmap of its compressed bytes)");
   state->frame_ends = std::move(frame_ends);
   state->frames.stored = state->bytes;
   state->frames.ends = state->frame_ends.data();

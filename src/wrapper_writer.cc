@@ -295,6 +295,17 @@ struct WrapperWriter::State {
                 "entry '" + detail::printable(name) + "': " + what, kCause);
   }
 
+  // A new chunk of `length` bytes on a file-page boundary, added to `entry`: its first byte.
+  // A failure to grow the file is refused naming the entry.
+  std::byte* add_chunk(Pending& entry, std::string_view name, std::uint64_t length) {
+    try {
+      entry.chunks.add(builder.new_aligned_data(length, kWrapperAlignment));
+    } catch (const Error& e) {
+      refuse(e.error(), name, e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
+    }
+    return reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+  }
+
   void check_usable() const {
     if (spent) {
       throw Error(EINVAL, "writing wrapper", subject, "(publish() has already run)", kCause);
@@ -483,13 +494,7 @@ struct WrapperWriter::State {
       while (!bytes.empty()) {
         if (chunk_filled == chunk_length) {
           if (chunk != nullptr) release.piece({chunk, static_cast<std::size_t>(chunk_length)});
-          try {
-            entry.chunks.add(builder.new_aligned_data(next_length, kWrapperAlignment));
-          } catch (const Error& e) {
-            refuse(e.error(), name, e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
-          }
-          std::byte* first =
-              reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+          std::byte* first = add_chunk(entry, name, next_length);
           if (chunk != nullptr && first != chunk + chunk_length) {
             refuse_input(EFBIG, name,
                          "a compressed entry must be one run of bytes, and this one reached the "
@@ -653,13 +658,7 @@ struct WrapperWriter::State {
       const std::uint64_t largest = std::min(kLargestStreamChunk, options.chunk_bytes);
       for (std::uint64_t length = std::min(kFirstStreamChunk, largest);;
            length = std::min(length * 2, largest)) {
-        try {
-          entry.chunks.add(builder.new_aligned_data(length, kWrapperAlignment));
-        } catch (const Error& e) {
-          refuse(e.error(), name, e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
-        }
-        std::byte* first =
-            reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+        std::byte* first = add_chunk(entry, name, length);
         std::uint64_t filled = 0;
         std::uint64_t hashed = 0;
         bool end = false;

@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
+#include "lazy_helpers.h"
 #include "content.h"
 #include "fixture_paths.h"
 #include "mapwright/error.h"
@@ -63,24 +64,6 @@ WrapperWriterOptions compressed_options(std::uint64_t frame = kFrame) {
   options.compression.level = 1;
   return options;
 }
-
-std::string unavailable() {
-  static const std::string why = [] {
-    const Bytes one(16, std::byte{1});
-    try {
-      LazyImage probe(LazySource::memory(one));
-      return std::string();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-  }();
-  return why;
-}
-
-#define SKIP_WITHOUT_USERFAULTFD()                                                   \
-  do {                                                                               \
-    if (!unavailable().empty()) GTEST_SKIP() << "no userfaultfd: " << unavailable(); \
-  } while (0)
 
 // The entry's bytes as read_entry() hands them.
 Bytes read_all(const Wrapper& wrapper, const WrapperEntry& entry) {
@@ -172,7 +155,7 @@ TEST(CompressedEntries, EveryKindOfSourceReadsBackExactlyThroughEveryReader) {
   EXPECT_EQ(empty.size, 0u);
   EXPECT_TRUE(empty.frame_ends.empty());
   EXPECT_TRUE(read_all(wrapper, empty).empty());
-  if (!unavailable().empty()) GTEST_SKIP() << "lazy part: no userfaultfd: " << unavailable();
+  if (!test::lazy_unavailable().empty()) GTEST_SKIP() << "lazy part: no userfaultfd: " << test::lazy_unavailable();
   for (const auto& [name, bytes] : expected) {
     SCOPED_TRACE(name);
     LazyImage lazy = wrapper.lazy(name);
@@ -344,7 +327,7 @@ TEST(CompressedEntries, ACorruptFrameIsAnErrorInsideGuardedAndOneLineOutside) {
   test::expect_error([&] { (void)read_all(wrapper, entry); }, EBADMSG,
                      {"decoding wrapper entry", ":c'", "frame 5"});
   test::expect_error([&] { (void)wrapper.image("c"); }, EBADMSG, {"frame 5"});
-  if (!unavailable().empty()) GTEST_SKIP() << "lazy part: no userfaultfd: " << unavailable();
+  if (!test::lazy_unavailable().empty()) GTEST_SKIP() << "lazy part: no userfaultfd: " << test::lazy_unavailable();
   LazyImage image = wrapper.lazy("c", {.name = "corrupt"});
   EXPECT_EQ(image.data()[4 * kFrame], bytes[4 * kFrame]) << "the frames around it decode";
   EXPECT_EQ(image.data()[6 * kFrame], bytes[6 * kFrame]);

@@ -24,6 +24,7 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
+#include "lazy_helpers.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "mapwright/lazy.h"
@@ -38,25 +39,6 @@ using test::run_in_child;
 using Bytes = std::vector<std::byte>;
 
 const std::uint64_t kPage = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-
-// Why lazy images cannot be made here, or "" when they can.
-std::string unavailable() {
-  static const std::string why = [] {
-    const Bytes one(16, std::byte{1});
-    try {
-      LazyImage probe(LazySource::memory(one));
-      return std::string();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-  }();
-  return why;
-}
-
-#define SKIP_WITHOUT_USERFAULTFD()                                                   \
-  do {                                                                               \
-    if (!unavailable().empty()) GTEST_SKIP() << "no userfaultfd: " << unavailable(); \
-  } while (0)
 
 // The first byte where `image` differs from `bytes`, past them from zero, or "".
 std::string differences(const LazyImage& image, const Bytes& bytes) {
