@@ -56,6 +56,10 @@ struct Pool {
   std::vector<int> in_flight;
   std::vector<std::pair<int, std::uint64_t>> to_free;
   std::uint64_t to_free_bytes = 0;
+  // Taken from to_free by the thread and being closed (the lock is not held meanwhile): still
+  // "not yet freed" for stats() and wait_until_ready().
+  std::uint64_t closing = 0;
+  std::uint64_t closing_bytes = 0;
   std::uint64_t limit_bytes = 0;
   std::thread* thread = nullptr;  // leaked in a child after fork(): the thread is not there
   bool stop = false;
@@ -92,7 +96,7 @@ std::uint64_t limit_of(const Pool& p) {
 }
 
 bool all_ready(const Pool& p) {
-  if (!p.to_free.empty()) return false;
+  if (!p.to_free.empty() || p.closing != 0) return false;
   for (const SizeClass& c : p.classes) {
     if (c.ready.size() < c.count) return false;
   }
@@ -108,10 +112,14 @@ void run(Pool& p) {
     if (!p.to_free.empty()) {
       std::vector<std::pair<int, std::uint64_t>> batch;
       batch.swap(p.to_free);
+      p.closing = batch.size();
+      p.closing_bytes = p.to_free_bytes;
       p.to_free_bytes = 0;
       lock.unlock();
       for (const auto& [fd, bytes] : batch) os::close(fd);
       lock.lock();
+      p.closing = 0;
+      p.closing_bytes = 0;
       p.freed_in_background += batch.size();
       p.changed->notify_all();
       continue;
@@ -313,8 +321,8 @@ MemfdPoolStats MemfdPool::stats() {
     s.prepared += c.ready.size();
     s.prepared_bytes += c.ready.size() * c.capacity;
   }
-  s.freeing = p.to_free.size();
-  s.freeing_bytes = p.to_free_bytes;
+  s.freeing = p.to_free.size() + p.closing;
+  s.freeing_bytes = p.to_free_bytes + p.closing_bytes;
   s.loads_prepared = p.loads_prepared;
   s.loads_none_ready = p.loads_none_ready;
   s.freed_in_background = p.freed_in_background;
