@@ -98,14 +98,11 @@ int FrameDecoders::decode(const CompressedFrames& frames, std::uint64_t index,
     }
     (void)::sched_yield();
   }
-  const std::uint64_t begin = index == 0 ? 0 : frames.ends[index - 1];
-  const std::uint64_t stored = frames.ends[index] - begin;
-  const std::uint64_t first = index * frames.frame_bytes;
-  const std::uint64_t expected =
-      frames.size - first < frames.frame_bytes ? frames.size - first : frames.frame_bytes;
+  const FramePlace place = frame_place(frames, index);
+  const std::uint64_t expected = place.length;
   // zstd on the slot's own stack, every signal blocked there as here.
-  slot->in = frames.stored + begin;
-  slot->in_size = stored;
+  slot->in = frames.stored + place.stored_begin;
+  slot->in_size = place.stored_end - place.stored_begin;
   slot->out_size = expected;
   switch_and_decode(slot);
   const std::size_t got = slot->result;

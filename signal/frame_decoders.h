@@ -41,6 +41,24 @@ struct CompressedFrames {
   std::uint64_t size = 0;         // decoded bytes in all
 };
 
+// Frame `index` of `frames`: stored at [stored_begin, stored_end) of frames.stored, it decodes
+// to bytes [first, first + length) of the source. Async-signal-safe.
+struct FramePlace {
+  std::uint64_t stored_begin = 0;
+  std::uint64_t stored_end = 0;
+  std::uint64_t first = 0;
+  std::uint64_t length = 0;
+};
+inline FramePlace frame_place(const CompressedFrames& frames, std::uint64_t index) noexcept {
+  FramePlace place;
+  place.stored_begin = index == 0 ? 0 : frames.ends[index - 1];
+  place.stored_end = frames.ends[index];
+  place.first = index * frames.frame_bytes;
+  place.length = frames.size - place.first < frames.frame_bytes ? frames.size - place.first
+                                                                : frames.frame_bytes;
+  return place;
+}
+
 class FrameDecoders {
  public:
   // `slots` contexts and buffers of `frame_bytes` each (mapped, so untouched buffers cost no

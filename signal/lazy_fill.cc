@@ -152,32 +152,25 @@ FaultOutcome LazyFill::on_fault(const FaultContext& fault, FaultReport* report) 
   const std::uint64_t pages = pages_.load(std::memory_order_acquire);
   const std::uint64_t page = (fault.address - reinterpret_cast<std::uintptr_t>(base_)) / page_;
   if (page >= pages) return fail(report, EFAULT, page, nullptr);
-  if (frames_ != nullptr) {
-    // A compressed source: the frame that holds the page is decoded and is the window.
-    std::uint64_t stopped = page;
-    const char* reason = nullptr;
-    const int err =
-        fill_frame(page * page_ / frames_->frame_bytes, page, false, &stopped, &reason);
-    if (stopped == page) {
-      if (err != 0) return fail(report, err, page, reason);
-      if (const int missing = os::madvise(base_ + page * page_, page_, os::kMadvPopulateRead);
-          missing != 0 && missing != EINVAL) {
-        return fail(report, missing, page, nullptr);
-      }
-    }
-    faults_.fetch_add(1, std::memory_order_relaxed);
-    return FaultOutcome::kResolved;
-  }
-  const std::uint64_t window_start = page / window_ * window_;
-  const std::uint64_t window_end = pages - window_start < window_ ? pages : window_start + window_;
-  // The faulting page first, then the rest of its window after it, in one copy.
+  // The faulting page first, then the rest of its window after it, in one copy. The window is
+  // the aligned block of window_ pages, or for a compressed source the frame holding the page
+  // (decoded here, and filled before and after the page by fill_frame).
   std::uint64_t stopped = page;
-  const int err = fill_pages(page, window_end, false, &stopped);
+  std::uint64_t window_start = page;
+  const char* reason = nullptr;
+  int err = 0;
+  if (frames_ != nullptr) {
+    err = fill_frame(page * page_ / frames_->frame_bytes, page, false, &stopped, &reason);
+  } else {
+    window_start = page / window_ * window_;
+    const std::uint64_t window_end = pages - window_start < window_ ? pages : window_start + window_;
+    err = fill_pages(page, window_end, false, &stopped);
+  }
   if (stopped == page) {
     // Nothing filled at the faulting page: an error, or the page is there already (another
     // thread filled it first). Confirm the latter rather than trust it: the retried access
     // must succeed (invariant 1). MADV_POPULATE_READ fails instead of faulting.
-    if (err != 0) return fail(report, err, page, nullptr);
+    if (err != 0) return fail(report, err, page, reason);
     if (const int missing = os::madvise(base_ + page * page_, page_, os::kMadvPopulateRead);
         missing != 0 && missing != EINVAL) {  // EINVAL: a kernel before 5.14; trust EEXIST
       return fail(report, missing, page, nullptr);

@@ -22,4 +22,26 @@ int dont_fork(void* base, std::uint64_t length) noexcept;
 // mapped again). Not async-signal-safe.
 void forget_dont_fork(void* begin, std::uint64_t length) noexcept;
 
+// Forgets, when destroyed, the ranges dont_fork() remembered in [base, base + length). An
+// owner declares it just before its Registration, so that it runs right after the range
+// leaves the range table and before the mapping goes: a child forked earlier keeps the hole
+// its inherited table names, one forked later has nothing to keep.
+class ForgetDontForkOnExit {
+ public:
+  ForgetDontForkOnExit() = default;
+  ForgetDontForkOnExit(const ForgetDontForkOnExit&) = delete;
+  ForgetDontForkOnExit& operator=(const ForgetDontForkOnExit&) = delete;
+  ~ForgetDontForkOnExit() {
+    if (length_ != 0) forget_dont_fork(base_, length_);
+  }
+  void cover(void* base, std::uint64_t length) noexcept {
+    base_ = base;
+    length_ = length;
+  }
+
+ private:
+  void* base_ = nullptr;
+  std::uint64_t length_ = 0;
+};
+
 }  // namespace mapwright::detail

@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -57,22 +57,6 @@ struct LazySource::State {
   // Copies [from, to) of the source into `out` (which holds at least to - from bytes):
   // memcpy from memory, pread from a file. Returns 0 or the errno (EFAULT: the file is
   // shorter now than the range).
-  // Decodes every frame of a compressed source into `out` (its size rounded up to a page,
-  // zero past the end). Returns "" or why a frame does not decode.
-  std::string decode_all(std::byte* out) const {
-    detail::FrameDecoder decoder;
-    for (std::uint64_t i = 0; i < frames.count; ++i) {
-      const std::uint64_t begin = i == 0 ? 0 : frames.ends[i - 1];
-      const std::uint64_t first = i * frames.frame_bytes;
-      const std::uint64_t length = std::min(frames.frame_bytes, size - first);
-      std::string why = decoder.decode({bytes + begin, frames.ends[i] - begin}, {out + first, length});
-      if (!why.empty()) return "frame " + std::to_string(i) + " (bytes " + std::to_string(first) + " to " + std::to_string(first + length) + "): " + why;
-    }
-    const std::uint64_t page = os::page_size();
-    std::memset(out + size, 0, (size + page - 1) / page * page - size);
-    return {};
-  }
-
   int copy(std::uint64_t from, std::uint64_t to, std::byte* out) const noexcept {
     if (fd.get() < 0) {
       std::memcpy(out, bytes + from, to - from);
@@ -229,6 +213,8 @@ struct LazyImage::State {
   std::atomic<std::uint64_t> eager_pages{0};  // pages the eager path copied
   std::atomic<std::uint64_t> resets{0};
   int unavailable = 0;  // why userfaultfd could not be used (kEager)
+  // The range's MADV_DONTFORK, forgotten once the registration is gone (fork_holes.h).
+  detail::ForgetDontForkOnExit forget_hole;
   detail::Registration registration;
 
   explicit State(LazySource s, LazyOptions o) : source(std::move(s)), options(std::move(o)) {}
@@ -240,7 +226,6 @@ struct LazyImage::State {
   // handler filling meanwhile is told to let its access retry, which then faults on the
   // protection. Then the registration is erased (waiting for handlers), and so on.
   ~State() {
-    if (length != 0) detail::forget_dont_fork(reservation.base(), length);
     if (!owner) return;
     owner->close();
     (void)os::protect(reservation.base(), length, false);
@@ -251,10 +236,14 @@ struct LazyImage::State {
     const LazySource::State& from = *source.state_;
     const std::uint64_t page = page_size();
     if (from.frames.frame_bytes != 0) {
-      if (std::string why = from.decode_all(reservation.base()); !why.empty()) {
+      // Every frame decoded in place, and the rest of the last page zeroed (a reset comes
+      // here too, after the caller's writes).
+      if (std::string why = detail::decode_frames(from.frames, reservation.base(), {});
+          !why.empty()) {
         throw Error(EBADMSG, operation, options.name, "(decoding " + from.description + ": " + why + ")",
                     Error::DetailIsCause{});
       }
+      std::memset(reservation.base() + from.size, 0, length - from.size);
       eager_pages.fetch_add(length / page, std::memory_order_relaxed);
       return;
     }
@@ -303,6 +292,7 @@ LazyImage::LazyImage(LazySource source, LazyOptions options)
   if (const int err = detail::dont_fork(base, s.length); err != 0) {
     throw Error(err, kCreate, s.options.name, "(madvise MADV_DONTFORK)");
   }
+  s.forget_hole.cover(base, s.length);
   if (s.uffd.get() < 0) {
     s.mode = LazyMode::kEager;
     s.unavailable = unavailable;

@@ -119,11 +119,9 @@ struct InstancePool::State final : detail::FaultOwner {
   std::size_t free_with_image = 0;
   InstancePoolStats counters;
 
+  // The slots' MADV_DONTFORK ranges, forgotten once the registration is gone (fork_holes.h).
+  detail::ForgetDontForkOnExit forget_holes;
   detail::Registration registration;  // last: erased first, before the mapping goes
-  // The slots' MADV_DONTFORK holes go with the reservation (fork_holes.h).
-  ~State() {
-    if (reservation.base() != nullptr) detail::forget_dont_fork(reservation.base(), reservation.mapped());
-  }
 
   // The slot that holds `address` (inside the reservation). Async-signal-safe.
   Instance::Slot* slot_at(std::uintptr_t address) const noexcept {
@@ -608,6 +606,7 @@ InstancePool::InstancePool(InstancePoolOptions options) : state_(std::make_share
   s.counters.population = s.options.population;
   s.counters.slots = s.options.slots;
   const auto begin = reinterpret_cast<std::uintptr_t>(s.reservation.base());
+  s.forget_holes.cover(s.reservation.base(), s.reservation.mapped());
   s.registration = detail::Registration(begin, begin + s.reservation.mapped(), &s,
                                         s.options.name.c_str());
 }

@@ -777,10 +777,11 @@ bool Wrapper::verify_entry(const WrapperEntry& entry) const noexcept {
     for (const auto& chunk : entry.chunks) digest.update(chunk.data(), chunk.size());
     return digest.finish() == entry.digest;
   }
+  const auto hash = [&](std::span<const std::byte> plain, std::uint64_t) {
+    digest.update(plain.data(), plain.size());
+  };
   try {
-    return detail::decode_frames(entry, [&](std::span<const std::byte> plain, std::uint64_t) {
-             digest.update(plain.data(), plain.size());
-           }).empty() &&
+    return detail::decode_frames(detail::frames_of(entry), nullptr, hash).empty() &&
            digest.finish() == entry.digest;
   } catch (const std::bad_alloc&) {
     return false;
@@ -796,7 +797,8 @@ void Wrapper::read_entry(const WrapperEntry& entry, const ReadPiece& take) const
     }
     return;
   }
-  if (std::string why = detail::decode_frames(entry, take); !why.empty()) {
+  if (std::string why = detail::decode_frames(detail::frames_of(entry), nullptr, take);
+      !why.empty()) {
     throw Error(EBADMSG, "decoding wrapper entry", state_->name + ":" + detail::printable(entry.name),
                 "(" + why + ")", kCause);
   }
@@ -857,26 +859,14 @@ SealedImage Wrapper::image(std::string_view name) const {
   return image;
 }
 
-std::string detail::decode_frames(
-    const WrapperEntry& entry,
-    const std::function<void(std::span<const std::byte>, std::uint64_t)>& take) {
-  if (entry.size == 0) return {};
-  const std::span<const std::byte> stored(entry.chunks.front().data(), entry.stored_size);
-  detail::FrameDecoder decoder;
-  std::vector<std::byte> plain(static_cast<std::size_t>(std::min(entry.frame_bytes, entry.size)));
-  for (std::size_t i = 0; i < entry.frame_ends.size(); ++i) {
-    const std::uint64_t begin = i == 0 ? 0 : entry.frame_ends[i - 1];
-    const std::uint64_t first = i * entry.frame_bytes;
-    const std::uint64_t length = std::min(entry.frame_bytes, entry.size - first);
-    const std::span<std::byte> out(plain.data(), static_cast<std::size_t>(length));
-    if (std::string why = decoder.decode(stored.subspan(begin, entry.frame_ends[i] - begin), out);
-        !why.empty()) {
-      return "frame " + str(i) + " (bytes " + str(first) + " to " + str(first + length) +
-             ") does not decode: " + why;
-    }
-    take(out, first);
-  }
-  return {};
+detail::CompressedFrames detail::frames_of(const WrapperEntry& entry) noexcept {
+  CompressedFrames frames;
+  frames.stored = entry.chunks.empty() ? nullptr : entry.chunks.front().data();
+  frames.ends = entry.frame_ends.data();
+  frames.count = entry.frame_ends.size();
+  frames.frame_bytes = entry.frame_bytes;
+  frames.size = entry.size;
+  return frames;
 }
 
 SealedImage detail::gather_entry(const WrapperEntry& entry, const std::string& memfd_name) {
@@ -885,11 +875,7 @@ SealedImage detail::gather_entry(const WrapperEntry& entry, const std::string& m
   Region region = Region::memfd(memfd_name, region_options);
   region.ensure(entry.size);
   if (entry.compression != EntryCompression::kNone) {
-    if (std::string why = decode_frames(entry, [&](std::span<const std::byte> plain,
-                                                   std::uint64_t at) {
-          std::memcpy(region.data() + at, plain.data(), plain.size());
-        });
-        !why.empty()) {
+    if (std::string why = decode_frames(frames_of(entry), region.data(), {}); !why.empty()) {
       throw Error(EBADMSG, "decoding wrapper entry", memfd_name, "(" + why + ")", kCause);
     }
     region.finish(entry.size);

@@ -436,7 +436,12 @@ struct WrapperWriter::State {
   // The same for a compressed library: its headers are read through its frames, decoded
   // as needed (one kept: the headers and the dynamic section are near each other).
   void check_compressed_elf(Pending& entry) const {
-    const auto* stored = reinterpret_cast<const std::byte*>(entry.chunks.front().getReader().begin());
+    detail::CompressedFrames frames;
+    frames.stored = reinterpret_cast<const std::byte*>(entry.chunks.front().getReader().begin());
+    frames.ends = entry.frame_ends.data();
+    frames.count = entry.frame_ends.size();
+    frames.frame_bytes = entry.frame_bytes;
+    frames.size = entry.size;
     detail::FrameDecoder decoder;
     std::vector<std::byte> frame(static_cast<std::size_t>(entry.frame_bytes));
     std::uint64_t decoded = UINT64_MAX;  // the frame held in `frame`
@@ -446,12 +451,13 @@ struct WrapperWriter::State {
       while (done < length && offset + done < entry.size) {
         const std::uint64_t position = offset + done;
         const std::uint64_t index = position / entry.frame_bytes;
-        const std::uint64_t first = index * entry.frame_bytes;
-        const std::uint64_t frame_length = std::min(entry.frame_bytes, entry.size - first);
+        const detail::FramePlace place = detail::frame_place(frames, index);
+        const std::uint64_t first = place.first;
+        const std::uint64_t frame_length = place.length;
         if (index != decoded) {
-          const std::uint64_t begin = index == 0 ? 0 : entry.frame_ends[index - 1];
           const std::string why = decoder.decode(
-              {stored + begin, static_cast<std::size_t>(entry.frame_ends[index] - begin)},
+              {frames.stored + place.stored_begin,
+               static_cast<std::size_t>(place.stored_end - place.stored_begin)},
               {frame.data(), static_cast<std::size_t>(frame_length)});
           if (!why.empty()) refuse_input(EIO, entry.name, "its frame " + str(index) + ": " + why);
           decoded = index;
@@ -799,15 +805,12 @@ WrapperWriter::WrapperWriter(const std::filesystem::path& target, WrapperWriterO
                     " is not a multiple of 4096 between 4096 and 512 MiB - 4096)", kCause);
   }
   const WrapperCompression& how = options.compression;
-  if (how.method != EntryCompression::kNone &&
-      (how.frame_bytes % 4096 != 0 || how.frame_bytes < detail::kMinFrameBytes ||
-       how.frame_bytes > detail::kMaxFrameBytes)) {
-    throw Error(EINVAL, "writing wrapper", target.string(),
-                "(frame size " + str(how.frame_bytes) + " is not a multiple of 4096 from " +
-                    str(detail::kMinFrameBytes) + " to " + str(detail::kMaxFrameBytes) + ")",
-                kCause);
+  if (how.method != EntryCompression::kNone) {
+    if (std::string why = detail::frame_size_problem(how.frame_bytes); !why.empty()) {
+      throw Error(EINVAL, "writing wrapper", target.string(), "(" + why + ")", kCause);
+    }
+    (void)detail::FrameEncoder(how.level, how.frame_bytes);  // refuses a level it does not take
   }
-  if (how.method != EntryCompression::kNone) (void)detail::FrameEncoder(how.level, how.frame_bytes);
   // Before anything is created: a target that is not a regular file is refused by name.
   (void)detail::check_publish_target(target, "writing wrapper");
   state_ = std::make_unique<State>(target, std::move(options));

@@ -2,6 +2,7 @@
 
 #include <zstd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <new>
 
@@ -9,13 +10,21 @@
 
 namespace mapwright::detail {
 
-std::string frame_table_problem(std::uint64_t size, std::uint64_t frame_bytes,
-                                std::span<const std::uint64_t> ends, std::uint64_t stored) {
-  const auto str = [](std::uint64_t v) { return std::to_string(v); };
+namespace {
+std::string str(std::uint64_t v) { return std::to_string(v); }
+}  // namespace
+
+std::string frame_size_problem(std::uint64_t frame_bytes) {
   if (frame_bytes % 4096 != 0 || frame_bytes < kMinFrameBytes || frame_bytes > kMaxFrameBytes) {
-    return "its frame size " + str(frame_bytes) + " is not a multiple of 4096 from " +
+    return "frame size " + str(frame_bytes) + " is not a multiple of 4096 from " +
            str(kMinFrameBytes) + " to " + str(kMaxFrameBytes);
   }
+  return {};
+}
+
+std::string frame_table_problem(std::uint64_t size, std::uint64_t frame_bytes,
+                                std::span<const std::uint64_t> ends, std::uint64_t stored) {
+  if (std::string why = frame_size_problem(frame_bytes); !why.empty()) return "its " + why;
   const std::uint64_t count = size / frame_bytes + (size % frame_bytes != 0 ? 1 : 0);
   if (ends.size() != count) {
     return "it has " + str(ends.size()) + " frames, but " + str(size) + " bytes in frames of " +
@@ -84,6 +93,27 @@ std::string FrameDecoder::decode(std::span<const std::byte> frame, std::span<std
   if (ZSTD_isError(got) != 0) return ZSTD_getErrorName(got);
   if (got != out.size()) {
     return "it decodes to " + std::to_string(got) + " bytes, not " + std::to_string(out.size());
+  }
+  return {};
+}
+
+std::string decode_frames(const CompressedFrames& frames, std::byte* out,
+                          const std::function<void(std::span<const std::byte>, std::uint64_t)>& take) {
+  if (frames.count == 0) return {};
+  FrameDecoder decoder;
+  std::vector<std::byte> reused;
+  if (out == nullptr) reused.resize(static_cast<std::size_t>(std::min(frames.frame_bytes, frames.size)));
+  for (std::uint64_t i = 0; i < frames.count; ++i) {
+    const FramePlace place = frame_place(frames, i);
+    const std::span<std::byte> plain(out != nullptr ? out + place.first : reused.data(),
+                                     static_cast<std::size_t>(place.length));
+    const std::span<const std::byte> stored(frames.stored + place.stored_begin,
+                                            static_cast<std::size_t>(place.stored_end - place.stored_begin));
+    if (std::string why = decoder.decode(stored, plain); !why.empty()) {
+      return "frame " + str(i) + " (bytes " + str(place.first) + " to " +
+             str(place.first + place.length) + ") does not decode: " + why;
+    }
+    if (take) take(plain, place.first);
   }
   return {};
 }

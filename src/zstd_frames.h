@@ -13,11 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "frame_decoders.h"  // CompressedFrames, frame_place
+
 namespace mapwright::detail {
 
 // The frame sizes a writer accepts and a reader trusts: multiples of 4096 in this range.
 inline constexpr std::uint64_t kMinFrameBytes = 4096;
 inline constexpr std::uint64_t kMaxFrameBytes = 64ull << 20;
+
+// Why a frame size is not one a writer accepts or a reader trusts (a multiple of 4096 in
+// [kMinFrameBytes, kMaxFrameBytes]), or "".
+std::string frame_size_problem(std::uint64_t frame_bytes);
 
 // Why a frame table cannot describe `size` bytes stored in `stored` bytes, or "" when it
 // can: frame_bytes a multiple of 4096 in [kMinFrameBytes, kMaxFrameBytes]; ceil(size /
@@ -59,5 +65,12 @@ class FrameDecoder {
  private:
   void* context_;
 };
+
+// Decodes every frame of `frames` in order: into `out` at each frame's place (`out` holds
+// frames.size bytes), or, when `out` is null, into a buffer reused for the next frame; then
+// hands the frame's bytes to take(bytes, offset in the source) if there is one. Returns "" or
+// why a frame does not decode ("frame 3 (bytes ... to ...) does not decode: ...").
+std::string decode_frames(const CompressedFrames& frames, std::byte* out,
+                          const std::function<void(std::span<const std::byte>, std::uint64_t)>& take);
 
 }  // namespace mapwright::detail

@@ -2,8 +2,12 @@
 // every kind of source, read back exactly by every reader (verify, read_entry, image, lazy,
 // load_library), one frame decoded per first touch, several threads in random orders, a
 // corrupt frame an Error inside guarded() and one line outside it, hostile frame tables
-// refused at open(), the eager fallback, a 4 KiB sigaltstack.
+// refused at open(), the eager fallback, a siglongjmp timeout amid decodes, a 4 KiB
+// sigaltstack.
 #include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -22,9 +26,9 @@
 #include <gtest/gtest.h>
 
 #include "child.h"
-#include "lazy_helpers.h"
 #include "content.h"
 #include "fixture_paths.h"
+#include "lazy_helpers.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
 #include "mapwright/lazy.h"
@@ -470,6 +474,49 @@ TEST(CompressedEntries, FrameTableChecks) {
   EXPECT_NE(detail::frame_table_problem(2 * 4096 + 1, 4096, ends, 26), "");
   const std::vector<std::uint64_t> backwards = {10, 9, 25};
   EXPECT_NE(detail::frame_table_problem(2 * 4096 + 1, 4096, backwards, 25), "");
+}
+
+sigjmp_buf g_timeout;
+void on_alarm(int) { ::siglongjmp(g_timeout, 1); }
+
+// A SIGALRM + siglongjmp timeout at any moment of first touches: the handler decodes with
+// every signal blocked, so the timer fires before or after a decode, never inside one; no
+// decoder slot is left taken (with two slots, two lost ones would make every later fill
+// fail with EBUSY) and the image stays exactly the entry.
+TEST(CompressedEntries, ASiglongjmpTimeoutInTheMiddleOfDecodesLeavesNoSlotTaken) {
+  SKIP_WITHOUT_USERFAULTFD();
+#if MAPWRIGHT_TEST_TSAN
+  GTEST_SKIP() << "TSan holds an asynchronous signal until the thread enters one of its "
+                  "interceptors, which a loop of plain loads never does";
+#endif
+  test::TempDir dir;
+  const Bytes bytes = compressible(64 * 16384 + 5, 17);
+  WrapperWriter writer(dir / "timeout.mwr", compressed_options(16384));
+  writer.add_data("t", bytes);
+  writer.publish();
+  const Wrapper wrapper = Wrapper::open(dir / "timeout.mwr");
+  const auto result = run_in_child([&] {
+    LazyImage image = wrapper.lazy("t");
+    struct sigaction sa {};
+    sa.sa_handler = on_alarm;
+    CHILD_CHECK(::sigaction(SIGALRM, &sa, nullptr) == 0);
+    for (int round = 0; round < 20; ++round) {
+      image.reset();
+      if (sigsetjmp(g_timeout, 1) == 0) {
+        const itimerval timer{{0, 0}, {0, 200 + round * 150}};
+        CHILD_CHECK(::setitimer(ITIMER_REAL, &timer, nullptr) == 0);
+        for (;;) {  // until the timer fires
+          for (std::uint64_t at = 0; at < bytes.size(); at += kPage) {
+            (void)*static_cast<volatile std::byte*>(image.data() + at);
+          }
+          image.reset();
+        }
+      }
+      CHILD_CHECK_MSG(differences(image, bytes).empty(), "round " + std::to_string(round));
+    }
+    CHILD_CHECK(image.stats().failures == 0);
+  });
+  test::expect_clean_exit(result);
 }
 
 TEST(CompressedEntries, FillsOnAThreadWithASmallAltstack) {
