@@ -28,6 +28,10 @@
 
 namespace mapwright {
 
+namespace detail {
+struct MappedInput;
+}
+
 // The most words one Cap'n Proto segment can hold: 2^29 - 1 (4 GiB - 8 bytes).
 inline constexpr std::uint64_t kMaxSegmentWords = (1ull << 29) - 1;
 // The most segments a stream header may announce and still be read by every stock reader:
@@ -311,9 +315,8 @@ class MappedMessageReader : public ::capnp::MessageReader {
     std::uint64_t size = 0;
     const std::byte* data = nullptr;
   };
-  // Validates the stream header of [data, data + length); throws Error naming `name`.
-  static Parsed parse(std::shared_ptr<const void> keep_alive, const std::byte* data,
-                      std::uint64_t length, const std::string& name);
+  // Validates the stream header of the input; throws Error naming it.
+  static Parsed parse(detail::MappedInput input);
   MappedMessageReader(Parsed parsed, MappedReaderOptions options);
 
   Parsed parsed_;

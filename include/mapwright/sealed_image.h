@@ -33,6 +33,7 @@ class SealedImage {
  private:
   explicit SealedImage(std::shared_ptr<State> state) noexcept;
   friend class Region;
+  friend class MappedFlatBufferBuilder;
   std::shared_ptr<State> state_;
 };
 
