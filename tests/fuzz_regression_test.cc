@@ -41,8 +41,7 @@ struct Case {
 
 std::vector<Case> cases() {
   std::vector<Case> all;
-  for (const char* target :
-       {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz", "bundle_fuzz"}) {
+  for (const char* target : mapwright::fuzz::kTargets) {
     for (const char* kind : {"corpus", "regressions"}) {
       const fs::path dir = kFuzzDir / kind / target;
       if (!fs::is_directory(dir)) continue;
@@ -62,6 +61,7 @@ Driver driver_for(const std::string& target) {
   if (target == "segment_table_fuzz") return mapwright::fuzz::run_segment_table;
   if (target == "elf_info_fuzz") return mapwright::fuzz::run_elf_info;
   if (target == "bundle_fuzz") return mapwright::fuzz::run_bundle;
+  if (target == "flatbuffer_fuzz") return mapwright::fuzz::run_flatbuffer;
   return mapwright::fuzz::run_sealed_image;
 }
 
@@ -97,8 +97,7 @@ INSTANTIATE_TEST_SUITE_P(Saved, FuzzInput, testing::ValuesIn(cases()), case_name
 
 // The corpora are committed: an empty list would make the suite above pass by testing nothing.
 TEST(FuzzInputs, EveryTargetHasSeeds) {
-  for (const char* target :
-       {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz", "bundle_fuzz"}) {
+  for (const char* target : mapwright::fuzz::kTargets) {
     const auto all = cases();
     EXPECT_TRUE(std::any_of(all.begin(), all.end(), [&](const Case& c) {
       return c.target == target && c.kind == "corpus";

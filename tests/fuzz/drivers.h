@@ -43,9 +43,12 @@
 #include "elf_info.h"
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
+#include "mapwright/flatbuffers.h"
 #include "mapwright/sealed_image.h"
 #include "mapwright/share.h"
 #include "mapwright/wrapper.h"
+#include "targets.h"
+#include "test_generated.h"  // tests/schema/test.fbs, by flatc
 
 namespace mapwright::fuzz {
 
@@ -58,6 +61,7 @@ namespace mapwright::fuzz {
   } while (false)
 
 using Input = std::span<const std::uint8_t>;
+
 
 // Keeps the optimiser from dropping reads whose only purpose is to touch the bytes.
 inline void sink(std::uint64_t value) {
@@ -777,6 +781,96 @@ inline void run_bundle(Input input) {
                            "receive_bundle() refused with an errno share.h does not promise");
     }
   }
+  leaks.verify();
+}
+
+// ---- flatbuffer_fuzz ----------------------------------------------------------------------
+//
+// The input is a FlatBuffers buffer of the test schema (tests/schema/test.fbs), read with
+// MappedFlatBuffer(fd, 0, 0) from a memfd and verified as a Catalog, with the reader's
+// default limits and with tight ones. Properties: a refusal is EINVAL; the reader and a stock
+// Verifier over a heap copy agree; everything an accepted buffer leads to lies inside it.
+
+inline bool inside(const MappedFlatBuffer& reader, const void* begin, std::uint64_t size) {
+  const auto* p = static_cast<const std::uint8_t*>(begin);
+  return p >= reader.data() && size <= reader.size() &&
+         static_cast<std::uint64_t>(p - reader.data()) <= reader.size() - size;
+}
+
+inline void walk_catalog(const MappedFlatBuffer& reader, const ::mapwright::test::fb::Catalog* catalog,
+                         int depth) {
+  MAPWRIGHT_FUZZ_CHECK(depth < 80, "a verified buffer nests deeper than the depth limit");
+  MAPWRIGHT_FUZZ_CHECK(inside(reader, catalog, 4), "a table lies outside the buffer");
+  if (const auto* title = catalog->title()) {
+    MAPWRIGHT_FUZZ_CHECK(inside(reader, title->data(), title->size() + 1), "a string runs outside the buffer");
+  }
+  if (const auto* items = catalog->items()) {
+    for (const auto* item : *items) {
+      sink(item->value());
+      if (const auto* name = item->name()) {
+        MAPWRIGHT_FUZZ_CHECK(inside(reader, name->data(), name->size() + 1), "a name runs outside the buffer");
+      }
+      if (const auto* tags = item->tags()) {
+        for (const auto* tag : *tags) sink(tag->size());
+      }
+    }
+  }
+  if (const auto* blob = catalog->blob()) {
+    MAPWRIGHT_FUZZ_CHECK(inside(reader, blob->data(), blob->size()), "a byte vector runs outside the buffer");
+    std::uint64_t sum = 0;
+    for (const std::uint8_t byte : *blob) sum += byte;
+    sink(sum);
+  }
+  if (const auto* numbers = catalog->numbers()) {
+    MAPWRIGHT_FUZZ_CHECK(inside(reader, numbers->data(), numbers->size() * 4ull), "a vector runs outside the buffer");
+  }
+  if (const auto* child = catalog->child()) walk_catalog(reader, child, depth + 1);
+}
+
+inline void read_flatbuffer(Input input, const FlatBufferReaderOptions& options) {
+  namespace fb = ::mapwright::test::fb;
+  const Fd file = memfd_with(input);
+  std::optional<MappedFlatBuffer> reader;
+  try {
+    reader.emplace(file.get(), 0, 0);
+  } catch (const Error& e) {
+    MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "MappedFlatBuffer refused with an errno other than EINVAL");
+    MAPWRIGHT_FUZZ_CHECK(input.empty(), "MappedFlatBuffer refused a non-empty input before verifying it");
+    return;
+  }
+  MAPWRIGHT_FUZZ_CHECK(reader->size() == input.size() &&
+                           std::memcmp(reader->data(), input.data(), input.size()) == 0,
+                       "the view is not the input");
+  // The stock Verifier, over a heap copy with the same limits, must agree.
+  std::vector<std::uint8_t> copy(input.begin(), input.end());
+  ::flatbuffers::Verifier::Options limits;
+  limits.max_depth = options.max_depth;
+  limits.max_tables = static_cast<::flatbuffers::uoffset_t>(
+      options.max_tables != 0 ? options.max_tables : std::max<std::uint64_t>(1'000'000, input.size() / 4));
+  ::flatbuffers::Verifier heap(copy.data(), copy.size(), limits);
+  const bool stock_accepts = heap.VerifyBuffer<fb::Catalog>(nullptr);
+  try {
+    const fb::Catalog* catalog = reader->root<fb::Catalog>(nullptr, options);
+    MAPWRIGHT_FUZZ_CHECK(stock_accepts, "MappedFlatBuffer accepted what the stock Verifier refuses");
+    walk_catalog(*reader, catalog, 0);
+  } catch (const Error& e) {
+    MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "root() refused with an errno other than EINVAL");
+    MAPWRIGHT_FUZZ_CHECK(!stock_accepts, "MappedFlatBuffer refused what the stock Verifier accepts");
+  }
+  try {
+    (void)reader->root<fb::Catalog>(fb::CatalogIdentifier(), options);
+  } catch (const Error& e) {
+    MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL, "root(identifier) refused with an errno other than EINVAL");
+  }
+}
+
+inline void run_flatbuffer(Input input) {
+  const FdLeakCheck leaks;
+  read_flatbuffer(input, {});
+  FlatBufferReaderOptions tight;
+  tight.max_depth = 3;
+  tight.max_tables = 16;
+  read_flatbuffer(input, tight);
   leaks.verify();
 }
 

@@ -26,6 +26,8 @@
 #include "../support/wrapper_v1_fixture.h"  // a format version 1 file, as bytes
 #include "bundle_wire.h"  // bundle_fuzz: real messages
 #include "mapwright/wrapper.h"
+#include "targets.h"
+#include "test_generated.h"  // tests/schema/test.fbs, by flatc
 #include "tiny_elf.h"
 #include "wrapper.capnp.h"  // the schema's generated C++ (build/*/generated/schema)
 #include "wrapper_integrity.h"  // the trailer, for wrappers written by MallocMessageBuilder
@@ -294,6 +296,57 @@ void make_bundle_inputs(const fs::path& dir) {
   write_file(dir / "truncated_stream", bundle_input(kTwo | kStream | kClose, contents, cut));
 }
 
+// flatbuffer_fuzz: buffers of the test schema, as the stock builder writes them.
+void make_flatbuffers(const fs::path& dir) {
+  namespace fb = ::mapwright::test::fb;
+  const auto save = [&](const char* name, flatbuffers::FlatBufferBuilder& fbb) {
+    write_file(dir / name, std::vector<std::uint8_t>(fbb.GetBufferPointer(),
+                                                     fbb.GetBufferPointer() + fbb.GetSize()));
+  };
+  {
+    flatbuffers::FlatBufferBuilder fbb;
+    std::vector<flatbuffers::Offset<fb::Item>> items;
+    for (int i = 0; i < 6; ++i) {
+      std::vector<flatbuffers::Offset<flatbuffers::String>> tags;
+      for (int t = 0; t < i % 3; ++t) tags.push_back(fbb.CreateSharedString("tag" + std::to_string(t)));
+      items.push_back(fb::CreateItem(fbb, fbb.CreateString("item" + std::to_string(i)), i * 1000003ull,
+                                     tags.empty() ? 0 : fbb.CreateVector(tags)));
+    }
+    const std::vector<std::uint8_t> blob = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    const std::vector<std::uint32_t> numbers = {10, 20, 30};
+    const auto child = fb::CreateCatalog(fbb, fbb.CreateString("child"));
+    fbb.Finish(fb::CreateCatalog(fbb, fbb.CreateString("catalog"), fbb.CreateVector(items),
+                                 fbb.CreateVector(blob), fbb.CreateVector(numbers), child),
+               fb::CatalogIdentifier());
+    save("catalog", fbb);
+  }
+  {
+    flatbuffers::FlatBufferBuilder fbb;
+    fbb.Finish(fb::CreateCatalog(fbb));
+    save("empty_catalog", fbb);
+  }
+  {
+    // A chain of nested catalogs, deeper than the tight limit of the driver.
+    flatbuffers::FlatBufferBuilder fbb;
+    flatbuffers::Offset<fb::Catalog> inner = 0;
+    for (int depth = 0; depth < 8; ++depth) {
+      inner = fb::CreateCatalog(fbb, fbb.CreateString("level" + std::to_string(depth)), 0, 0, 0, inner);
+    }
+    fbb.Finish(inner);
+    save("nested", fbb);
+  }
+  {
+    // Page-aligned bytes, as MappedFlatBufferBuilder::aligned_bytes() lays them out.
+    flatbuffers::FlatBufferBuilder fbb;
+    std::uint8_t* data = nullptr;
+    fbb.PreAlign(100, 4096);
+    const auto blob = fbb.CreateUninitializedVector(100, &data);
+    std::memset(data, 0xab, 100);
+    fbb.Finish(fb::CreateCatalog(fbb, 0, 0, blob));
+    save("aligned_blob", fbb);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -303,8 +356,7 @@ int main(int argc, char** argv) {
   }
   try {
     const fs::path root = argv[1];
-    for (const char* target :
-         {"wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz", "bundle_fuzz"}) {
+    for (const char* target : mapwright::fuzz::kTargets) {
       fs::create_directories(root / target);
     }
     make_wrappers(root / "wrapper_fuzz");
@@ -312,6 +364,7 @@ int main(int argc, char** argv) {
     make_image_inputs(root / "sealed_image_fuzz");
     make_elf_inputs(root / "elf_info_fuzz");
     make_bundle_inputs(root / "bundle_fuzz");
+    make_flatbuffers(root / "flatbuffer_fuzz");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;
