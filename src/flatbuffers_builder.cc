@@ -312,16 +312,34 @@ MappedFlatBufferBuilder::AlignedBytes MappedFlatBufferBuilder::aligned_bytes(
   return bytes;
 }
 
-void MappedFlatBufferBuilder::fill_from_fd(std::uint8_t* dest, int fd, std::uint64_t offset,
-                                           std::uint64_t length, const std::string& source) {
+void MappedFlatBufferBuilder::check_inside(const std::uint8_t* dest, std::uint64_t length,
+                                           const char* operation) const {
   const detail::FlatBufferState& s = *state_;
   const std::uint8_t* const top = s.top();
-  if (s.finished || length > GetSize() || dest < top - GetSize() ||
-      dest > top - length) {
-    throw Error(EINVAL, "filling FlatBuffer", s.name(),
-                "(the " + std::to_string(length) + " bytes from " + source +
-                    " are not inside the buffer being built)");
+  if (s.finished || length > GetSize() || dest < top - GetSize() || dest > top - length) {
+    throw Error(EINVAL, operation, s.name(),
+                "(the " + std::to_string(length) +
+                    " bytes are not inside the buffer being built)");
   }
+}
+
+void MappedFlatBufferBuilder::fill(std::uint8_t* dest, const void* source, std::size_t length) {
+  check_inside(dest, length, "filling FlatBuffer");
+  const detail::FlatBufferState& s = *state_;
+  // The reservation maps the file from offset 0.
+  const auto offset = static_cast<std::uint64_t>(
+      dest - reinterpret_cast<const std::uint8_t*>(s.reservation.base()));
+  if (const int err = os::pwrite_all(s.backing.fd(), source, length, offset); err != 0) {
+    throw Error(err, "filling FlatBuffer", s.name(), "(pwrite of " + std::to_string(length) +
+                                                         " bytes at offset " +
+                                                         std::to_string(offset) + ")");
+  }
+}
+
+void MappedFlatBufferBuilder::fill_from_fd(std::uint8_t* dest, int fd, std::uint64_t offset,
+                                           std::uint64_t length, const std::string& source) {
+  check_inside(dest, length, "filling FlatBuffer");
+  const detail::FlatBufferState& s = *state_;
   std::size_t got = 0;
   if (const int err = os::pread_full(fd, dest, static_cast<std::size_t>(length), offset, &got);
       err != 0) {

@@ -479,7 +479,7 @@ TEST(FlatBuffersBuilder, ACapacityRefusalIsExact) {
   EXPECT_GT(builder.GetSize(), 1 * kMiB - 3100);
 }
 
-TEST(FlatBuffersBuilder, FillFromFdWritesPageAlignedBytesInTheFile) {
+TEST(FlatBuffersBuilder, FillAndFillFromFdWritePageAlignedBytesInTheFile) {
   test::TempDir dir;
   const auto source = dir / "source.bin";
   std::string content(5 * kMiB + 17, '\0');
@@ -500,6 +500,16 @@ TEST(FlatBuffersBuilder, FillFromFdWritesPageAlignedBytesInTheFile) {
   EXPECT_EQ(outside->code().value(), EINVAL);
   builder.fill_from_fd(bytes.data, fd, 100, content.size() - 100, source.string());
   ::close(fd);
+  // fill() writes through the file: the mapping sees it at once.
+  const std::string replaced(8192, 'F');
+  builder.fill(bytes.data + 4096, replaced.data(), replaced.size());
+  EXPECT_EQ(bytes.data[4096], 'F');
+  EXPECT_EQ(bytes.data[4096 + 8191], 'F');
+  content.replace(100 + 4096, replaced.size(), replaced);
+  const std::optional<Error> fill_outside = error_from(
+      [&] { builder.fill(bytes.data + content.size() - 100, replaced.data(), 8192); });
+  ASSERT_TRUE(fill_outside.has_value());
+  EXPECT_EQ(fill_outside->code().value(), EINVAL);
   builder.finish(fb::CreateCatalog(builder, 0, 0, bytes.offset));
 
   const MappedFlatBuffer reader(builder.seal());

@@ -161,6 +161,13 @@ class MappedFlatBufferBuilder : private detail::FlatBufferHolder,
   };
   AlignedBytes aligned_bytes(std::uint64_t size, std::uint64_t alignment = 0);
 
+  // Copies `length` bytes from `source` into [dest, dest + length), which must lie in the
+  // builder's buffer, through the file (pwrite(2) into its pages) rather than through the
+  // mapping: no page faults, and the pages do not join the resident set. The way to write a
+  // large blob from aligned_bytes() when its content is in memory in pieces. Throws Error
+  // (EINVAL for a range outside the buffer; the write's errno, e.g. EIO).
+  void fill(std::uint8_t* dest, const void* source, std::size_t length);
+
   // Copies `length` bytes of `fd` from `offset` into [dest, dest + length), which must lie
   // in the builder's buffer (from aligned_bytes() or CreateUninitializedVector), with pread(2)
   // straight into the file's pages, which are then dropped from the page tables. Throws Error
@@ -204,6 +211,8 @@ class MappedFlatBufferBuilder : private detail::FlatBufferHolder,
 
  private:
   friend class detail::FlatBufferAllocator;
+  // EINVAL naming `operation` unless [dest, dest + length) lies in the buffer being built.
+  void check_inside(const std::uint8_t* dest, std::uint64_t length, const char* operation) const;
   // Replaces the builder's vector by one whose block is the `reserved` bytes below the top,
   // holding `back` bytes of data at the top and `front` bytes of scratch at the bottom (the
   // bytes already there). What lets the allocator refuse a growth without leaving the vector
