@@ -237,6 +237,12 @@ FlatBufferHolder::FlatBufferHolder(const FlatBufferTarget& target,
     }
     return Backing::staged(target.path);
   }();
+  // A FIFO or a device opens, but cannot be sized and mapped: say so before trying.
+  os::FileStatus status;
+  if (const int err = os::fd_status(backing.fd(), &status); err != 0) refuse(err, "(fstat)");
+  if (status.type != os::FileType::kRegular) {
+    refuse(EINVAL, std::string("(not a regular file: a ") + os::to_string(status.type) + ")");
+  }
   const FileKind kind =
       backing.kind() == BackingKind::kMemfd ? FileKind::kMemory : FileKind::kDisk;
   install_fault_handler();

@@ -26,16 +26,36 @@ std::shared_ptr<const void> map_fd(int fd, std::uint64_t offset, std::uint64_t l
                                      [length](const void* p) { os::munmap(p, length); });
 }
 
+// Only a regular file (a memfd is one) can be mapped as the whole of an input: a FIFO, a
+// socket or a device has no size to map, and /proc or /sys files are generated on read.
+void require_regular(int fd, const char* operation, const std::string& name) {
+  os::FileStatus status;
+  if (const int err = os::fd_status(fd, &status); err != 0) {
+    throw Error(err, operation, name, "(fstat)");
+  }
+  if (status.type != os::FileType::kRegular) {
+    throw Error(EINVAL, operation, name,
+                std::string("(not a regular file: a ") + os::to_string(status.type) + ")");
+  }
+  if (status.pseudo) {
+    throw Error(EINVAL, operation, name,
+                "(a /proc or /sys file, whose size says nothing of its content: copy it to a "
+                "regular file first)");
+  }
+}
+
 }  // namespace
 
 MappedInput map_input(const std::filesystem::path& path, const char* operation) {
   MappedInput input;
   input.name = path.string();
   int fd = -1;
-  if (const int err = os::open(input.name.c_str(), O_RDONLY, 0, &fd); err != 0) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+  if (const int err = os::open(input.name.c_str(), O_RDONLY | O_NONBLOCK, 0, &fd); err != 0) {
     throw Error(err, operation, input.name, "(open)");
   }
   const os::OwnedFd closer(fd);  // the mapping does not need the fd
+  require_regular(fd, operation, input.name);
   if (const int err = os::file_size(fd, &input.size); err != 0) {
     throw Error(err, operation, input.name, "(fstat)");
   }
@@ -56,6 +76,7 @@ MappedInput map_input(int fd, std::uint64_t offset, std::uint64_t length,
     refuse("offset " + str(offset) + " is not a multiple of " + str(alignment) +
            " (the format's alignment)");
   }
+  require_regular(fd, operation, input.name);
   std::uint64_t size = 0;
   if (const int err = os::file_size(fd, &size); err != 0) {
     throw Error(err, operation, input.name, "(fstat)");

@@ -21,7 +21,9 @@ struct MappedInput {
 };
 
 // Each maps its input read-only and keeps it mapped while keep_alive lives. An empty input
-// is refused: Error(EINVAL, operation, name, "empty file"). System call failures keep their
+// is refused: Error(EINVAL, operation, name, "empty file"); so is anything but a regular
+// file (a FIFO — never waited on —, a socket, a device, a directory) and a /proc or /sys
+// file, whose size says nothing of its content: EINVAL saying which. System call failures keep their
 // errno (ENOENT from open, EBADF from fstat...). Not async-signal-safe.
 MappedInput map_input(const std::filesystem::path& path, const char* operation);
 // [offset, offset + length) of `fd`; length 0: to the end of the file. `alignment` (a power

@@ -300,6 +300,26 @@ TEST(FlatBuffersReader, RefusesBadInputsByName) {
 
   EXPECT_NE(refusal([&] { MappedFlatBuffer r(dir / "missing"); }).find("No such file"),
             std::string::npos);
+
+  // Special files: refused at once, never waited on (a FIFO with no writer) or misread.
+  const auto fifo = dir / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(refusal([&] { MappedFlatBuffer r(fifo); }).find("not a regular file: a FIFO"),
+            std::string::npos);
+  EXPECT_NE(refusal([&] { MappedFlatBuffer r("/proc/self/status"); }).find("/proc or /sys"),
+            std::string::npos);
+  EXPECT_NE(refusal([&] { MappedFlatBuffer r("/dev/null"); }).find("character device"),
+            std::string::npos);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  EXPECT_NE(refusal([&] { MappedFlatBuffer r(pipe_fds[0], 0, 0); }).find("not a regular file"),
+            std::string::npos);
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+  // And as a builder's target: nothing written to it.
+  EXPECT_NE(refusal([&] { MappedFlatBufferBuilder b(FlatBufferTarget::file(fifo)); })
+                .find("not a regular file: a FIFO"),
+            std::string::npos);
 }
 
 TEST(FlatBuffersReader, SizesTheTableLimitToTheBuffer) {
