@@ -72,6 +72,15 @@ int main(int argc, char** argv) {
   ok = schema_round_trip() && ok;
 #endif
 
+  // FlatBuffers built in place (header-only FlatBuffers, as Debian installs it).
+  mapwright::MappedFlatBufferBuilder fbb(mapwright::FlatBufferTarget::memfd("consumer-fb"));
+  fbb.finish(fbb.CreateString("flat"));
+  const mapwright::MappedFlatBuffer flat(fbb.seal());
+  const auto* text = flatbuffers::GetRoot<flatbuffers::String>(flat.data());
+  const bool flat_ok = text->str() == "flat";
+  std::printf("consumer: flatbuffer %s\n", flat_ok ? "ok" : "WRONG");
+  ok = flat_ok && ok;
+
   // A fully static program (linked with -static) has no dynamic objects for dladdr to name.
   Dl_info info{};
   const bool named = dladdr(reinterpret_cast<void*>(&mapwright::handle_fault), &info) != 0 &&
