@@ -105,6 +105,7 @@ struct FlatBufferState {
   std::uint64_t capacity = 0;   // the reservation's length, and the file's while building
   std::uint64_t block_cap = 0;  // the largest block the builder gets
   std::uint64_t fsize_limit = 0;  // RLIMIT_FSIZE when it clamped the capacity, else 0
+  bool as_limited = false;        // the automatic capacity was cut by RLIMIT_AS
   MappedFlatBufferStats stats;
   std::uint64_t dropped = 0;  // bytes below the top already dropped from the page tables
 
@@ -162,7 +163,10 @@ std::uint8_t* FlatBufferAllocator::grow(std::uint8_t* old_p, std::size_t old_siz
              asked + "the file would pass RLIMIT_FSIZE, " + str(s.fsize_limit) + " bytes)");
     }
     refuse(old_size, back, front, ENOMEM,
-           asked + "past the builder's capacity of " + str(s.capacity) + " bytes)");
+           asked + "past the builder's capacity of " + str(s.capacity) + " bytes" +
+               (s.as_limited ? ", a quarter of the address space RLIMIT_AS (ulimit -v) left "
+                               "free: raise it, or set MappedFlatBufferOptions::capacity)"
+                             : ")"));
   }
   // Past half the cap: all of it (see the top of this file).
   const std::size_t grant = new_size > s.block_cap / 2 ? s.block_cap : new_size;
@@ -216,6 +220,8 @@ FlatBufferHolder::FlatBufferHolder(const FlatBufferTarget& target,
       options.capacity != 0
           ? round_up(options.capacity, page)
           : Reservation::automatic_length(kMaxBlock, kGuardBytes, name);
+  // Less than FlatBuffers could address only because of `ulimit -v`: say so when it refuses.
+  const bool as_limited = options.capacity == 0 && capacity < kMaxBlock;
   // The file is `capacity` bytes while the buffer is built: RLIMIT_FSIZE bounds it.
   std::uint64_t fsize_limit = 0;
   std::uint64_t limit = UINT64_MAX;
@@ -243,6 +249,7 @@ FlatBufferHolder::FlatBufferHolder(const FlatBufferTarget& target,
   if (status.type != os::FileType::kRegular) {
     refuse(EINVAL, std::string("(not a regular file: a ") + os::to_string(status.type) + ")");
   }
+  if (status.pseudo) refuse(EINVAL, "(a /proc or /sys file cannot hold a buffer)");
   const FileKind kind =
       backing.kind() == BackingKind::kMemfd ? FileKind::kMemory : FileKind::kDisk;
   install_fault_handler();
@@ -252,6 +259,7 @@ FlatBufferHolder::FlatBufferHolder(const FlatBufferTarget& target,
   s.capacity = capacity;
   s.block_cap = round_down(std::min(capacity, kMaxBlock), kMinAlign);
   s.fsize_limit = fsize_limit;
+  s.as_limited = as_limited;
   s.reservation = Reservation::anonymous(capacity, kGuardBytes, name);
   s.owner = std::make_unique<DownwardGrowth>(name, s.backing.fd(), s.reservation.base(),
                                              capacity, kind);

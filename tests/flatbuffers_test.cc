@@ -21,6 +21,7 @@
 #include "child.h"
 #include "mapwright/flatbuffers.h"
 #include "region_helpers.h"
+#include "sanitizers.h"
 #include "test_generated.h"
 
 namespace mapwright {
@@ -450,6 +451,31 @@ TEST(FlatBuffersBuilder, RlimitFsizeIsAnErrorAtTheBuilderCallNeverSigxfsz) {
     test::expect_clean_exit(result);
     EXPECT_NE(result.output.find("refused"), std::string::npos) << result.describe();
   }
+}
+
+TEST(FlatBuffersBuilder, UnderUlimitVTheCapacityShrinksAndItsRefusalNamesRlimitAs) {
+#if defined(MAPWRIGHT_TEST_ASAN) || defined(MAPWRIGHT_TEST_TSAN)
+  GTEST_SKIP() << "the sanitizers reserve terabytes of shadow memory: RLIMIT_AS cannot be set";
+#endif
+  const test::ChildResult result = test::run_in_child([] {
+    std::ifstream statm("/proc/self/statm");
+    std::uint64_t pages = 0;
+    statm >> pages;
+    const rlim_t limit = pages * 4096 + 512 * kMiB;
+    const struct rlimit lower {limit, limit};
+    CHILD_CHECK(::setrlimit(RLIMIT_AS, &lower) == 0);
+    MappedFlatBufferBuilder builder(FlatBufferTarget::memfd("ulimit-v"));
+    std::optional<Error> error;
+    while (!(error = error_from([&] { builder.CreateString(std::string(kMiB, 'v')); }))) {
+    }
+    CHILD_CHECK_MSG(error->code().value() == ENOMEM, error->what());
+    CHILD_CHECK_MSG(std::string(error->what()).find("RLIMIT_AS") != std::string::npos,
+                    error->what());
+    CHILD_CHECK_MSG(builder.GetSize() > 16 * kMiB, std::to_string(builder.GetSize()));
+    test::say("refused\n");
+  });
+  test::expect_clean_exit(result);
+  EXPECT_NE(result.output.find("refused"), std::string::npos) << result.describe();
 }
 
 TEST(FlatBuffersBuilder, RefusesToPassTwoGiBWithAnErrorNotAnAbort) {
