@@ -141,6 +141,7 @@ void FlatBufferAllocator::refuse(std::size_t old_size, std::size_t back, std::si
                                  int error, std::string detail) {
   ++state_.stats.failures;
   builder->replace_vector(old_size, back, front);
+  builder->abandon_vector();
   throw Error(error, kGrowing, state_.name(), std::move(detail));
 }
 
@@ -305,6 +306,13 @@ void MappedFlatBufferBuilder::replace_vector(std::size_t reserved, std::size_t b
     allocator.replacing = false;
   }
   buf_.swap(fresh);
+}
+
+void MappedFlatBufferBuilder::abandon_vector() noexcept {
+  // Outside a table (no field recorded), a refused growth came from a vector, string or
+  // Finish that FlatBuffers had started (StartVector sets `nested` before it asks for room)
+  // and will never end: without this, the next Create* call would assert NotNested().
+  if (num_field_loc == 0) nested = false;
 }
 
 MappedFlatBufferBuilder::AlignedBytes MappedFlatBufferBuilder::aligned_bytes(

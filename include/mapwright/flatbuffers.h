@@ -126,9 +126,11 @@ class FlatBufferHolder {
 //   * after finish(): EINVAL.
 // After such an Error the builder is consistent: everything built before the failing call is
 // intact, the failed allocation did not happen, and Clear(), Reset() and destruction are
-// safe. The failing call may have left FlatBuffers' own state half-done (padding it pushed,
-// a table it was ending): retry a CreateString or CreateVector once there is room, but
-// inside a table start the buffer again (Clear()).
+// safe. Outside a table, the object the failing call had started (a string, a vector, the
+// root of Finish) is abandoned — it may leave padding, nothing else — so the call can be
+// retried once there is room. Inside a table (between StartTable and EndTable, as generated
+// Create* functions are while they add fields), FlatBuffers' table state is half-done: start
+// the buffer again (Clear()).
 //
 // Memory. With drop_written_pages (the default) the pages of finished data are dropped from
 // the page tables at each growth; the file (page cache, or the memfd) keeps them.
@@ -218,6 +220,9 @@ class MappedFlatBufferBuilder : private detail::FlatBufferHolder,
   // bytes already there). What lets the allocator refuse a growth without leaving the vector
   // claiming room it does not have, and give more room than FlatBuffers asked for.
   void replace_vector(std::size_t reserved, std::size_t back, std::size_t front);
+  // After a refused growth outside a table: the vector or string FlatBuffers had started is
+  // abandoned, so that the next call does not find the builder "nested".
+  void abandon_vector() noexcept;
 };
 
 struct FlatBufferReaderOptions {
