@@ -135,8 +135,13 @@ class FlatBufferHolder {
 // Memory. With drop_written_pages (the default) the pages of finished data are dropped from
 // the page tables at each growth; the file (page cache, or the memfd) keeps them.
 //
+// Do not use Release(), ReleaseRaw() or Swap() of the base class: the memory is the file's,
+// and goes with the builder. GetBufferPointer() is valid from Finish() until finish(); after
+// finish() use data().
+//
 // Not thread-safe (no FlatBufferBuilder is). Not movable: the builder's allocator points
-// into it (hold it in a std::unique_ptr to pass it around).
+// into it (hold it in a std::unique_ptr to pass it around). fork(): as for a Region, the
+// child must not go on building (both would write one file).
 class MappedFlatBufferBuilder : private detail::FlatBufferHolder,
                                 public ::flatbuffers::FlatBufferBuilder {
  public:
