@@ -5,6 +5,7 @@
 #   ./build.sh demo            build and run the main demonstration (examples/wrapper_demo)
 #   ./build.sh test [PRESET]   build and run the whole test suite; PRESET is one of
 #                              release (default), debug, asan, tsan, clang
+#                              (clang-check, for build only: without tests and benchmarks)
 #   ./build.sh build [PRESET]  build only
 #   ./build.sh bench           build and run the benchmarks (several minutes; see README)
 #   ./build.sh fuzz [SECONDS]  build the libFuzzer targets (preset fuzz) and run each for
@@ -25,7 +26,7 @@ packages=(cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev libbenchmar
           libsigsegv-dev capnproto libcapnp-dev libcli11-dev libfmt-dev libxxhash-dev xxhash libzstd-dev zstd
           libflatbuffers-dev flatbuffers-compiler
           libseccomp-dev e2fsprogs)  # coexistence_test; mkfs.ext4 for fault_matrix_test
-if [[ $preset == clang ]]; then packages+=(clang); fi
+if [[ $preset == clang* ]]; then packages+=(clang); fi
 if [[ $preset == fuzz ]]; then packages+=(clang libclang-rt-14-dev); fi  # libFuzzer, sanitizers
 
 missing=()
