@@ -152,19 +152,21 @@ std::uint8_t* FlatBufferAllocator::grow(std::uint8_t* old_p, std::size_t old_siz
   if (s.finished) {
     refuse(old_size, back, front, EINVAL, "(the builder is finished: make a new one)");
   }
-  const std::string asked = "(to a block of " + str(new_size) + " bytes, holding " + str(back) +
-                            " bytes of buffer: ";
+  const auto asked = [&] {
+    return "(to a block of " + str(new_size) + " bytes, holding " + str(back) +
+           " bytes of buffer: ";
+  };
   if (new_size > s.block_cap) {
     if (s.block_cap == kMaxBlock) {
       refuse(old_size, back, front, EFBIG,
-             asked + "FlatBuffers addresses at most 2 GiB - 1 bytes)");
+             asked() + "FlatBuffers addresses at most 2 GiB - 1 bytes)");
     }
     if (s.fsize_limit != 0) {
       refuse(old_size, back, front, EFBIG,
-             asked + "the file would pass RLIMIT_FSIZE, " + str(s.fsize_limit) + " bytes)");
+             asked() + "the file would pass RLIMIT_FSIZE, " + str(s.fsize_limit) + " bytes)");
     }
     refuse(old_size, back, front, ENOMEM,
-           asked + "past the builder's capacity of " + str(s.capacity) + " bytes" +
+           asked() + "past the builder's capacity of " + str(s.capacity) + " bytes" +
                (s.as_limited ? ", a quarter of the address space RLIMIT_AS (ulimit -v) left "
                                "free: raise it, or set MappedFlatBufferOptions::capacity)"
                              : ")"));
@@ -174,7 +176,7 @@ std::uint8_t* FlatBufferAllocator::grow(std::uint8_t* old_p, std::size_t old_siz
   FaultReport report;
   if (s.owner->commit_down(grant, &report) != FaultOutcome::kResolved) {
     refuse(old_size, back, front, report.error,
-           asked + (report.error == ENOSPC   ? std::string("the filesystem is full")
+           asked() + (report.error == ENOSPC   ? std::string("the filesystem is full")
                     : report.reason != nullptr ? std::string(report.reason)
                                                : std::string(::strerrordesc_np(report.error))) +
                ")");

@@ -21,51 +21,33 @@ constexpr std::uint64_t kBufferAlignment = 8;
 
 }  // namespace
 
-namespace detail {
-namespace {
-
-MappedInput checked(MappedInput input) {
-  if (input.size >= kMaxFlatBufferBytes) {
-    throw Error(EINVAL, kOperation, input.name,
-                "(" + std::to_string(input.size) +
+MappedFlatBuffer::MappedFlatBuffer(detail::MappedInput input)
+    : keep_alive_(std::move(input.keep_alive)),
+      data_(reinterpret_cast<const std::uint8_t*>(input.data)),
+      size_(input.size),
+      name_(std::move(input.name)) {
+  if (size_ >= kMaxFlatBufferBytes) {
+    throw Error(EINVAL, kOperation, name_,
+                "(" + std::to_string(size_) +
                     " bytes: FlatBuffers addresses at most 2 GiB - 1 bytes)");
   }
-  return input;
 }
 
-}  // namespace
-}  // namespace detail
+MappedFlatBuffer::MappedFlatBuffer(const std::filesystem::path& path)
+    : MappedFlatBuffer(detail::map_input(path, kOperation)) {}
 
-MappedFlatBuffer::MappedFlatBuffer(const std::filesystem::path& path) {
-  detail::MappedInput input = detail::checked(detail::map_input(path, kOperation));
-  keep_alive_ = std::move(input.keep_alive);
-  data_ = reinterpret_cast<const std::uint8_t*>(input.data);
-  size_ = input.size;
-  name_ = std::move(input.name);
-}
+MappedFlatBuffer::MappedFlatBuffer(int fd, std::uint64_t offset, std::uint64_t length)
+    : MappedFlatBuffer(detail::map_input(fd, offset, length, kBufferAlignment, kOperation)) {}
 
-MappedFlatBuffer::MappedFlatBuffer(int fd, std::uint64_t offset, std::uint64_t length) {
-  detail::MappedInput input =
-      detail::checked(detail::map_input(fd, offset, length, kBufferAlignment, kOperation));
-  keep_alive_ = std::move(input.keep_alive);
-  data_ = reinterpret_cast<const std::uint8_t*>(input.data);
-  size_ = input.size;
-  name_ = std::move(input.name);
-}
-
-MappedFlatBuffer::MappedFlatBuffer(const SealedImage& image) {
-  detail::MappedInput input = detail::checked(detail::map_input(image, kOperation));
-  keep_alive_ = std::move(input.keep_alive);
-  data_ = reinterpret_cast<const std::uint8_t*>(input.data);
-  size_ = input.size;
-  name_ = std::move(input.name);
-}
+MappedFlatBuffer::MappedFlatBuffer(const SealedImage& image)
+    : MappedFlatBuffer(detail::map_input(image, kOperation)) {}
 
 MappedFlatBuffer::~MappedFlatBuffer() = default;
 MappedFlatBuffer::MappedFlatBuffer(MappedFlatBuffer&&) noexcept = default;
 MappedFlatBuffer& MappedFlatBuffer::operator=(MappedFlatBuffer&&) noexcept = default;
 
-::flatbuffers::Verifier MappedFlatBuffer::verifier(const FlatBufferReaderOptions& options) const {
+::flatbuffers::Verifier::Options MappedFlatBuffer::verifier_options(
+    const FlatBufferReaderOptions& options) const {
   ::flatbuffers::Verifier::Options limits;
   const std::uint64_t tables =
       options.max_tables != 0 ? options.max_tables : std::max(kMinTables, size_ / 4);
@@ -73,7 +55,11 @@ MappedFlatBuffer& MappedFlatBuffer::operator=(MappedFlatBuffer&&) noexcept = def
       std::min<std::uint64_t>(tables, std::numeric_limits<::flatbuffers::uoffset_t>::max()));
   limits.max_depth = options.max_depth;
   limits.check_alignment = options.check_alignment;
-  return ::flatbuffers::Verifier(data_, static_cast<std::size_t>(size_), limits);
+  return limits;
+}
+
+::flatbuffers::Verifier MappedFlatBuffer::verifier(const FlatBufferReaderOptions& options) const {
+  return ::flatbuffers::Verifier(data_, static_cast<std::size_t>(size_), verifier_options(options));
 }
 
 void MappedFlatBuffer::check_identifier(const char* file_identifier) const {

@@ -94,6 +94,7 @@ struct FlatBufferFinish {
 namespace detail {
 struct FlatBufferState;
 class FlatBufferAllocator;
+struct MappedInput;
 
 // Constructed before the FlatBufferBuilder base, so that the allocator exists when the
 // builder's vector is made. Private to mapwright.
@@ -177,7 +178,8 @@ class MappedFlatBufferBuilder : private detail::FlatBufferHolder,
 
   // Copies `length` bytes of `fd` from `offset` into [dest, dest + length), which must lie
   // in the builder's buffer (from aligned_bytes() or CreateUninitializedVector), with pread(2)
-  // straight into the file's pages, which are then dropped from the page tables. Throws Error
+  // straight into the file's pages, which are then dropped from the page tables (with
+  // drop_written_pages, the default). Throws Error
   // naming `source` on a read error or an early end of file, EINVAL for a range outside the
   // buffer.
   void fill_from_fd(std::uint8_t* dest, int fd, std::uint64_t offset, std::uint64_t length,
@@ -267,8 +269,10 @@ class MappedFlatBuffer {
   std::uint64_t size() const noexcept { return size_; }
   const std::string& name() const noexcept { return name_; }
 
-  // A Verifier over the buffer with `options`' limits (for size-prefixed buffers, nested
-  // roots, or several root types).
+  // The Verifier limits `options` give for this buffer (max_tables 0 sized to it), and a
+  // Verifier over the buffer with them (for size-prefixed buffers, nested roots, or several
+  // root types).
+  ::flatbuffers::Verifier::Options verifier_options(const FlatBufferReaderOptions& options = {}) const;
   ::flatbuffers::Verifier verifier(const FlatBufferReaderOptions& options = {}) const;
 
   // The root table, once the Verifier accepts the buffer as a T (and, if given, the 4-byte
@@ -283,6 +287,7 @@ class MappedFlatBuffer {
   }
 
  private:
+  explicit MappedFlatBuffer(detail::MappedInput input);
   void check_identifier(const char* file_identifier) const;
   [[noreturn]] void refuse_verification() const;
 

@@ -62,7 +62,6 @@ namespace mapwright::fuzz {
 
 using Input = std::span<const std::uint8_t>;
 
-
 // Keeps the optimiser from dropping reads whose only purpose is to touch the bytes.
 inline void sink(std::uint64_t value) {
   static volatile std::uint64_t sunk;
@@ -811,7 +810,9 @@ inline void walk_catalog(const MappedFlatBuffer& reader, const ::mapwright::test
         MAPWRIGHT_FUZZ_CHECK(inside(reader, name->data(), name->size() + 1), "a name runs outside the buffer");
       }
       if (const auto* tags = item->tags()) {
-        for (const auto* tag : *tags) sink(tag->size());
+        for (const auto* tag : *tags) {
+          MAPWRIGHT_FUZZ_CHECK(inside(reader, tag->data(), tag->size() + 1), "a tag runs outside the buffer");
+        }
       }
     }
   }
@@ -843,11 +844,7 @@ inline void read_flatbuffer(Input input, const FlatBufferReaderOptions& options)
                        "the view is not the input");
   // The stock Verifier, over a heap copy with the same limits, must agree.
   std::vector<std::uint8_t> copy(input.begin(), input.end());
-  ::flatbuffers::Verifier::Options limits;
-  limits.max_depth = options.max_depth;
-  limits.max_tables = static_cast<::flatbuffers::uoffset_t>(
-      options.max_tables != 0 ? options.max_tables : std::max<std::uint64_t>(1'000'000, input.size() / 4));
-  ::flatbuffers::Verifier heap(copy.data(), copy.size(), limits);
+  ::flatbuffers::Verifier heap(copy.data(), copy.size(), reader->verifier_options(options));
   const bool stock_accepts = heap.VerifyBuffer<fb::Catalog>(nullptr);
   try {
     const fb::Catalog* catalog = reader->root<fb::Catalog>(nullptr, options);
