@@ -37,8 +37,10 @@
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
 #include "entry_image.h"
+#include "wrapper_flat.h"
 #include "wrapper_integrity.h"
 #include "zstd_frames.h"
+#include "mapped_input.h"
 
 namespace mapwright {
 namespace {
@@ -55,6 +57,14 @@ std::string entry_label(std::size_t index, std::string_view name) {
 }
 
 }  // namespace
+
+const char* to_string(WrapperFormat format) noexcept {
+  switch (format) {
+    case WrapperFormat::kCapnProto: return "capnp";
+    case WrapperFormat::kFlatBuffers: return "flatbuffers";
+  }
+  return "unknown";
+}
 
 const char* to_string(EntryCompression compression) noexcept {
   switch (compression) {
@@ -114,34 +124,74 @@ const Library& LoadedLibraries::at(std::string_view name) const {
 
 // ---- Wrapper::State: the checks -------------------------------------------------------------
 
-// Where the trailer at the end of a file of `file` bytes puts its wrapper's first byte, or
-// nothing, with why in *why: a size past the file, smaller than a trailer, or a start that is
-// not a multiple of kWrapperAlignment.
-static std::optional<std::uint64_t> wrapper_start(const detail::Trailer& trailer, std::uint64_t file,
+// The smallest wrapper of either form: a Cap'n Proto trailer (88 bytes), or a FlatBuffers
+// header, an 8-byte metadata buffer and a trailer (also 88).
+constexpr std::uint64_t kSmallestWrapper =
+    std::min(kWrapperTrailerBytes, kFlatWrapperHeaderBytes + 8 + kFlatWrapperTrailerBytes);
+
+// Where the trailer at the end of a file of `file` bytes, saying the wrapper has
+// `wrapper_size` bytes, puts its wrapper's first byte, or nothing, with why in *why: a size
+// past the file, smaller than any wrapper, or a start that is not a multiple of
+// kWrapperAlignment.
+static std::optional<std::uint64_t> wrapper_start(std::uint64_t wrapper_size, std::uint64_t file,
                                                   std::string* why) {
-  if (trailer.wrapper_size > file) {
-    *why = "its trailer says the wrapper has " + str(trailer.wrapper_size) +
+  if (wrapper_size > file) {
+    *why = "its trailer says the wrapper has " + str(wrapper_size) +
            " bytes, more than the file's " + str(file);
     return std::nullopt;
   }
-  if (trailer.wrapper_size < kWrapperTrailerBytes) {
-    *why = "its trailer says the wrapper has " + str(trailer.wrapper_size) +
+  if (wrapper_size < kSmallestWrapper) {
+    *why = "its trailer says the wrapper has " + str(wrapper_size) +
            " bytes, fewer than the trailer itself";
     return std::nullopt;
   }
-  if ((file - trailer.wrapper_size) % kWrapperAlignment != 0) {
-    *why = "its trailer puts the wrapper's first byte at " + str(file - trailer.wrapper_size) +
+  if ((file - wrapper_size) % kWrapperAlignment != 0) {
+    *why = "its trailer puts the wrapper's first byte at " + str(file - wrapper_size) +
            ", which is not a multiple of " + str(kWrapperAlignment);
     return std::nullopt;
   }
-  return file - trailer.wrapper_size;
+  return file - wrapper_size;
+}
+
+// The wrapper size that the trailer in the last bytes of the first `file` bytes of `fd` says,
+// for either form (the FlatBuffers form's 64 bytes are tried first, then the Cap'n Proto
+// form's 88), or nothing, with why in *why. Throws Error for a failed read.
+static std::optional<std::uint64_t> size_from_trailer(int fd, std::uint64_t file,
+                                                      const std::string& name, std::string* why) {
+  if (file < kSmallestWrapper) {
+    *why = "the file has " + str(file) + " bytes, fewer than a trailer's " + str(kWrapperTrailerBytes);
+    return std::nullopt;
+  }
+  std::array<std::byte, kWrapperTrailerBytes> bytes;
+  static_assert(kFlatWrapperTrailerBytes <= kWrapperTrailerBytes);
+  std::size_t got = 0;
+  if (const int err = os::pread_full(fd, bytes.data(), bytes.size(), file - bytes.size(), &got);
+      err != 0) {
+    throw Error(err, "opening wrapper", name, "(pread of its last " + str(bytes.size()) + " bytes)");
+  }
+  if (got != bytes.size()) {
+    *why = "its last " + str(kWrapperTrailerBytes) +
+           " bytes are not a wrapper's trailer (the file shrank while it was read)";
+    return std::nullopt;
+  }
+  const auto flat = std::span<const std::byte>(bytes).last(kFlatWrapperTrailerBytes);
+  if (const auto found = detail::decode_flat_trailer(flat, nullptr)) return found->wrapper_size;
+  if (const auto found = detail::decode_trailer(bytes, why)) return found->wrapper_size;
+  *why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" + *why + ")";
+  return std::nullopt;
 }
 
 struct Wrapper::State {
   std::string name;
   os::OwnedFd fd;                                 // when opened from a path or an fd
   std::optional<SealedImage> image;               // when opened from one
-  std::unique_ptr<MappedMessageReader> reader;    // owns the mapping the spans point into
+  WrapperFormat format = WrapperFormat::kCapnProto;
+  // The mapping the spans point into: the first message (Cap'n Proto form; the reader owns
+  // it) or the whole wrapper (FlatBuffers form), `mapped` bytes from the wrapper's first.
+  std::unique_ptr<MappedMessageReader> reader;
+  std::shared_ptr<const void> flat_mapping;
+  const std::byte* bytes = nullptr;
+  std::uint64_t mapped = 0;
   std::uint32_t version = 0;
   std::string producer;
   std::uint64_t base = 0;  // where the wrapper starts in its file: a multiple of 4096
@@ -152,8 +202,16 @@ struct Wrapper::State {
   std::string not_a_wrapper_why;  // why, when it is set
   // Version 2 only: the trailer, and the hashed ranges of the first message (its size).
   std::optional<detail::Trailer> trailer;
-  std::uint64_t prefix_end = 0;
   std::uint64_t message_size = 0;
+  // FlatBuffers form: its trailer, and the metadata FlatBuffer (a span of the mapping).
+  std::optional<detail::FlatTrailer> flat_trailer;
+  std::span<const std::byte> flat_metadata;
+  // Whole-file integrity (Cap'n Proto version 2 and 3, and the FlatBuffers form): the chunks
+  // lie in [prefix_end, zero_end), whose other bytes must be zero; [0, prefix_end) is hashed
+  // (the segment table and root pointer, or the FlatBuffers header), and so is the metadata.
+  bool integrity = false;
+  std::uint64_t prefix_end = 0;
+  std::uint64_t zero_end = 0;
   // Every chunk, in file order: [offset, offset + size) of entry `entry`'s chunk `chunk`.
   struct ChunkRange {
     std::uint64_t offset;
@@ -187,10 +245,10 @@ struct Wrapper::State {
   // of one that starts further in (appended to an executable): where it starts, and how to
   // open it. Empty otherwise, and when the trailer cannot be read.
   std::string embedded_hint() const {
-    if (base != 0 || size < kWrapperTrailerBytes) return {};
+    if (base != 0) return {};
     try {
       std::string why;
-      const auto found = read_trailer(size - kWrapperTrailerBytes, &why);
+      const auto found = size_from_trailer(source_fd(), size, name, &why);
       const auto start = found ? wrapper_start(*found, size, &why) : std::nullopt;
       if (!start || *start == 0) return {};
       return "; the file ends with a wrapper that starts at byte " + str(*start) +
@@ -226,9 +284,11 @@ struct Wrapper::State {
 
   // Maps the first message, [0, bytes) of the wrapper: its segment table must describe
   // exactly that.
-  void map_message(std::uint64_t bytes) {
+  void map_message(std::uint64_t length) {
     try {
-      reader = std::make_unique<MappedMessageReader>(source_fd(), base, bytes);
+      reader = std::make_unique<MappedMessageReader>(source_fd(), base, length);
+      bytes = reader->data();
+      mapped = length;
     } catch (const Error& e) {
       // The frame checks name the fd; say which wrapper, and keep the cause.
       if (e.error() == EINVAL) refuse_not_a_wrapper(e.detail());
@@ -313,19 +373,120 @@ struct Wrapper::State {
       return;  // read_root() refuses the version
     }
 
-    prefix_end = detail::hashed_prefix_end(reader->data());
+    prefix_end = detail::hashed_prefix_end(bytes);
     const std::uint64_t m = trailer->metadata_offset;
     if (m < prefix_end || m > s || m % sizeof(::capnp::word) != 0) {
       damaged("(the trailer's metadata offset " + str(m) + " is not a word between " +
               str(prefix_end) + " and " + str(s) + ": the file is damaged)");
     }
-    check_metadata_digest();
+    integrity = true;
+    zero_end = m;
+    if (detail::metadata_digest(bytes, prefix_end, m, message_size, trailer->wrapper_size) !=
+        trailer->metadata_digest) {
+      damaged("(the metadata digest does not match: the file is damaged)");
+    }
   }
 
-  void check_metadata_digest() const {
-    if (detail::metadata_digest(reader->data(), prefix_end, trailer->metadata_offset,
-                                message_size, trailer->wrapper_size) != trailer->metadata_digest) {
+  // ---- the FlatBuffers form (wrapper.fbs) ----
+
+  std::string prefix_label() const {
+    return format == WrapperFormat::kFlatBuffers ? "header" : "segment table";
+  }
+
+  Digest flat_digest() const noexcept {
+    return detail::flat_metadata_digest({bytes, kFlatWrapperHeaderBytes}, flat_metadata,
+                                        flat_trailer->wrapper_size, flat_trailer->metadata_offset);
+  }
+
+  const Digest& stored_digest() const noexcept {
+    return format == WrapperFormat::kFlatBuffers ? flat_trailer->metadata_digest
+                                                 : trailer->metadata_digest;
+  }
+
+  // Whether the wrapper begins with the FlatBuffers form's header magic.
+  bool starts_flat() const {
+    if (size < 8) return false;
+    std::array<std::byte, 8> magic;
+    read_at(magic.data(), magic.size(), 0);
+    return detail::has_flat_magic(magic);
+  }
+
+  // The header and the trailer, then the whole wrapper mapped and the metadata digest checked.
+  // Reads the header, the trailer and the metadata; no chunk, no zero range.
+  void map_flat() {
+    format = WrapperFormat::kFlatBuffers;
+    constexpr std::uint64_t kHeader = kFlatWrapperHeaderBytes;
+    constexpr std::uint64_t kTrailer = kFlatWrapperTrailerBytes;
+    const std::uint64_t n = size;
+    if (n < kHeader) damaged("(truncated at byte " + str(n) + ", inside the header)");
+    std::array<std::byte, kHeader> header;
+    read_at(header.data(), header.size(), 0);
+    std::uint32_t form = 0;
+    for (int i = 3; i >= 0; --i) form = form << 8 | static_cast<std::uint32_t>(header[8 + i]);
+    if (form != kFlatWrapperFormatVersion) {
+      refuse("(FlatBuffers form version " + str(form) + " is not supported; this build reads version " +
+             str(kFlatWrapperFormatVersion) + ")");
+    }
+    if (header != detail::encode_flat_header()) {
+      damaged("(the header's reserved bytes are not zero: the file is damaged)");
+    }
+    if (n < kHeader + 8 + kTrailer) {
+      damaged("(truncated: " + str(n) + " bytes, fewer than a header, a metadata buffer and a trailer)");
+    }
+    std::array<std::byte, kTrailer> tail;
+    read_at(tail.data(), tail.size(), n - kTrailer);
+    std::string why;
+    flat_trailer = detail::decode_flat_trailer(tail, &why);
+    if (!flat_trailer) {
+      damaged("(no valid trailer at the end (" + why +
+              "): the file is truncated or damaged, or has bytes after the wrapper)");
+    }
+    const detail::FlatTrailer& t = *flat_trailer;
+    if (t.wrapper_size != n) {
+      damaged("(the trailer says the wrapper has " + str(t.wrapper_size) + " bytes, not " + str(n) +
+              ": the file is damaged)");
+    }
+    const std::uint64_t m = t.metadata_offset;
+    if (m < kHeader || m % 8 != 0 || m > n - kTrailer || t.metadata_size != n - kTrailer - m ||
+        t.metadata_size < 8) {
+      damaged("(the trailer puts the metadata at byte " + str(m) + " with " + str(t.metadata_size) +
+              " bytes, not at a multiple of 8 after the header ending where the trailer begins (byte " +
+              str(n - kTrailer) + "): the file is damaged)");
+    }
+    try {
+      detail::MappedInput input = image ? detail::map_input(*image, kOpen)
+                                        : detail::map_input(source_fd(), base, n, kWrapperAlignment, kOpen);
+      flat_mapping = std::move(input.keep_alive);
+      bytes = input.data;
+      mapped = input.size;
+    } catch (const Error& e) {
+      throw Error(e.error(), kOpen, name, e.detail());
+    }
+    if (mapped != n) {
+      throw Error(EIO, kOpen, name, "(the file changed size while it was opened)", kCause);
+    }
+    flat_metadata = {bytes + m, static_cast<std::size_t>(t.metadata_size)};
+    integrity = true;
+    prefix_end = kHeader;
+    zero_end = m;
+    if (flat_digest() != t.metadata_digest) {
       damaged("(the metadata digest does not match: the file is damaged)");
+    }
+  }
+
+  void read_flat_root() {
+    std::string why;
+    auto metadata = detail::decode_flat_metadata(flat_metadata, &why);
+    if (!metadata) refuse("(the metadata is not a valid wrapper FlatBuffer: " + why + ")");
+    version = metadata->format_version;
+    if (version != kFlatWrapperFormatVersion) {
+      refuse("(the metadata says form version " + str(version) + ", the header " +
+             str(kFlatWrapperFormatVersion) + ")");
+    }
+    producer = std::move(metadata->producer);
+    entries.reserve(metadata->entries.size());
+    for (std::size_t i = 0; i < metadata->entries.size(); ++i) {
+      accept(i, std::move(metadata->entries[i]));
     }
   }
 
@@ -356,72 +517,88 @@ struct Wrapper::State {
     for (::capnp::uint i = 0; i < list.size(); ++i) read_entry(i, list[i]);
   }
 
+  // A Cap'n Proto entry as plain values, for accept().
   void read_entry(std::size_t i, schema::Entry::Reader from) {
-    WrapperEntry entry;
+    detail::RawEntry raw;
     const auto name_text = from.getName();
-    entry.name.assign(name_text.begin(), name_text.size());
+    raw.name.assign(name_text.begin(), name_text.size());
+    raw.kind = static_cast<std::uint16_t>(from.getKind());
+    raw.digest_algorithm = static_cast<std::uint16_t>(from.getDigestAlgorithm());
+    const auto digest = from.getDigest();
+    raw.digest.assign(reinterpret_cast<const std::byte*>(digest.begin()),
+                      reinterpret_cast<const std::byte*>(digest.end()));
+    for (const auto dep : from.getDependencies()) raw.dependencies.emplace_back(dep.cStr(), dep.size());
+    raw.size = from.getSize();
+    const auto chunks = from.getChunks();
+    raw.chunks.reserve(chunks.size());
+    for (const auto chunk : chunks) {
+      const auto* first = reinterpret_cast<const std::byte*>(chunk.begin());
+      // Cap'n Proto has already bounded the blob by its segment, and the segment by the file;
+      // accept() checks it again, and a blob before the mapping is placed outside it.
+      raw.chunks.push_back({first < bytes ? UINT64_MAX : static_cast<std::uint64_t>(first - bytes),
+                            chunk.size()});
+    }
+    raw.compression = static_cast<std::uint16_t>(from.getCompression());
+    raw.frame_size = from.getFrameSize();
+    raw.has_frame_ends = from.hasFrameEnds();
+    for (const std::uint64_t end : from.getFrameEnds()) raw.frame_ends.push_back(end);
+    accept(i, std::move(raw));
+  }
+
+  // Checks entry #i as either form gives it and adds it to `entries`.
+  void accept(std::size_t i, detail::RawEntry&& from) {
+    WrapperEntry entry;
+    entry.name = std::move(from.name);
     const auto bad = [&](const std::string& what) { refuse(entry_label(i, entry.name) + ": " + what); };
     if (entry.name.empty()) bad("the name is empty");
     if (entry.name.size() > kMaxEntryNameBytes) {
       bad("the name is longer than " + str(kMaxEntryNameBytes) + " bytes");
     }
     if (entry.name.find('\0') != std::string::npos) bad("the name contains NUL");
-    switch (from.getKind()) {
-      case schema::Kind::SHARED_LIBRARY: entry.kind = EntryKind::kSharedLibrary; break;
-      case schema::Kind::DATA: entry.kind = EntryKind::kData; break;
-      default: bad("unknown kind " + str(static_cast<std::uint16_t>(from.getKind())));
+    switch (from.kind) {  // both schemas number them alike
+      case 0: entry.kind = EntryKind::kSharedLibrary; break;
+      case 1: entry.kind = EntryKind::kData; break;
+      default: bad("unknown kind " + str(from.kind));
     }
-    if (from.getDigestAlgorithm() != schema::DigestAlgorithm::XXH3X128) {
-      bad("unknown digest algorithm " + str(static_cast<std::uint16_t>(from.getDigestAlgorithm())));
+    if (from.digest_algorithm != 0) bad("unknown digest algorithm " + str(from.digest_algorithm));
+    if (from.digest.size() != entry.digest.bytes.size()) {
+      bad("the digest has " + str(from.digest.size()) + " bytes, not " + str(entry.digest.bytes.size()));
     }
-    const auto digest = from.getDigest();
-    if (digest.size() != entry.digest.bytes.size()) {
-      bad("the digest has " + str(digest.size()) + " bytes, not " + str(entry.digest.bytes.size()));
-    }
-    std::memcpy(entry.digest.bytes.data(), digest.begin(), digest.size());
-    for (const auto dep : from.getDependencies()) entry.dependencies.emplace_back(dep.cStr(), dep.size());
+    std::memcpy(entry.digest.bytes.data(), from.digest.data(), from.digest.size());
+    entry.dependencies = std::move(from.dependencies);
 
-    entry.size = from.getSize();
+    entry.size = from.size;
     std::uint64_t total = 0;
-    const auto chunks = from.getChunks();
-    entry.chunks.reserve(chunks.size());
-    for (::capnp::uint c = 0; c < chunks.size(); ++c) {
-      const auto chunk = chunks[c];
-      if (chunk.size() == 0) bad("chunk " + str(c) + " is empty");
-      const auto* first = reinterpret_cast<const std::byte*>(chunk.begin());
-      // Cap'n Proto has already bounded the blob by its segment, and the segment by the file;
-      // these checks hold even if that ever changed.
-      if (first < reader->data() ||
-          static_cast<std::uint64_t>(first - reader->data()) > size ||
-          chunk.size() > size - static_cast<std::uint64_t>(first - reader->data())) {
+    entry.chunks.reserve(from.chunks.size());
+    for (std::size_t c = 0; c < from.chunks.size(); ++c) {
+      const detail::RawChunk chunk = from.chunks[c];
+      if (chunk.size == 0) bad("chunk " + str(c) + " is empty");
+      if (chunk.offset > mapped || chunk.size > mapped - chunk.offset) {
         bad("chunk " + str(c) + " lies outside the wrapper");
       }
-      const auto offset = static_cast<std::uint64_t>(first - reader->data());
-      if (offset % kWrapperAlignment != 0) {
-        bad("chunk " + str(c) + " starts at offset " + str(offset) + ", which is not " +
+      if (chunk.offset % kWrapperAlignment != 0) {
+        bad("chunk " + str(c) + " starts at offset " + str(chunk.offset) + ", which is not " +
             str(kWrapperAlignment) + "-byte aligned");
       }
-      if (chunk.size() > UINT64_MAX - total) bad("the chunk sizes overflow");
-      total += chunk.size();
-      entry.chunks.emplace_back(first, chunk.size());
+      if (chunk.size > UINT64_MAX - total) bad("the chunk sizes overflow");
+      total += chunk.size;
+      entry.chunks.emplace_back(bytes + chunk.offset, static_cast<std::size_t>(chunk.size));
     }
     entry.stored_size = total;
-    switch (from.getCompression()) {
-      case schema::Compression::NONE:
-        if (from.getFrameSize() != 0 || from.hasFrameEnds()) bad("it has frames but no compression");
+    switch (from.compression) {  // both schemas number them alike
+      case 0:
+        if (from.frame_size != 0 || from.has_frame_ends) bad("it has frames but no compression");
         if (total != entry.size) {
           bad("its size says " + str(entry.size) + " bytes but its chunks hold " + str(total));
         }
         break;
-      case schema::Compression::ZSTD: {
-        if (version != kWrapperCompressedFormatVersion) {
+      case 1: {
+        if (format == WrapperFormat::kCapnProto && version != kWrapperCompressedFormatVersion) {
           bad("it is compressed, which format version " + str(version) + " does not allow");
         }
         entry.compression = EntryCompression::kZstd;
-        entry.frame_bytes = from.getFrameSize();
-        const auto ends = from.getFrameEnds();
-        entry.frame_ends.reserve(ends.size());
-        for (const std::uint64_t end : ends) entry.frame_ends.push_back(end);
+        entry.frame_bytes = from.frame_size;
+        entry.frame_ends = std::move(from.frame_ends);
         if (std::string why = detail::frame_table_problem(entry.size, entry.frame_bytes,
                                                           entry.frame_ends, total);
             !why.empty()) {
@@ -431,13 +608,10 @@ struct Wrapper::State {
         break;
       }
       default:
-        bad("unknown compression " + str(static_cast<std::uint16_t>(from.getCompression())));
+        bad("unknown compression " + str(from.compression));
     }
     // A file offset (the loader copies from the file): base + the offset in the wrapper.
-    entry.offset =
-        entry.chunks.empty()
-            ? 0
-            : base + static_cast<std::uint64_t>(entry.chunks.front().data() - reader->data());
+    entry.offset = entry.chunks.empty() ? 0 : base + from.chunks.front().offset;
     entries.push_back(std::move(entry));
   }
 
@@ -447,8 +621,7 @@ struct Wrapper::State {
     for (std::size_t i = 0; i < entries.size(); ++i) {
       for (std::size_t c = 0; c < entries[i].chunks.size(); ++c) {
         const auto& chunk = entries[i].chunks[c];
-        chunk_ranges.push_back({static_cast<std::uint64_t>(chunk.data() - reader->data()),
-                                chunk.size(), i, c});
+        chunk_ranges.push_back({static_cast<std::uint64_t>(chunk.data() - bytes), chunk.size(), i, c});
       }
     }
     std::sort(chunk_ranges.begin(), chunk_ranges.end(),
@@ -462,22 +635,21 @@ struct Wrapper::State {
                (a == b ? std::string("itself") : entry_label(a, entries[a].name)));
       }
     }
-    if (!trailer || chunk_ranges.empty()) return;
+    if (!integrity || chunk_ranges.empty()) return;
     const ChunkRange& first = chunk_ranges.front();
     const ChunkRange& last = chunk_ranges.back();
     const auto outside = [&](const ChunkRange& range) {
       refuse(entry_label(range.entry, entries[range.entry].name) + ": chunk " + str(range.chunk) +
-             " at byte " + str(range.offset) + " is not between the segment table (" +
-             str(prefix_end) + " bytes) and the metadata (at byte " +
-             str(trailer->metadata_offset) + ")");
+             " at byte " + str(range.offset) + " is not between the " + prefix_label() + " (" +
+             str(prefix_end) + " bytes) and the metadata (at byte " + str(zero_end) + ")");
     };
     if (first.offset < prefix_end) outside(first);
-    if (last.offset + last.size > trailer->metadata_offset) outside(last);
+    if (last.offset + last.size > zero_end) outside(last);
   }
 
   // The first non-zero byte of [begin, end) of the message, or end.
   std::uint64_t first_nonzero(std::uint64_t begin, std::uint64_t end) const noexcept {
-    const std::byte* data = reader->data();
+    const std::byte* data = bytes;
     std::uint64_t at = begin;
     while (at < end && at % sizeof(std::uint64_t) != 0) {
       if (data[at] != std::byte{0}) return at;
@@ -494,22 +666,43 @@ struct Wrapper::State {
     return end;
   }
 
-  void verify_metadata() const {
-    if (!trailer) return;
-    const char* kVerify = "verifying wrapper";
+  // Whether the trailer still says what it said at open(), and the metadata still hashes to
+  // its digest.
+  void verify_hashed(const char* operation) const {
     std::string why;
-    const auto now = read_trailer(size - kWrapperTrailerBytes, &why);
-    if (!now || now->wrapper_size != trailer->wrapper_size ||
-        now->metadata_offset != trailer->metadata_offset ||
-        now->metadata_digest != trailer->metadata_digest) {
-      throw Error(EBADMSG, kVerify, name,
+    bool same = false;
+    Digest digest;
+    if (format == WrapperFormat::kFlatBuffers) {
+      std::array<std::byte, kFlatWrapperTrailerBytes> now;
+      read_at(now.data(), now.size(), size - now.size());
+      const auto found = detail::decode_flat_trailer(now, &why);
+      same = found && found->wrapper_size == flat_trailer->wrapper_size &&
+             found->metadata_offset == flat_trailer->metadata_offset &&
+             found->metadata_size == flat_trailer->metadata_size &&
+             found->metadata_digest == flat_trailer->metadata_digest;
+      digest = flat_digest();
+    } else {
+      const auto now = read_trailer(size - kWrapperTrailerBytes, &why);
+      same = now && now->wrapper_size == trailer->wrapper_size &&
+             now->metadata_offset == trailer->metadata_offset &&
+             now->metadata_digest == trailer->metadata_digest;
+      digest = detail::metadata_digest(bytes, prefix_end, trailer->metadata_offset, message_size,
+                                       trailer->wrapper_size);
+    }
+    if (!same) {
+      throw Error(EBADMSG, operation, name,
                   "(the trailer changed since the file was opened: the file is damaged)", kCause);
     }
-    if (detail::metadata_digest(reader->data(), prefix_end, trailer->metadata_offset,
-                                message_size, trailer->wrapper_size) != trailer->metadata_digest) {
-      throw Error(EBADMSG, kVerify, name,
+    if (digest != stored_digest()) {
+      throw Error(EBADMSG, operation, name,
                   "(the metadata digest does not match: the file is damaged)", kCause);
     }
+  }
+
+  void verify_metadata() const {
+    if (!integrity) return;
+    const char* kVerify = "verifying wrapper";
+    verify_hashed(kVerify);
     std::uint64_t at = prefix_end;
     const auto zero_until = [&](std::uint64_t end, const std::string& where) {
       const std::uint64_t bad = first_nonzero(at, end);
@@ -524,9 +717,9 @@ struct Wrapper::State {
                                    " chunk " + str(range.chunk));
       at = range.offset + range.size;
     }
-    zero_until(trailer->metadata_offset, chunk_ranges.empty()
-                                             ? std::string("between the segment table and the metadata")
-                                             : std::string("between the last chunk and the metadata"));
+    zero_until(zero_end, chunk_ranges.empty()
+                             ? "between the " + prefix_label() + " and the metadata"
+                             : std::string("between the last chunk and the metadata"));
   }
 
   void check_graph() {
@@ -543,8 +736,13 @@ struct Wrapper::State {
   static std::unique_ptr<State> find_embedded(os::OwnedFd fd, std::string name);
 
   void check() {
-    map();
-    check_root();
+    if (starts_flat()) {
+      map_flat();
+      read_flat_root();
+    } else {
+      map();
+      check_root();
+    }
     check_overlaps();
     check_graph();
   }
@@ -620,29 +818,11 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
   };
   // Where the trailer at the end puts the wrapper, or why it puts it nowhere.
   std::string why;
-  std::optional<detail::Trailer> trailer;
-  if (file < kWrapperTrailerBytes) {
-    why = "the file has " + str(file) + " bytes, fewer than a trailer's " +
-          str(kWrapperTrailerBytes);
-  } else {
-    std::array<std::byte, kWrapperTrailerBytes> bytes;
-    std::size_t got = 0;
-    if (const int err = os::pread_full(fd.get(), bytes.data(), bytes.size(),
-                                       file - kWrapperTrailerBytes, &got);
-        err != 0) {
-      throw Error(err, kOpen, name, "(pread of its last " + str(bytes.size()) + " bytes)");
-    }
-    if (got == bytes.size()) trailer = detail::decode_trailer(bytes, &why);
-    if (got != bytes.size()) why = "the file shrank while it was read";
-    if (!trailer) {
-      why = "its last " + str(kWrapperTrailerBytes) + " bytes are not a wrapper's trailer (" +
-            why + ")";
-    }
-  }
-  if (trailer && !wrapper_start(*trailer, file, &why)) trailer.reset();
+  std::optional<std::uint64_t> wrapper_size = size_from_trailer(fd.get(), file, name, &why);
+  if (wrapper_size && !wrapper_start(*wrapper_size, file, &why)) wrapper_size.reset();
   std::exception_ptr located_failure;
-  if (trailer) {
-    auto state = at(file - trailer->wrapper_size, trailer->wrapper_size);
+  if (wrapper_size) {
+    auto state = at(file - *wrapper_size, *wrapper_size);
     try {
       state->check();
       return state;
@@ -672,7 +852,7 @@ std::unique_ptr<Wrapper::State> Wrapper::State::find_embedded(os::OwnedFd fd, st
     if (located_failure) std::rethrow_exception(located_failure);
     throw Error(ENOMSG, kOpen, name, "(no wrapper at the end of the file: " + why + ")", kCause);
   }
-  if (whole->version == 1) {
+  if (whole->format == WrapperFormat::kCapnProto && whole->version == 1) {
     throw Error(ENOTSUP, kOpen, name,
                 "(a format version 1 wrapper: version 1 has no trailer, so it cannot be found "
                 "from the end of a file; open it as a whole file, or repack it)", kCause);
@@ -753,7 +933,9 @@ Wrapper Wrapper::open(const SealedImage& image, WrapperOpenOptions options) {
 
 const std::string& Wrapper::name() const noexcept { return state_->name; }
 std::uint32_t Wrapper::format_version() const noexcept { return state_->version; }
-bool Wrapper::metadata_checked() const noexcept { return state_->trailer.has_value(); }
+bool Wrapper::metadata_checked() const noexcept { return state_->integrity; }
+WrapperFormat Wrapper::format() const noexcept { return state_->format; }
+std::span<const std::byte> Wrapper::metadata() const noexcept { return state_->flat_metadata; }
 const std::string& Wrapper::producer() const noexcept { return state_->producer; }
 std::uint64_t Wrapper::offset() const noexcept { return state_->base; }
 std::uint64_t Wrapper::size() const noexcept { return state_->size; }

@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <bit>
+#include <memory>
+#include <optional>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -33,6 +35,7 @@
 #include "os/os.h"
 #include "wrapper.capnp.h"
 #include "wrapper_graph.h"
+#include "wrapper_flat.h"
 #include "wrapper_integrity.h"
 #include "zstd_frames.h"
 
@@ -117,35 +120,145 @@ class Release {
 
 }  // namespace
 
-// Blobs of the message that are not (or not yet) part of it. They are given up with
-// MappedMessageBuilder::discard() — never by the Orphan destructor, which stores zeros over
-// the blob: a SIGBUS on pages the region does not back (after a failed growth), and a write
-// of every page of a blob that is being thrown away.
+// One chunk of an entry's bytes in the staged file: where it is mapped, and in the Cap'n Proto
+// form the Data blob that holds it (adopted into the message at publish()).
+struct Blob {
+  std::byte* data = nullptr;
+  std::uint64_t size = 0;
+  ::capnp::Orphan<::capnp::Data> orphan;  // null in the FlatBuffers form
+};
+
+// Where chunks are allocated: in the message (Cap'n Proto form) or one after another in the
+// file (FlatBuffers form). allocate() backs the chunk before returning it, so a file that
+// cannot grow is an Error from there (the region's growth, naming it), never a fault.
+class BlobStore {
+ public:
+  virtual ~BlobStore() = default;
+  virtual Blob allocate(std::uint64_t length, std::uint64_t alignment) = 0;
+  // Gives a blob up: its bytes zero, whole pages without blocks where the file system can.
+  virtual void discard(Blob&& blob) noexcept = 0;
+  // Keeps the first `size` bytes (no more than it has); the rest as discard() leaves it.
+  virtual void shrink(Blob& blob, std::uint64_t size) = 0;
+};
+
+namespace {
+
+// Blobs are given up with MappedMessageBuilder::discard() — never by the Orphan destructor,
+// which stores zeros over the blob: a SIGBUS on pages the region does not back (after a
+// failed growth), and a write of every page of a blob that is being thrown away.
+class MessageBlobs final : public BlobStore {
+ public:
+  explicit MessageBlobs(MappedMessageBuilder& builder) noexcept : builder_(builder) {}
+  Blob allocate(std::uint64_t length, std::uint64_t alignment) override {
+    Blob blob;
+    blob.orphan = builder_.new_aligned_data(length, alignment);
+    blob.data = reinterpret_cast<std::byte*>(blob.orphan.get().begin());
+    blob.size = length;
+    return blob;
+  }
+  void discard(Blob&& blob) noexcept override { builder_.discard(::kj::mv(blob.orphan)); }
+  void shrink(Blob& blob, std::uint64_t size) override {
+    builder_.shrink(blob.orphan, size);
+    blob.size = size;
+  }
+
+ private:
+  MappedMessageBuilder& builder_;
+};
+
+// The FlatBuffers form: chunks one after another from `next` (a file offset), each backed by
+// Region::ensure() first. Giving up the newest blob (a failed add, a stream's unused tail)
+// takes its room back, so the next entry starts where it started.
+class FileBlobs final : public BlobStore {
+ public:
+  FileBlobs(Region& region, std::uint64_t next) noexcept : region_(region), next_(next) {}
+  Blob allocate(std::uint64_t length, std::uint64_t alignment) override {
+    const std::uint64_t start = (next_ + alignment - 1) / alignment * alignment;
+    if (start < next_ || length > region_.capacity() || start > region_.capacity() - length) {
+      throw Error(ENOMEM, "growing region", region_.name(),
+                  "(to " + str(start) + " + " + str(length) + " bytes: past its capacity of " +
+                      str(region_.capacity()) + ")", Error::DetailIsCause{});
+    }
+    region_.ensure(start + length);  // throws: nothing allocated
+    next_ = start + length;
+    return Blob{region_.data() + start, length, {}};
+  }
+  void discard(Blob&& blob) noexcept override {
+    const auto begin = static_cast<std::uint64_t>(blob.data - region_.data());
+    zero(begin, begin + blob.size);
+    if (begin + blob.size == next_) next_ = begin;
+    blob.size = 0;
+  }
+  void shrink(Blob& blob, std::uint64_t size) override {
+    if (size > blob.size) {
+      throw Error(EINVAL, "shrinking a chunk in region", region_.name(),
+                  "(to " + str(size) + " bytes: it holds " + str(blob.size) + ")", Error::DetailIsCause{});
+    }
+    const auto begin = static_cast<std::uint64_t>(blob.data - region_.data());
+    zero(begin + size, begin + blob.size);
+    if (begin + blob.size == next_) next_ = begin + size;
+    blob.size = size;
+  }
+  // Where the next byte goes: the metadata, at publish().
+  std::uint64_t next() const noexcept { return next_; }
+
+ private:
+  // [begin, end) zero: whole pages punched (zeroed where the file system cannot), the rest
+  // stored. All of it is backed (allocate() ensured it).
+  void zero(std::uint64_t begin, std::uint64_t end) noexcept {
+    const std::uint64_t page = os::page_size();
+    const std::uint64_t inner_begin = (begin + page - 1) / page * page;
+    const std::uint64_t inner_end = end / page * page;
+    if (inner_begin < inner_end) {
+      if (os::punch_hole(region_.fd(), inner_begin, inner_end - inner_begin) != 0) {
+        std::memset(region_.data() + inner_begin, 0, inner_end - inner_begin);
+      }
+      std::memset(region_.data() + begin, 0, inner_begin - begin);
+      std::memset(region_.data() + inner_end, 0, end - inner_end);
+    } else if (begin < end) {
+      std::memset(region_.data() + begin, 0, end - begin);
+    }
+  }
+
+  Region& region_;
+  std::uint64_t next_;
+};
+
+}  // namespace
+
+// An entry's blobs that are not (or not yet) part of the wrapper: given up with the store's
+// discard() unless publish() takes them.
 class PendingBlobs {
  public:
-  explicit PendingBlobs(MappedMessageBuilder& builder) noexcept : builder_(&builder) {}
+  explicit PendingBlobs(BlobStore& store) noexcept : store_(&store) {}
   PendingBlobs(PendingBlobs&& other) noexcept
-      : builder_(other.builder_), blobs_(std::move(other.blobs_)) {
+      : store_(other.store_), blobs_(std::move(other.blobs_)) {
     other.blobs_.clear();
   }
   PendingBlobs& operator=(PendingBlobs&&) = delete;
   ~PendingBlobs() {
-    for (auto& blob : blobs_) builder_->discard(::kj::mv(blob));
+    // Newest first: a store that allocates one after another takes all the room back.
+    while (!blobs_.empty()) discard_last();
   }
 
-  void add(::capnp::Orphan<::capnp::Data>&& blob) { blobs_.push_back(::kj::mv(blob)); }
+  void add(Blob&& blob) { blobs_.push_back(std::move(blob)); }
   std::size_t size() const noexcept { return blobs_.size(); }
-  ::capnp::Orphan<::capnp::Data>& operator[](std::size_t i) noexcept { return blobs_[i]; }
+  Blob& operator[](std::size_t i) noexcept { return blobs_[i]; }
+  const Blob& operator[](std::size_t i) const noexcept { return blobs_[i]; }
+  Blob& back() noexcept { return blobs_.back(); }
   // Discards the newest blob (an empty last chunk of a stream).
   void discard_last() noexcept {
-    builder_->discard(::kj::mv(blobs_.back()));
+    store_->discard(std::move(blobs_.back()));
     blobs_.pop_back();
   }
-  const ::capnp::Orphan<::capnp::Data>& front() const noexcept { return blobs_.front(); }
+  const Blob& front() const noexcept { return blobs_.front(); }
+  // Forgets the newest blob without giving it up: it belongs to the published file.
+  void release_last() noexcept { blobs_.pop_back(); }
+  void shrink_last(std::uint64_t size) { store_->shrink(blobs_.back(), size); }
 
  private:
-  MappedMessageBuilder* builder_;
-  std::vector<::capnp::Orphan<::capnp::Data>> blobs_;
+  BlobStore* store_;
+  std::vector<Blob> blobs_;
 };
 
 struct WrapperWriter::State {
@@ -170,8 +283,11 @@ struct WrapperWriter::State {
   Region region;
   int prefix_mode = -1;    // options.prefix's permission bits, for publish(); -1 without one
   std::uint64_t base = 0;  // where the message starts: after the prefix, 4096-aligned
-  MappedMessageBuilder builder;
-  // Declared after the builder: the pending blobs are discarded while it still exists.
+  // The Cap'n Proto form's message (none in the FlatBuffers form), and where chunks go.
+  std::optional<MappedMessageBuilder> builder;
+  std::unique_ptr<BlobStore> store;
+  FileBlobs* file_blobs = nullptr;  // the store, in the FlatBuffers form
+  // Declared after the store: the pending blobs are discarded while it still exists.
   std::vector<Pending> entries;
   std::unordered_set<std::string> names;
   std::uint64_t total_done = 0;
@@ -182,8 +298,25 @@ struct WrapperWriter::State {
         subject(path.string()),
         options(std::move(opts)),
         region(Region::staged(path, options.region)),
-        base(copy_prefix()),
-        builder(region, message_options()) {}
+        base(copy_prefix()) {
+    if (options.format == WrapperFormat::kCapnProto) {
+      builder.emplace(region, message_options());
+      store = std::make_unique<MessageBlobs>(*builder);
+      return;
+    }
+    // The FlatBuffers form: its header, then chunks from there (wrapper.fbs).
+    try {
+      region.ensure(base + kFlatWrapperHeaderBytes);
+    } catch (const Error& e) {
+      throw Error(e.error(), "writing wrapper", subject,
+                  "(header: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
+    }
+    const auto header = detail::encode_flat_header();
+    std::memcpy(region.data() + base, header.data(), header.size());
+    auto blobs = std::make_unique<FileBlobs>(region, base + kFlatWrapperHeaderBytes);
+    file_blobs = blobs.get();
+    store = std::move(blobs);
+  }
 
   MappedMessageOptions message_options() const {
     MappedMessageOptions message = options.message;
@@ -278,7 +411,7 @@ struct WrapperWriter::State {
 
   // Where the next object allocated in the message goes: the used end of its newest segment.
   std::uint64_t metadata_offset() {
-    const auto segments = builder.getSegmentsForOutput();
+    const auto segments = builder->getSegmentsForOutput();
     return static_cast<std::uint64_t>(
         reinterpret_cast<const std::byte*>(segments[segments.size() - 1].end()) - region.data() -
         base);
@@ -299,11 +432,11 @@ struct WrapperWriter::State {
   // A failure to grow the file is refused naming the entry.
   std::byte* add_chunk(Pending& entry, std::string_view name, std::uint64_t length) {
     try {
-      entry.chunks.add(builder.new_aligned_data(length, kWrapperAlignment));
+      entry.chunks.add(store->allocate(length, kWrapperAlignment));
     } catch (const Error& e) {
       refuse(e.error(), name, e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
     }
-    return reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+    return entry.chunks.back().data;
   }
 
   void check_usable() const {
@@ -340,7 +473,7 @@ struct WrapperWriter::State {
   void add(std::string_view name, EntryKind kind, std::uint64_t size,
            std::vector<std::string> depends, std::string source, Write&& write) {
     Pending entry{std::string(name), kind,          size, {}, std::move(depends),
-                  PendingBlobs(builder), std::move(source), {}, EntryCompression::kNone, 0, {}};
+                  PendingBlobs(*store), std::move(source), {}, EntryCompression::kNone, 0, {}};
     Release release(region.fd(), region.data(), options.durable);
     // Declared after `entry`: the digest thread is joined before the blobs are discarded.
     detail::DigestPipeline digest(
@@ -353,14 +486,13 @@ struct WrapperWriter::State {
       for (std::uint64_t offset = 0; offset < size;) {
         const std::uint64_t length = std::min(options.chunk_bytes, size - offset);
         try {
-          entry.chunks.add(builder.new_aligned_data(length, alignment));
+          entry.chunks.add(store->allocate(length, alignment));
         } catch (const Error& e) {
           // The region could not grow (ENOSPC, EFBIG, ENOMEM): say which entry needed it.
           refuse(e.error(), name,
                  e.operation() + (e.detail().empty() ? "" : " " + e.detail()));
         }
-        std::byte* first =
-            reinterpret_cast<std::byte*>(entry.chunks[entry.chunks.size() - 1].get().begin());
+        std::byte* first = entry.chunks.back().data;
         for (std::uint64_t done = 0; done < length;) {
           const std::uint64_t piece = std::min(kPiece, length - done);
           write(std::span<std::byte>(first + done, piece), offset + done);
@@ -404,7 +536,7 @@ struct WrapperWriter::State {
     std::uint64_t at = 0;
     for (std::size_t c = 0; c < entry.chunks.size(); ++c) {
       starts.push_back(at);
-      at += entry.chunks[c].getReader().size();
+      at += entry.chunks[c].size;
     }
     entry.elf = detail::read_elf(entry.size, [&](std::uint64_t offset, void* buffer,
                                                  std::size_t length) {
@@ -413,12 +545,12 @@ struct WrapperWriter::State {
         const std::uint64_t position = offset + done;
         const auto chunk = static_cast<std::size_t>(
             std::upper_bound(starts.begin(), starts.end(), position) - starts.begin() - 1);
-        const auto bytes = entry.chunks[chunk].getReader();
+        const Blob& bytes = entry.chunks[chunk];
         const std::uint64_t within = position - starts[chunk];
-        if (within >= bytes.size()) break;  // past the chunks: reads as truncated
+        if (within >= bytes.size) break;  // past the chunks: reads as truncated
         const std::size_t piece = static_cast<std::size_t>(
-            std::min<std::uint64_t>(length - done, bytes.size() - within));
-        std::memcpy(static_cast<std::byte*>(buffer) + done, bytes.begin() + within, piece);
+            std::min<std::uint64_t>(length - done, bytes.size - within));
+        std::memcpy(static_cast<std::byte*>(buffer) + done, bytes.data + within, piece);
         done += piece;
       }
       return done;
@@ -437,7 +569,7 @@ struct WrapperWriter::State {
   // as needed (one kept: the headers and the dynamic section are near each other).
   void check_compressed_elf(Pending& entry) const {
     detail::CompressedFrames frames;
-    frames.stored = reinterpret_cast<const std::byte*>(entry.chunks.front().getReader().begin());
+    frames.stored = entry.chunks.front().data;
     frames.ends = entry.frame_ends.data();
     frames.count = entry.frame_ends.size();
     frames.frame_bytes = entry.frame_bytes;
@@ -483,7 +615,7 @@ struct WrapperWriter::State {
   void add_compressed(std::string_view name, EntryKind kind, std::uint64_t size,
                       std::vector<std::string> depends, std::string source, Next&& next) {
     const WrapperCompression& how = options.compression;
-    Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(builder),
+    Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(*store),
                   std::move(source),  {}, how.method, how.frame_bytes, {}};
     Release release(region.fd(), region.data(), options.durable);
     detail::DigestStream digest;
@@ -550,7 +682,7 @@ struct WrapperWriter::State {
         if (have < buffer.size()) break;
       }
       if (chunk != nullptr) {
-        builder.shrink(entry.chunks[entry.chunks.size() - 1], chunk_filled);
+        entry.chunks.shrink_last(chunk_filled);
         release.piece({chunk, static_cast<std::size_t>(chunk_filled)});
       }
     } catch (...) {
@@ -647,7 +779,7 @@ struct WrapperWriter::State {
       add_compressed_fd(name, kind, fd, source, std::move(depends), 0, true);
       return;
     }
-    Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(builder),
+    Pending entry{std::string(name), kind,   0, {}, std::move(depends), PendingBlobs(*store),
                   source,            {}, EntryCompression::kNone, 0, {}};
     Release release(region.fd(), region.data(), options.durable);
     // On this thread: a stream's size is not known, and pieces come as the reads do.
@@ -689,7 +821,7 @@ struct WrapperWriter::State {
         }
         if (filled < length) {
           // The end of the stream: give back the chunk's unused tail (all of it if empty).
-          builder.shrink(entry.chunks[entry.chunks.size() - 1], filled);
+          entry.chunks.shrink_last(filled);
           if (filled == 0) entry.chunks.discard_last();
           break;
         }
@@ -794,6 +926,67 @@ struct WrapperWriter::State {
         [&](std::span<std::byte> into, std::uint64_t at) {
           std::memcpy(into.data(), bytes.data() + at, into.size());
         });
+  }
+
+  // publish() in the FlatBuffers form (wrapper.fbs): the metadata, built on the heap (its size
+  // follows the number of entries, not their bytes), goes after the last chunk, at a multiple
+  // of 8, then the trailer. Room for both is backed before anything is written.
+  std::uint64_t publish_flat() {
+    std::vector<detail::RawEntry> raw;
+    raw.reserve(entries.size());
+    for (const Pending& from : entries) {
+      detail::RawEntry to;
+      to.name = from.name;
+      to.kind = from.kind == EntryKind::kSharedLibrary ? 0 : 1;
+      to.size = from.size;
+      to.digest.assign(from.digest.bytes.begin(), from.digest.bytes.end());
+      to.dependencies = from.dependencies;
+      // Chunks that follow each other are one run: offsets and sizes are 64-bit here.
+      for (std::size_t c = 0; c < from.chunks.size(); ++c) {
+        const Blob& blob = from.chunks[c];
+        const auto offset = static_cast<std::uint64_t>(blob.data - region.data()) - base;
+        if (!to.chunks.empty() && to.chunks.back().offset + to.chunks.back().size == offset) {
+          to.chunks.back().size += blob.size;
+        } else {
+          to.chunks.push_back({offset, blob.size});
+        }
+      }
+      if (from.compression == EntryCompression::kZstd) {
+        to.compression = 1;
+        to.frame_size = from.frame_bytes;
+        to.has_frame_ends = true;
+        to.frame_ends = from.frame_ends;
+      }
+      raw.push_back(std::move(to));
+    }
+    const std::vector<std::byte> metadata = detail::encode_flat_metadata(options.producer, raw);
+    const std::uint64_t metadata_offset = (file_blobs->next() - base + 7) / 8 * 8;
+    const std::uint64_t size = metadata_offset + metadata.size() + kFlatWrapperTrailerBytes;
+    try {
+      region.ensure(base + size);
+    } catch (const Error& e) {
+      throw Error(e.error(), "writing wrapper", subject,
+                  "(metadata: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
+    }
+    spent = true;
+    std::byte* wrapper = region.data() + base;
+    std::memcpy(wrapper + metadata_offset, metadata.data(), metadata.size());
+    detail::FlatTrailer trailer;
+    trailer.wrapper_size = size;
+    trailer.metadata_offset = metadata_offset;
+    trailer.metadata_size = metadata.size();
+    trailer.metadata_digest = detail::flat_metadata_digest(
+        {wrapper, kFlatWrapperHeaderBytes}, {wrapper + metadata_offset, metadata.size()}, size,
+        metadata_offset);
+    const auto bytes = detail::encode_flat_trailer(trailer);
+    std::memcpy(wrapper + metadata_offset + metadata.size(), bytes.data(), bytes.size());
+    // Every chunk now belongs to the file: nothing is given up when the entries go.
+    for (Pending& entry : entries) {
+      while (entry.chunks.size() != 0) entry.chunks.release_last();
+    }
+    region.finish(base + size);
+    region.publish(Region::PublishOptions{.durable = options.durable, .mode = prefix_mode});
+    return base + size;
   }
 };
 
@@ -906,13 +1099,14 @@ std::uint64_t WrapperWriter::publish() {
   }
   detail::check_dependencies(graph, "writing wrapper", s.subject);
   s.check_sonames();
+  if (s.options.format == WrapperFormat::kFlatBuffers) return s.publish_flat();
   // The metadata is written by Cap'n Proto's stores: back room for all of it first, so that a
   // full disk or RLIMIT_FSIZE is an Error here, before anything is written (and publish() can
   // be tried again), never a fault in the middle of it.
   try {
     // With the trailer's bytes: it goes right after the message's end, which the metadata
     // moves to at most that far, so nothing after this point needs the file to grow.
-    s.builder.reserve(s.metadata_bound_bytes() + kWrapperTrailerBytes);
+    s.builder->reserve(s.metadata_bound_bytes() + kWrapperTrailerBytes);
   } catch (const Error& e) {
     throw Error(e.error(), "writing wrapper", s.subject,
                 "(metadata: " + e.operation() + (e.detail().empty() ? "" : " " + e.detail()) + ")");
@@ -925,7 +1119,7 @@ std::uint64_t WrapperWriter::publish() {
   // That is the hashed metadata; below it, [hashed prefix, metadata_offset) holds only the
   // chunks and zeros.
   const std::uint64_t metadata_offset = s.metadata_offset();
-  auto root = s.builder.initRoot<schema::WrapperFile>();
+  auto root = s.builder->initRoot<schema::WrapperFile>();
   root.setMagic(kWrapperMagic);
   const bool compressed = std::any_of(s.entries.begin(), s.entries.end(), [](const State::Pending& e) {
     return e.compression != EntryCompression::kNone;
@@ -959,10 +1153,10 @@ std::uint64_t WrapperWriter::publish() {
     }
     auto chunks = to.initChunks(static_cast<::capnp::uint>(from.chunks.size()));
     for (std::size_t c = 0; c < from.chunks.size(); ++c) {
-      chunks.adopt(static_cast<::capnp::uint>(c), std::move(from.chunks[c]));
+      chunks.adopt(static_cast<::capnp::uint>(c), std::move(from.chunks[c].orphan));
     }
   }
-  const std::uint64_t message_size = s.builder.finish();
+  const std::uint64_t message_size = s.builder->finish();
   const std::uint64_t size = message_size + kWrapperTrailerBytes;
   const std::byte* message = s.region.data() + s.base;
   const std::uint64_t prefix_end = detail::hashed_prefix_end(message);

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,7 @@ namespace {
 struct InspectOptions {
   std::string file;
   bool json = false;
+  std::string metadata_out;  // --metadata-out FILE: the FlatBuffers form's metadata
 };
 
 std::string join_dependencies(const std::vector<std::string>& names) {
@@ -47,8 +50,11 @@ void print_text(const Wrapper& wrapper) {
       wrapper.offset() == 0 ? std::string()
                             : fmt::format(" at byte {} of a file of {} bytes", wrapper.offset(),
                                           containing_file_size(wrapper));
-  fmt::print("wrapper {}: format version {} ({}), producer {}, {} bytes{}, {} {}\n",
-             in_quotes(wrapper.name()), wrapper.format_version(),
+  const std::string form = wrapper.format() == WrapperFormat::kFlatBuffers
+                               ? fmt::format("FlatBuffers form version {}", wrapper.format_version())
+                               : fmt::format("format version {}", wrapper.format_version());
+  fmt::print("wrapper {}: {} ({}), producer {}, {} bytes{}, {} {}\n", in_quotes(wrapper.name()),
+             form,
              wrapper.metadata_checked() ? "metadata checked" : "metadata unchecked: repack",
              in_quotes(wrapper.producer()), wrapper.size(), where, entries.size(),
              entries.size() == 1 ? "entry" : "entries");
@@ -100,6 +106,7 @@ void print_text(const Wrapper& wrapper) {
 
 void print_json(const Wrapper& wrapper) {
   std::string out = "{\n";
+  out += fmt::format("  \"format\": \"{}\",\n", to_string(wrapper.format()));
   out += fmt::format("  \"format_version\": {},\n", wrapper.format_version());
   out += fmt::format("  \"metadata_checked\": {},\n", wrapper.metadata_checked());
   out += fmt::format("  \"producer\": {},\n", json_string(wrapper.producer()));
@@ -128,8 +135,35 @@ void print_json(const Wrapper& wrapper) {
   fmt::print("{}", out);
 }
 
+// The metadata FlatBuffer, published atomically at `path` (a staged file: a failure leaves
+// what was there).
+void write_metadata(const Wrapper& wrapper, const std::string& path) {
+  if (wrapper.format() != WrapperFormat::kFlatBuffers) {
+    throw ToolError(kExitUsage,
+                    fmt::format("inspect: --metadata-out: {} is in the Cap'n Proto form, whose "
+                                "metadata is the file itself: decode it with `capnp decode "
+                                "wrapper.capnp WrapperFile < FILE`",
+                                in_quotes(wrapper.name())));
+  }
+  const std::span<const std::byte> metadata = wrapper.metadata();
+  try {
+    RegionOptions region_options;
+    region_options.capacity = std::max<std::uint64_t>(metadata.size(), 4096);
+    Region region = Region::staged(path, region_options);
+    region.ensure(metadata.size());
+    std::memcpy(region.data(), metadata.data(), metadata.size());
+    region.finish(metadata.size());
+    region.publish();
+  } catch (const mapwright::Error& e) {
+    throw ToolError(kExitFailure, fmt::format("inspect: writing the metadata to {}: {} (the "
+                                              "target is left as it was)",
+                                              in_quotes(path), e.what()));
+  }
+}
+
 int inspect(const InspectOptions& options) {
   const Wrapper wrapper = open_wrapper(options.file);
+  if (!options.metadata_out.empty()) write_metadata(wrapper, options.metadata_out);
   if (options.json) {
     print_json(wrapper);
   } else {
@@ -149,13 +183,17 @@ Subcommand add_inspect(CLI::App& app) {
                    "The wrapper file, or a file with one appended (mapwright pack --append-to)")
       ->required();
   command->add_flag("--json", options->json,
-                    "Print JSON for scripts: {\"format_version\", \"metadata_checked\", \"producer\", "
+                    "Print JSON for scripts: {\"format\", \"format_version\", \"metadata_checked\", \"producer\", "
                     "\"file_size\", \"wrapper_offset\", \"wrapper_size\", "
                     "\"entries\": [{\"name\", \"kind\", \"offset\", \"size\", \"digest\", "
                     "\"dependencies\", \"chunks\", \"compression\", \"stored_size\", "
                     "\"frame_size\", \"frames\"}]}");
+  command->add_option("--metadata-out", options->metadata_out,
+                      "FlatBuffers form: also write the metadata FlatBuffer to this file, for "
+                      "`flatc --json --raw-binary <include dir>/mapwright/wrapper.fbs -- FILE`")
+      ->type_name("FILE");
   command->footer(
-      std::string("The structure (and in format version 2 the metadata digest) is checked when "
+      std::string("The structure (and, but in format version 1, the metadata digest) is checked when "
                   "the file is opened; the entries' digests and the padding are not (use "
                   "`mapwright verify`).\n"
                   "The digest is XXH3-128 in hex, as xxh128sum prints it for the extracted "

@@ -34,6 +34,7 @@ struct PackOptions {
   std::string producer = "mapwright " MAPWRIGHT_VERSION;
   std::uint64_t chunk_bytes = kDefaultChunkBytes;
   std::string compress = "none";            // --compress none|zstd
+  std::string format = "capnp";             // --format capnp|flatbuffers
   std::uint64_t frame_bytes = 256ull << 10;  // --frame-size
   int level = 3;                             // --level
   bool progress = false;
@@ -263,6 +264,7 @@ int pack(const PackOptions& options, const std::vector<PackItem>& items) {
   WrapperWriterOptions writer_options;
   writer_options.producer = options.producer;
   writer_options.chunk_bytes = options.chunk_bytes;
+  if (options.format == "flatbuffers") writer_options.format = WrapperFormat::kFlatBuffers;
   if (options.compress == "zstd") {
     writer_options.compression.method = EntryCompression::kZstd;
     writer_options.compression.frame_bytes = options.frame_bytes;
@@ -390,6 +392,14 @@ Subcommand add_pack(CLI::App& app) {
           },
           "", "chunk size"))
       ->type_name("BYTES");
+  command
+      ->add_option("--format", options->format,
+                   "The file's form: capnp (one Cap'n Proto message; `capnp decode` reads it) or "
+                   "flatbuffers (the entries' bytes, then their metadata as a FlatBuffer that "
+                   "`flatc --json --raw-binary` decodes, with 64-bit offsets); mapwright reads both")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"capnp", "flatbuffers"}))
+      ->type_name("FORM");
   command->add_option("--compress", options->compress, "Store entries compressed: zstd, or none")
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "zstd"}))

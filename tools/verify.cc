@@ -41,7 +41,10 @@ int verify(const VerifyOptions& options) {
   fmt::print("wrapper {}: {} {} ok, {}\n", in_quotes(wrapper.name()), count,
              count == 1 ? "entry" : "entries",
              wrapper.metadata_checked()
-                 ? "metadata and every other byte ok (format version " +
+                 ? "metadata and every other byte ok (" +
+                       std::string(wrapper.format() == WrapperFormat::kFlatBuffers
+                                       ? "FlatBuffers form version "
+                                       : "format version ") +
                        std::to_string(wrapper.format_version()) + ")"
                  : "metadata UNCHECKED (format version " +
                        std::to_string(wrapper.format_version()) + ": repack to check it)");

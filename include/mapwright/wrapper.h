@@ -129,6 +129,24 @@ inline constexpr std::uint64_t kWrapperAlignment = 4096;
 // The longest entry name, in bytes.
 inline constexpr std::size_t kMaxEntryNameBytes = 4096;
 
+// The two forms of a wrapper file. Both hold the same entries under the same rules, checks
+// and digests; mapwright writes either and reads both.
+enum class WrapperFormat {
+  // One Cap'n Proto message holding the chunks, and a trailer (wrapper.capnp; format versions
+  // 1 to 3). `capnp decode` reads it whole. The default.
+  kCapnProto,
+  // A header, the chunks, then the metadata as one FlatBuffer (64-bit chunk offsets and
+  // sizes: the wrapper may exceed the 2 GiB of a FlatBuffer) and a trailer (wrapper.fbs,
+  // form version 1). `flatc --json --raw-binary` decodes the metadata.
+  kFlatBuffers,
+};
+// "capnp", "flatbuffers".
+const char* to_string(WrapperFormat format) noexcept;
+// The FlatBuffers form (wrapper.fbs): its version, header and trailer sizes.
+inline constexpr std::uint32_t kFlatWrapperFormatVersion = 1;
+inline constexpr std::uint64_t kFlatWrapperHeaderBytes = 16;
+inline constexpr std::uint64_t kFlatWrapperTrailerBytes = 64;
+
 enum class EntryKind { kSharedLibrary, kData };
 // "library", "data".
 const char* to_string(EntryKind kind) noexcept;
@@ -179,6 +197,10 @@ struct WrapperCompression {
 };
 
 struct WrapperWriterOptions {
+  // Which form to write (WrapperFormat). In the FlatBuffers form an entry's chunks follow
+  // each other and are recorded as one run (offset and size, 64-bit); chunk_bytes still
+  // decides how fill callbacks see the entry; `message` is not used.
+  WrapperFormat format = WrapperFormat::kCapnProto;
   // Recorded in the file; `mapwright inspect` shows it.
   std::string producer = "mapwright";
   // Entries larger than this are split into chunks of this size (the last one shorter).
@@ -438,8 +460,15 @@ class Wrapper {
   ~Wrapper();
 
   const std::string& name() const noexcept;
-  // 2 (or 1 for a file written before whole-file integrity).
+  // Which form the file has (WrapperFormat).
+  WrapperFormat format() const noexcept;
+  // Cap'n Proto form: 2, 3 with a compressed entry, or 1 for a file written before
+  // whole-file integrity. FlatBuffers form: its own version, kFlatWrapperFormatVersion (1).
   std::uint32_t format_version() const noexcept;
+  // FlatBuffers form: the metadata FlatBuffer (root WrapperFile of wrapper.fbs), a span of
+  // the mapping, for `flatc` or your own reader. Cap'n Proto form: empty (`capnp decode`
+  // reads the file itself).
+  std::span<const std::byte> metadata() const noexcept;
   // True when the metadata is covered by a digest that open() checked (version 2); false for
   // version 1 files, whose names, kinds, dependencies and layout no digest covers.
   bool metadata_checked() const noexcept;
