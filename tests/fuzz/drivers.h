@@ -48,6 +48,7 @@
 #include "mapwright/share.h"
 #include "mapwright/wrapper.h"
 #include "targets.h"
+#include "wrapper_flat.h"
 #include "test_generated.h"  // tests/schema/test.fbs, by flatc
 
 namespace mapwright::fuzz {
@@ -216,7 +217,41 @@ inline void check_frames(const Wrapper& wrapper, const WrapperEntry& entry) {
   }
 }
 
+inline void check_wrapper(Input input);
+
+// A FlatBuffers-form wrapper (wrapper.fbs) around `metadata`: the header, three pages of zeros
+// (room for chunks at 4096 and 8192), the metadata, and the trailer with the metadata's
+// digest, so that mutations of the metadata reach the Verifier and the entry checks instead
+// of the digest.
+inline std::vector<std::byte> flat_wrapper_around(Input metadata) {
+  constexpr std::uint64_t kMetadataAt = 3 * 4096;
+  std::vector<std::byte> out(kMetadataAt + metadata.size() + kFlatWrapperTrailerBytes);
+  const auto header = detail::encode_flat_header();
+  std::memcpy(out.data(), header.data(), header.size());
+  std::memcpy(out.data() + kMetadataAt, metadata.data(), metadata.size());
+  detail::FlatTrailer trailer;
+  trailer.wrapper_size = out.size();
+  trailer.metadata_offset = kMetadataAt;
+  trailer.metadata_size = metadata.size();
+  trailer.metadata_digest = detail::flat_metadata_digest(
+      {out.data(), header.size()}, {out.data() + kMetadataAt, metadata.size()}, out.size(), kMetadataAt);
+  const auto bytes = detail::encode_flat_trailer(trailer);
+  std::memcpy(out.data() + kMetadataAt + metadata.size(), bytes.data(), bytes.size());
+  return out;
+}
+
+// A wrapper file of either form; or, when the input is a bare wrapper FlatBuffer (the file
+// identifier "MWRP" at bytes 4-7 — no wrapper starts so), the FlatBuffers-form wrapper around it.
 inline void run_wrapper(Input input) {
+  if (input.size() >= 8 && std::memcmp(input.data() + 4, "MWRP", 4) == 0) {
+    const std::vector<std::byte> wrapped = flat_wrapper_around(input);
+    check_wrapper({reinterpret_cast<const std::uint8_t*>(wrapped.data()), wrapped.size()});
+    return;
+  }
+  check_wrapper(input);
+}
+
+inline void check_wrapper(Input input) {
   const FdLeakCheck leaks;
   {
     const Fd file = memfd_with(input);

@@ -30,6 +30,7 @@
 #include "test_generated.h"  // tests/schema/test.fbs, by flatc
 #include "tiny_elf.h"
 #include "wrapper.capnp.h"  // the schema's generated C++ (build/*/generated/schema)
+#include "wrapper_flat.h"  // FlatBuffers-form metadata, for bare metadata seeds
 #include "wrapper_integrity.h"  // the trailer, for wrappers written by MallocMessageBuilder
 
 namespace {
@@ -143,6 +144,59 @@ void make_wrappers(const fs::path& dir) {
     writer.add_library("liba", as_bytes(fake_elf("liba")));
     writer.add_data("empty", std::span<const std::byte>());
     writer.publish();
+  }
+  {
+    // The FlatBuffers form (wrapper.fbs): the same kinds of entries, compressed ones too.
+    WrapperWriterOptions options = quick;
+    options.format = mapwright::WrapperFormat::kFlatBuffers;
+    options.chunk_bytes = 4096;
+    {
+      WrapperWriter writer(dir / "flat.mwr", options);
+      writer.add_library("liba", as_bytes(fake_elf("liba")));
+      writer.add_library("libb", as_bytes(fake_elf("libb")), {"liba"});
+      writer.add_data("table", as_bytes(pattern(10000)));
+      writer.add_data("empty", std::span<const std::byte>());
+      writer.publish();
+    }
+    options.compression.method = mapwright::EntryCompression::kZstd;
+    options.compression.frame_bytes = 4096;
+    {
+      WrapperWriter writer(dir / "flat_compressed.mwr", options);
+      writer.add_data("table", as_bytes(pattern(10000)));
+      writer.publish();
+    }
+  }
+  // Bare metadata FlatBuffers, which the driver wraps (drivers.h, flat_wrapper_around): chunks
+  // in its zero pages, dependencies, frames.
+  {
+    const auto zeros = mapwright::digest_of(std::vector<std::byte>(4096));
+    const auto entry = [&](const std::string& name, std::uint16_t kind, std::uint64_t offset,
+                           std::vector<std::string> dependencies) {
+      mapwright::detail::RawEntry e;
+      e.name = name;
+      e.kind = kind;
+      e.size = offset == 0 ? 0 : 4096;
+      e.digest.assign(zeros.bytes.begin(), zeros.bytes.end());
+      if (offset != 0) e.chunks.push_back({offset, 4096});
+      e.dependencies = std::move(dependencies);
+      return e;
+    };
+    const auto bare = [](const std::vector<std::byte>& bytes) {
+      Bytes out(bytes.size());
+      std::memcpy(out.data(), bytes.data(), bytes.size());
+      return out;
+    };
+    write_file(dir / "flat_metadata.bin",
+               bare(mapwright::detail::encode_flat_metadata(
+                   "make_seeds", {entry("a", 0, 4096, {}), entry("b", 0, 8192, {"a"}),
+                                  entry("c", 1, 0, {})})));
+    auto framed = entry("z", 1, 4096, {});
+    framed.compression = 1;
+    framed.frame_size = 4096;
+    framed.has_frame_ends = true;
+    framed.frame_ends = {4096};
+    write_file(dir / "flat_metadata_frames.bin",
+               bare(mapwright::detail::encode_flat_metadata("make_seeds", {framed})));
   }
   write_file(dir / "metadata_chain.bin", metadata_only({"a", "b", "c"}, {{}, {"a"}, {"a", "b"}}));
   write_file(dir / "metadata_cycle.bin", metadata_only({"a", "b"}, {{"b"}, {"a"}}));
