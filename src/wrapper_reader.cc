@@ -438,6 +438,9 @@ struct Wrapper::State {
     std::string why;
     flat_trailer = detail::decode_flat_trailer(tail, &why);
     if (!flat_trailer) {
+      if (const std::uint64_t end = trailer_end_before(n); end != 0) {
+        damaged("(" + str(n - end) + " bytes after the wrapper, which ends at byte " + str(end) + ")");
+      }
       damaged("(no valid trailer at the end (" + why +
               "): the file is truncated or damaged, or has bytes after the wrapper)");
     }
@@ -472,6 +475,23 @@ struct Wrapper::State {
     if (flat_digest() != t.metadata_digest) {
       damaged("(the metadata digest does not match: the file is damaged)");
     }
+  }
+
+  // Where a FlatBuffers-form trailer that says the wrapper ends right after it ends, within
+  // the last 64 KiB before `n` (bytes appended to a wrapper); 0 if there is none.
+  std::uint64_t trailer_end_before(std::uint64_t n) const {
+    constexpr std::uint64_t kLook = 64 << 10;
+    const std::uint64_t from = n > kLook ? n - kLook : 0;
+    std::vector<std::byte> tail(static_cast<std::size_t>(n - from));
+    read_at(tail.data(), tail.size(), from);
+    for (std::uint64_t at = tail.size() >= kFlatWrapperTrailerBytes ? tail.size() - kFlatWrapperTrailerBytes : 0;
+         at-- > 0;) {
+      if (std::memcmp(tail.data() + at, "MWFBTRLR", 8) != 0) continue;
+      const auto found = detail::decode_flat_trailer(
+          std::span<const std::byte>(tail).subspan(static_cast<std::size_t>(at), kFlatWrapperTrailerBytes), nullptr);
+      if (found && found->wrapper_size == from + at + kFlatWrapperTrailerBytes) return found->wrapper_size;
+    }
+    return 0;
   }
 
   void read_flat_root() {

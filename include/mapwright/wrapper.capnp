@@ -1,6 +1,10 @@
 # mapwright/wrapper.capnp — the wrapper file format (format version 2, or 3 when an entry is
 # compressed: the same layout with compressed entries; version 1 is still read).
 #
+# This is the Cap'n Proto form. The same entries, rules and integrity also come in a
+# FlatBuffers form (wrapper.fbs, beside this file; `mapwright pack --format flatbuffers`);
+# mapwright reads both, telling them apart by their first bytes.
+#
 # A version 2 wrapper file is TWO Cap'n Proto messages in standard stream framing, back to
 # back: the wrapper itself (the segment table, then the segments; root: WrapperFile with
 # producer and entries), then the TRAILER, a tiny single-segment message whose root is also a

@@ -8,6 +8,15 @@
 // decode) read it; a stock writer (MallocMessageBuilder) cannot make one that open()
 // accepts, since every chunk must start 4096-aligned in the file.
 //
+// The FlatBuffers form (WrapperWriterOptions::format = WrapperFormat::kFlatBuffers;
+// mapwright/wrapper.fbs) holds the same entries: a 16-byte header, the chunks (page-aligned,
+// each entry one run addressed by a 64-bit offset and size, so the wrapper may pass
+// FlatBuffers' 2 GiB), the metadata as one FlatBuffer that `flatc --json --raw-binary`
+// decodes, and a 64-byte trailer with the metadata digest. Wrapper reads both forms into the
+// same WrapperEntry values, with the same checks, digests and whole-file integrity; everything
+// below holds for both unless it names Cap'n Proto. The writer builds the FlatBuffers form's
+// metadata on the heap at publish() (its size follows the number of entries, not their bytes).
+//
 // Writing (WrapperWriter): the file is a staged Region (region.h) beside the target, built
 // front to back by a MappedMessageBuilder (capnp.h): each add_*() puts one entry's bytes in
 // the file at once — from a file with copy_file_range(2) into the file's pages (in the
@@ -411,8 +420,9 @@ class LoadedLibraries {
 
 class Wrapper {
  public:
-  // Opens and maps `path` read-only and checks its structure (see wrapper.capnp) and, for
-  // version 2, the metadata digest; it reads no entry's bytes. Throws Error: ENOENT and
+  // Opens and maps `path` read-only and checks its structure (see wrapper.capnp, or
+  // wrapper.fbs for the FlatBuffers form, told apart by its header) and, but in Cap'n Proto
+  // version 1, the metadata digest; it reads no entry's bytes. Throws Error: ENOENT and
   // friends from open(2); EINVAL for anything malformed, naming the entry and what is wrong
   // ("wrapper 'app.mwr': entry 'libfoo.so': chunk 2 starts at ... which is not
   // page-aligned"), or for what is not a wrapper at all; EBADMSG for a damaged file: "the
@@ -436,8 +446,9 @@ class Wrapper {
   // whatever open() throws for the bytes. The fd is not checked to be a regular file.
   static Wrapper open(int fd, std::uint64_t offset, std::uint64_t size,
                       WrapperOpenOptions options = {});
-  // Finds a version 2 wrapper at the END of `path` — appended to an executable, say; the
-  // whole file if it is one — from its trailer (the last 88 bytes say the wrapper's size),
+  // Finds a version 2 or FlatBuffers-form wrapper at the END of `path` — appended to an
+  // executable, say; the whole file if it is one — from its trailer (the last 88 bytes, or 64
+  // in the FlatBuffers form, say the wrapper's size),
   // and opens it as open(fd, file size - wrapper size, wrapper size) does. /proc/self/exe
   // works: a program finds a wrapper appended to itself. The file must be a regular file
   // (else ENODEV, as open(path)). Nothing found is Error(ENOMSG), kept apart from damage

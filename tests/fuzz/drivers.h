@@ -188,11 +188,13 @@ inline void check_embedded(Input input, const Wrapper* whole) {
 // The input is a whole wrapper file: Wrapper::open over a memfd holding it, then everything a
 // reader of the entries would touch, but not load_library (dlopen of fuzzed bytes is out of
 // scope).
-// A compressed entry (format version 3): a frame table that open() accepted describes the
-// stored bytes exactly, and read_entry() gives exactly `size` bytes in frame order or throws
-// EBADMSG (a frame that does not decode), never anything else.
+// A compressed entry (Cap'n Proto format version 3, or the FlatBuffers form): a frame table
+// that open() accepted describes the stored bytes exactly, and read_entry() gives exactly
+// `size` bytes in frame order or throws EBADMSG (a frame that does not decode), never
+// anything else.
 inline void check_frames(const Wrapper& wrapper, const WrapperEntry& entry) {
-  MAPWRIGHT_FUZZ_CHECK(wrapper.format_version() == kWrapperCompressedFormatVersion,
+  MAPWRIGHT_FUZZ_CHECK(wrapper.format() == WrapperFormat::kFlatBuffers ||
+                           wrapper.format_version() == kWrapperCompressedFormatVersion,
                        "a compressed entry in a file of another version was accepted");
   MAPWRIGHT_FUZZ_CHECK(entry.frame_bytes % 4096 == 0 && entry.frame_bytes > 0,
                        "a frame size that is not a positive multiple of 4096 was accepted");

@@ -135,3 +135,19 @@ for expected in 'name = "greeting"' 'kind = data' 'formatVersion = 2' 'hello fro
   fi
 done
 echo "check.sh: installed tool packed a wrapper that capnp decode reads with the installed schema"
+
+# The FlatBuffers form: its metadata, written out by inspect, decoded by the stock flatc with
+# the installed wrapper.fbs.
+fbs=$prefix/include/mapwright/wrapper.fbs
+test -f "$fbs" || fail "the FlatBuffers schema was not installed at $fbs"
+"$tool" pack --format flatbuffers -o "$scratch/hello-fb.mwr" --data "greeting=$scratch/hello.txt"
+"$tool" verify "$scratch/hello-fb.mwr" >/dev/null
+"$tool" inspect "$scratch/hello-fb.mwr" --metadata-out "$scratch/hello-fb.bin" >/dev/null
+flatc --json --raw-binary --strict-json -o "$scratch" "$fbs" -- "$scratch/hello-fb.bin"
+for expected in '"name": "greeting"' '"kind": "Data"' '"format_version": 1' '"offset": 4096'; do
+  if ! grep -qF "$expected" "$scratch/hello-fb.json"; then
+    cat "$scratch/hello-fb.json" >&2
+    fail "flatc output lacks: $expected"
+  fi
+done
+echo "check.sh: installed tool packed a FlatBuffers-form wrapper whose metadata flatc decodes with the installed schema"
