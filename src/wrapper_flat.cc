@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 
 #include <flatbuffers/flatbuffers.h>
 
@@ -173,6 +174,31 @@ std::optional<FlatMetadata> decode_flat_metadata(std::span<const std::byte> meta
     }
     out.entries.push_back(std::move(entry));
   }
+  return out;
+}
+
+std::vector<std::byte> flat_wrapper_around(std::span<const CraftedChunk> chunks,
+                                           std::uint64_t metadata_at,
+                                           std::span<const std::byte> metadata) {
+  const std::uint64_t m = (std::max(metadata_at, kFlatWrapperHeaderBytes) + 7) / 8 * 8;
+  std::vector<std::byte> out(m + metadata.size() + kFlatWrapperTrailerBytes);
+  const auto header = encode_flat_header();
+  std::memcpy(out.data(), header.data(), header.size());
+  for (const CraftedChunk& chunk : chunks) {
+    if (chunk.offset < kFlatWrapperHeaderBytes || chunk.offset > m || chunk.bytes.size() > m - chunk.offset) {
+      throw std::invalid_argument("flat_wrapper_around: a chunk outside [header, metadata)");
+    }
+    std::memcpy(out.data() + chunk.offset, chunk.bytes.data(), chunk.bytes.size());
+  }
+  std::memcpy(out.data() + m, metadata.data(), metadata.size());
+  FlatTrailer trailer;
+  trailer.wrapper_size = out.size();
+  trailer.metadata_offset = m;
+  trailer.metadata_size = metadata.size();
+  trailer.metadata_digest =
+      flat_metadata_digest({out.data(), header.size()}, metadata, out.size(), m);
+  const auto bytes = encode_flat_trailer(trailer);
+  std::memcpy(out.data() + m + metadata.size(), bytes.data(), bytes.size());
   return out;
 }
 

@@ -74,4 +74,17 @@ struct FlatMetadata {
 std::optional<FlatMetadata> decode_flat_metadata(std::span<const std::byte> metadata,
                                                  std::string* why);
 
+// A whole FlatBuffers-form wrapper around `metadata`: the header, each chunk's bytes at its
+// offset (zeros elsewhere), the metadata at the first multiple of 8 from `metadata_at`, then
+// the trailer with the metadata digest. For tests and the fuzz driver, which craft wrappers
+// the writer would not make (metadata that lies). Throws std::invalid_argument for a chunk
+// that would not end before the metadata.
+struct CraftedChunk {
+  std::uint64_t offset = 0;
+  std::span<const std::byte> bytes;
+};
+std::vector<std::byte> flat_wrapper_around(std::span<const CraftedChunk> chunks,
+                                           std::uint64_t metadata_at,
+                                           std::span<const std::byte> metadata);
+
 }  // namespace mapwright::detail

@@ -167,26 +167,12 @@ TEST(FlatBuffersWrapper, FlatcDecodesTheMetadata) {
   }
 }
 
-// A wrapper around `metadata`: the header, each chunk at its offset (zeros between), the
-// metadata at the next multiple of 8 after `metadata_at`, and the trailer with its digest.
+// A wrapper around `metadata` (detail::flat_wrapper_around), chunks at their offsets.
 std::vector<std::byte> craft(const std::vector<std::pair<std::uint64_t, std::vector<std::byte>>>& chunks,
                              std::uint64_t metadata_at, const std::vector<std::byte>& metadata) {
-  const std::uint64_t m = (metadata_at + 7) / 8 * 8;
-  std::vector<std::byte> out(m + metadata.size() + kFlatWrapperTrailerBytes);
-  for (const auto& [offset, bytes] : chunks) EXPECT_LE(offset + bytes.size(), m);
-  const auto header = detail::encode_flat_header();
-  std::memcpy(out.data(), header.data(), header.size());
-  for (const auto& [offset, bytes] : chunks) std::memcpy(out.data() + offset, bytes.data(), bytes.size());
-  std::memcpy(out.data() + m, metadata.data(), metadata.size());
-  detail::FlatTrailer trailer;
-  trailer.wrapper_size = out.size();
-  trailer.metadata_offset = m;
-  trailer.metadata_size = metadata.size();
-  trailer.metadata_digest = detail::flat_metadata_digest(
-      {out.data(), kFlatWrapperHeaderBytes}, metadata, out.size(), m);
-  const auto bytes = detail::encode_flat_trailer(trailer);
-  std::memcpy(out.data() + m + metadata.size(), bytes.data(), bytes.size());
-  return out;
+  std::vector<detail::CraftedChunk> crafted;
+  for (const auto& [offset, bytes] : chunks) crafted.push_back({offset, bytes});
+  return detail::flat_wrapper_around(crafted, metadata_at, metadata);
 }
 
 std::string digest_json(const Digest& digest) {
