@@ -5,7 +5,8 @@
 #   ./build.sh demo            build and run the main demonstration (examples/wrapper_demo)
 #   ./build.sh test [PRESET]   build and run the whole test suite; PRESET is one of
 #                              release (default), debug, asan, tsan, clang
-#                              (clang-check, for build only: without tests and benchmarks)
+#                              (clang-check, for build only: without tests and benchmarks;
+#                              the fuzz preset builds the same with clang, for CI)
 #   ./build.sh build [PRESET]  build only
 #   ./build.sh bench           build and run the benchmarks (several minutes; see README)
 #   ./build.sh fuzz [SECONDS]  build the libFuzzer targets (preset fuzz) and run each for
