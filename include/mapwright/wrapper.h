@@ -438,8 +438,9 @@ class Wrapper {
   static Wrapper open(const SealedImage& image, WrapperOpenOptions options = {});
   // The wrapper that occupies [offset, offset + size) of the file open on `fd` (dup()ed);
   // size 0: up to the end of the file. Every check of open() applies within that range (the
-  // trailer must be its last 88 bytes, a byte after the wrapper's end but inside the range
-  // is "N bytes after the wrapper"), and nothing outside it is read. Throws Error(EINVAL,
+  // trailer must be its last 88 bytes, 64 in the FlatBuffers form; a byte after the
+  // wrapper's end but inside the range is "N bytes after the wrapper"), and nothing outside
+  // it is read. Throws Error(EINVAL,
   // kCause) for an offset that is not a multiple of 4096 ("offset 100 is not a multiple of
   // 4096: ..."; the chunks would not be page-aligned in the file, which the loader and
   // mmap(2) need), an offset past the end of the file, or a range that runs past it; then
