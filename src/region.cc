@@ -87,7 +87,7 @@ detail::GrowthPolicy checked_policy(const RegionOptions& options, const std::str
 
 // Reserves, creates the owner and registers, over `backing`, whose file is `size` bytes.
 std::unique_ptr<RegionState> compose(Backing backing, const detail::GrowthPolicy& policy,
-                                     std::uint64_t size, detail::FileKind kind) {
+                                     std::uint64_t size, detail::FileKind kind, void* at) {
   auto state = std::make_unique<RegionState>(std::move(backing));
   const std::string& name = state->backing.name();
   if (size > policy.capacity) {
@@ -97,7 +97,7 @@ std::unique_ptr<RegionState> compose(Backing backing, const detail::GrowthPolicy
   }
   install_fault_handler();
   state->reservation =
-      detail::Reservation::over_file(state->backing.fd(), policy.capacity, kGuardBytes, name);
+      detail::Reservation::over_file(state->backing.fd(), policy.capacity, kGuardBytes, name, at);
   std::byte* base = state->reservation.base();
   state->owner = std::make_unique<detail::UpwardGrowth>(name, state->backing.fd(), base, policy,
                                                         kind, size);
@@ -120,12 +120,12 @@ Region::~Region() = default;
 Region Region::memfd(std::string_view name, RegionOptions options) {
   const std::string text(name);
   const detail::GrowthPolicy policy = checked_policy(options, text);  // before any file
-  return Region(compose(Backing::memfd(text), policy, 0, detail::FileKind::kMemory));
+  return Region(compose(Backing::memfd(text), policy, 0, detail::FileKind::kMemory, options.base));
 }
 
 Region Region::file(const std::filesystem::path& path, RegionOptions options) {
   const detail::GrowthPolicy policy = checked_policy(options, path.string());
-  return Region(compose(Backing::create_file(path), policy, 0, detail::FileKind::kDisk));
+  return Region(compose(Backing::create_file(path), policy, 0, detail::FileKind::kDisk, options.base));
 }
 
 Region Region::open(const std::filesystem::path& path, RegionOptions options) {
@@ -135,12 +135,12 @@ Region Region::open(const std::filesystem::path& path, RegionOptions options) {
   // A sparse file stays sparse (a Cap'n Proto message reopened with kReopen keeps its
   // unused segment tails as holes): a store into a hole that the filesystem cannot back is
   // a failed fault, reported with the filesystem's reason (ENOSPC), see signal/growth.h.
-  return Region(compose(std::move(backing), policy, size, detail::FileKind::kDisk));
+  return Region(compose(std::move(backing), policy, size, detail::FileKind::kDisk, options.base));
 }
 
 Region Region::staged(const std::filesystem::path& target, RegionOptions options) {
   const detail::GrowthPolicy policy = checked_policy(options, target.string());
-  return Region(compose(Backing::staged(target), policy, 0, detail::FileKind::kDisk));
+  return Region(compose(Backing::staged(target), policy, 0, detail::FileKind::kDisk, options.base));
 }
 
 std::byte* Region::data() const noexcept { return state_ ? state_->reservation.base() : nullptr; }

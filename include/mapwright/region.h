@@ -76,6 +76,10 @@ struct RegionOptions {
   // false: only ensure() grows the region, and a store past size() is a failed fault (a
   // crash outside guarded()), for callers who want every growth to be explicit.
   bool grow_on_fault = true;
+  // Non-null: the reservation starts exactly here (page-aligned; MAP_FIXED_NOREPLACE), or the
+  // region is not made: Error(EEXIST) when any page of the range is taken, never a mapping
+  // elsewhere (fixed_image.h builds at a chosen base with it).
+  void* base = nullptr;
 };
 
 struct RegionStats {

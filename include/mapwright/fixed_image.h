@@ -1,0 +1,207 @@
+// mapwright/fixed_image.h — fixed-base images: pointer-rich data built once at a chosen
+// address, sealed, and mapped at that address in every process that uses it, with no parsing
+// and no relocation; relocated (only the pages that hold pointers) when the address is taken;
+// refused, never silently wrong, when what it depends on changed.
+//
+// Building (FixedImageBuilder): a memfd region reserved at options.base (MAP_FIXED_NOREPLACE;
+// Error EEXIST when taken). Objects are made in it with create<T>() or through resource(), a
+// std::pmr::memory_resource, so that std::pmr containers (vector, string, unordered_map...)
+// and plain structs are built directly there. Every pointer into the image is recorded in a
+// relocation table: explicitly with note_pointer(), and automatically at seal() by a scan of
+// every allocated byte for 8-byte words whose value lies in the image's data (options.
+// scan_pointers; see "The scan" below). seal() writes the header (base, size, root, the
+// relocation table, the manifest of what the image depends on) and an XXH3-128 digest of
+// the whole image, and seals the memfd (sealed_image.h): send it to other processes as any
+// sealed image (send_image), or keep it.
+//
+// Mapping (FixedImage::map): MAP_PRIVATE (copy-on-write: data pages are shared with every
+// other process mapping the image until one writes) exactly at the image's base with
+// MAP_FIXED_NOREPLACE. When the base is taken (EEXIST), it is mapped wherever the kernel
+// puts it and every recorded pointer is moved by the difference: only the pages that hold
+// pointers are written (copied), and report() says which path ran and how many pages it
+// touched. With Check::kFull (the default) the digest, every relocation entry and every
+// recorded pointer's value (null or inside the image's data) are checked first: a damaged or
+// hostile image is an Error, never a pointer out of the image. Check::kHeader reads only the
+// header and the manifest (O(1), no page of data touched): for images that came sealed from
+// a process you trust (a sealed memfd cannot change after the check; sealed_image.h).
+//
+// Staleness: an image records the mapwright version that wrote it, the layout of every type
+// it declares (options.types: name, size, alignment, a schema hash you supply), and the
+// images it points into (options.dependencies, by name and digest). map() refuses, with
+// Error(ESTALE) naming the difference, an image whose writer version, types or dependencies
+// are not exactly what the mapping process says (FixedMapOptions), so that a changed struct
+// or a rebuilt dependency cannot be read through old addresses.
+//
+// Rules for what lives in an image:
+//   * Read it; write only what is yours to write (the mapping is private: writes are copied
+//     and never reach the image, nor other processes). Never free, grow or destroy objects in
+//     a mapped image: a std::pmr container in it holds a pointer to the builder's
+//     memory_resource, which does not exist in the mapping process.
+//   * Only pointers into the image (or into a dependency, mapped at its base) are meaningful
+//     there: no pointers to the heap, the stack, or code (no virtual functions, no
+//     std::function, no std::any); types with such members are not fit for an image.
+//   * The scan: with scan_pointers, any 8-byte-aligned word of allocated bytes whose value
+//     lies in [base + 4096, base + data end] is taken for a pointer. An integer that happens
+//     to have such a value (a 64-bit hash in a window of at most the image's size at 32 TiB,
+//     by default: about 2^-34 per word for a 1 GiB image) would be moved too on the
+//     relocation path (never on the base path). Turn the scan off and note_pointer() every
+//     pointer when that matters.
+//
+// Not async-signal-safe, none of it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <memory_resource>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mapwright/sealed_image.h"
+#include "mapwright/wrapper.h"  // Digest
+
+namespace mapwright {
+
+// 32 TiB: far from where Linux puts the heap, libraries and stacks on x86-64 and arm64 (47-bit
+// user address spaces), so that it is free in most processes.
+inline constexpr std::uintptr_t kDefaultFixedBase = 0x200000000000;
+inline constexpr std::uint32_t kFixedImageFormatVersion = 1;
+// The header's size: the data starts this far from the base.
+inline constexpr std::uint64_t kFixedImageHeaderBytes = 4096;
+
+// A type an image holds, as the builder and the mapper see it.
+struct FixedImageType {
+  std::string name;  // printable ASCII, no spaces: "Dictionary", "ns::Record"
+  std::uint64_t size = 0;
+  std::uint64_t alignment = 0;
+  std::uint64_t schema_hash = 0;  // yours to choose: a hash of the type's definition, a version
+  friend bool operator==(const FixedImageType&, const FixedImageType&) = default;
+};
+template <class T>
+FixedImageType fixed_type(std::string name, std::uint64_t schema_hash = 0) {
+  return {std::move(name), sizeof(T), alignof(T), schema_hash};
+}
+
+// Another image that this one points into.
+struct FixedImageDependency {
+  std::string name;  // as FixedImageType::name
+  Digest digest;
+  friend bool operator==(const FixedImageDependency&, const FixedImageDependency&) = default;
+};
+
+struct FixedImageOptions {
+  std::string name = "fixed image";  // for messages and the memfd
+  // Where the image's pointers are final: a multiple of the page size, and the image must fit
+  // below 2^47.
+  std::uintptr_t base = kDefaultFixedBase;
+  // The most it can hold, header included (address space only until used).
+  std::uint64_t capacity = 1ull << 30;
+  std::vector<FixedImageType> types;
+  std::vector<FixedImageDependency> dependencies;
+  // Record pointers found by scanning the allocated bytes at seal() (see "The scan").
+  bool scan_pointers = true;
+};
+
+struct FixedImageBuildStats {
+  std::uint64_t size = 0;           // the sealed image's bytes
+  std::uint64_t data_bytes = 0;     // allocated (with alignment padding)
+  std::uint64_t relocations = 0;    // pointers recorded
+  std::uint64_t pointer_pages = 0;  // distinct pages that hold them: the relocation path's cost
+};
+
+class FixedImageBuilder {
+ public:
+  // Reserves [base, base + capacity) over a new memfd. Throws Error: EEXIST when any page of
+  // it is taken, EINVAL for a base or capacity that cannot be (unaligned, past 2^47, a type
+  // or dependency name that is empty or has spaces), ENOMEM (naming RLIMIT_AS) when the
+  // address space is not there.
+  explicit FixedImageBuilder(FixedImageOptions options);
+  FixedImageBuilder(FixedImageBuilder&&) noexcept;
+  FixedImageBuilder& operator=(FixedImageBuilder&&) noexcept;
+  ~FixedImageBuilder();
+
+  std::byte* base() const noexcept;
+  // Allocates inside the image (zeroed bytes). Throws Error(ENOMEM) past the capacity, and
+  // EINVAL after seal(). `alignment`: a power of two up to 4096.
+  void* allocate(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
+  template <class T, class... Args>
+  T* create(Args&&... args) {
+    return ::new (allocate(sizeof(T), alignof(T))) T(std::forward<Args>(args)...);
+  }
+  // Allocations for std::pmr containers (deallocation gives nothing back). Lives as long as
+  // the builder; never use it after seal().
+  std::pmr::memory_resource* resource() noexcept;
+
+  // The 8-byte word at `location` (inside what was allocated, 8-aligned) holds a pointer into
+  // the image or null: record it. Throws Error(EINVAL) otherwise.
+  void note_pointer(const void* location);
+  // What root<T>() gives back after mapping (inside what was allocated).
+  void set_root(const void* object);
+
+  // Scans (options.scan_pointers), writes the header, the relocation table and the manifest,
+  // hashes, seals. The builder is spent. Throws Error (EINVAL: a recorded pointer's word no
+  // longer holds a pointer into the image or null; what sealing throws).
+  SealedImage seal();
+  // After seal().
+  const FixedImageBuildStats& stats() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+struct FixedMapOptions {
+  std::string name;  // for messages; empty: "fixed image fd N"
+  // What this process expects the image to hold and depend on: compared with the image's
+  // manifest, exactly (ESTALE on any difference).
+  std::vector<FixedImageType> types;
+  std::vector<FixedImageDependency> dependencies;
+  enum class Check {
+    kFull,    // digest, relocation table and every pointer checked: O(image)
+    kHeader,  // header and manifest only: O(1); for sealed images from a trusted process
+  };
+  Check check = Check::kFull;
+  // false: Error(EEXIST) instead of relocating when the base is taken.
+  bool allow_relocation = true;
+};
+
+struct FixedMapReport {
+  bool at_base = false;             // true: mapped at its base, nothing relocated
+  std::uint64_t relocations = 0;    // pointers moved (0 at the base)
+  std::uint64_t pages_touched = 0;  // pages written by relocation (0 at the base)
+  std::uint64_t pages_checked = 0;  // pages read by the checks (0 with Check::kHeader)
+};
+
+class FixedImage {
+ public:
+  // Maps `image` (see the top of this file). Throws Error: EINVAL for what is not a fixed
+  // image or is malformed (naming the field), EBADMSG when the digest does not match or a
+  // pointer lies outside the image, ESTALE for a writer version, type layout or dependency
+  // other than expected, EEXIST with allow_relocation false and the base taken, ENOMEM.
+  static FixedImage map(const SealedImage& image, FixedMapOptions options = {});
+  FixedImage(FixedImage&&) noexcept;
+  FixedImage& operator=(FixedImage&&) noexcept;
+  ~FixedImage();  // unmaps
+
+  std::byte* data() const noexcept;  // where it is mapped (== base() when report().at_base)
+  std::uintptr_t base() const noexcept;  // where its pointers were final when built
+  std::uint64_t size() const noexcept;
+  const FixedMapReport& report() const noexcept;
+  const Digest& digest() const noexcept;
+  const std::string& writer() const noexcept;  // "mapwright 0.1.0"
+  // The object set_root() named, or null if none.
+  template <class T>
+  T* root() const noexcept {
+    return static_cast<T*>(root_pointer());
+  }
+
+ private:
+  struct State;
+  explicit FixedImage(std::unique_ptr<State> state) noexcept;
+  void* root_pointer() const noexcept;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace mapwright

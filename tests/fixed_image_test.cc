@@ -1,0 +1,331 @@
+// Fixed-base images (fixed_image.h): std::pmr containers built at a chosen base, sealed,
+// mapped at that base with nothing relocated (also by another process than the builder),
+// relocated page by page when the base is taken, refused when stale or hostile.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+#include <memory_resource>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "child.h"
+#include "fixed_image_format.h"
+#include "mapwright/error.h"
+#include "mapwright/fixed_image.h"
+#include "mapwright/region.h"
+#include "mapwright/sealed_image.h"
+#include "wrapper_helpers.h"
+
+namespace mapwright {
+namespace {
+
+using test::expect_error;
+
+struct Record {
+  std::uint64_t id;
+  double weight;
+};
+
+// What the images of these tests hold: a string -> record map and the keys in order.
+struct Dictionary {
+  explicit Dictionary(std::pmr::memory_resource* resource) : keys(resource), map(resource) {}
+  std::pmr::vector<std::pmr::string> keys;
+  std::pmr::unordered_map<std::pmr::string, Record> map;
+  const Dictionary* self = this;  // a raw pointer to itself, noted explicitly
+};
+
+std::vector<FixedImageType> dictionary_types() {
+  return {fixed_type<Dictionary>("Dictionary", 1), fixed_type<Record>("Record", 1)};
+}
+
+// Each test builds at its own base, so that one test's leftovers never decide another's path.
+std::uintptr_t test_base(int n) { return 0x300000000000ull + static_cast<std::uintptr_t>(n) * (1ull << 32); }
+
+std::string key(std::size_t i) {
+  // Every fifth key is longer than the small-string buffer: it lives in its own allocation.
+  return "key-" + std::to_string(i) + (i % 5 == 0 ? std::string(40, 'x') : std::string());
+}
+
+SealedImage build_dictionary(std::uintptr_t base, std::size_t entries,
+                             FixedImageBuildStats* stats = nullptr,
+                             std::vector<FixedImageDependency> dependencies = {}) {
+  FixedImageOptions options;
+  options.name = "dictionary";
+  options.base = base;
+  options.capacity = 64ull << 20;
+  options.types = dictionary_types();
+  options.dependencies = std::move(dependencies);
+  FixedImageBuilder builder(options);
+  auto* dictionary = builder.create<Dictionary>(builder.resource());
+  dictionary->map.reserve(entries);
+  for (std::size_t i = 0; i < entries; ++i) {
+    dictionary->keys.emplace_back(key(i));
+    dictionary->map.emplace(key(i), Record{i, static_cast<double>(i) / 2});
+  }
+  builder.note_pointer(&dictionary->self);
+  builder.set_root(dictionary);
+  SealedImage image = builder.seal();
+  if (stats != nullptr) *stats = builder.stats();
+  return image;
+}
+
+// Reads every entry back through the mapped image.
+void expect_dictionary(const FixedImage& image, std::size_t entries) {
+  const Dictionary* d = image.root<Dictionary>();
+  ASSERT_NE(d, nullptr);
+  EXPECT_EQ(d->self, d);
+  ASSERT_EQ(d->keys.size(), entries);
+  ASSERT_EQ(d->map.size(), entries);
+  for (std::size_t i = 0; i < entries; ++i) {
+    ASSERT_EQ(std::string_view(d->keys[i]), key(i));
+    const auto found = d->map.find(std::pmr::string(key(i)));
+    ASSERT_NE(found, d->map.end()) << key(i);
+    EXPECT_EQ(found->second.id, i);
+    EXPECT_EQ(found->second.weight, static_cast<double>(i) / 2);
+    EXPECT_GE(reinterpret_cast<const std::byte*>(found->first.data()), image.data());
+    EXPECT_LT(reinterpret_cast<const std::byte*>(found->first.data()), image.data() + image.size());
+  }
+  EXPECT_EQ(d->map.find(std::pmr::string("absent")), d->map.end());
+}
+
+FixedMapOptions expecting(FixedMapOptions::Check check = FixedMapOptions::Check::kFull) {
+  FixedMapOptions options;
+  options.types = dictionary_types();
+  options.check = check;
+  return options;
+}
+
+TEST(FixedImage, MapsAtItsBaseWithNothingRelocated) {
+  FixedImageBuildStats stats;
+  const SealedImage sealed = build_dictionary(test_base(1), 5000, &stats);
+  EXPECT_GT(stats.relocations, 5000u);
+  EXPECT_GT(stats.pointer_pages, 0u);
+  for (const auto check : {FixedMapOptions::Check::kFull, FixedMapOptions::Check::kHeader}) {
+    const FixedImage image = FixedImage::map(sealed, expecting(check));
+    EXPECT_TRUE(image.report().at_base);
+    EXPECT_EQ(image.data(), reinterpret_cast<std::byte*>(test_base(1)));
+    EXPECT_EQ(image.report().relocations, 0u);
+    EXPECT_EQ(image.report().pages_touched, 0u);
+    EXPECT_EQ(image.report().pages_checked, check == FixedMapOptions::Check::kFull ? (image.size() + 4095) / 4096 : 0u);
+    EXPECT_EQ(image.writer().rfind("mapwright ", 0), 0u);
+    expect_dictionary(image, 5000);
+  }
+}
+
+TEST(FixedImage, ATakenBaseRelocatesOnlyPointerPages) {
+  FixedImageBuildStats stats;
+  const SealedImage sealed = build_dictionary(test_base(2), 5000, &stats);
+  const FixedImage first = FixedImage::map(sealed, expecting());
+  ASSERT_TRUE(first.report().at_base);
+  for (const auto check : {FixedMapOptions::Check::kFull, FixedMapOptions::Check::kHeader}) {
+    const FixedImage second = FixedImage::map(sealed, expecting(check));  // the base is taken
+    EXPECT_FALSE(second.report().at_base);
+    EXPECT_NE(second.data(), first.data());
+    EXPECT_EQ(second.report().relocations, stats.relocations - 0);
+    EXPECT_EQ(second.report().pages_touched, stats.pointer_pages);
+    expect_dictionary(second, 5000);
+  }
+  expect_dictionary(first, 5000);  // its pages were never written: copy-on-write
+  FixedMapOptions no = expecting();
+  no.allow_relocation = false;
+  expect_error([&] { (void)FixedImage::map(sealed, no); }, EEXIST, {"is taken", "relocation is off"});
+}
+
+// Pointers packed together cost few pages to relocate, whatever the image's size.
+TEST(FixedImage, RelocationCostFollowsPointerPagesNotSize) {
+  FixedImageOptions options;
+  options.base = test_base(3);
+  options.capacity = 64ull << 20;
+  options.scan_pointers = false;
+  FixedImageBuilder builder(options);
+  auto** table = static_cast<std::byte**>(builder.allocate(1000 * sizeof(void*), 8));
+  std::byte* blob = static_cast<std::byte*>(builder.allocate(32 << 20, 4096));
+  for (int i = 0; i < 1000; ++i) {
+    table[i] = blob + i * 4096;
+    builder.note_pointer(&table[i]);
+  }
+  builder.set_root(table);
+  const SealedImage sealed = builder.seal();
+  EXPECT_EQ(builder.stats().relocations, 1000u);
+  EXPECT_LE(builder.stats().pointer_pages, 3u);
+  const FixedImage first = FixedImage::map(sealed);
+  const FixedImage second = FixedImage::map(sealed);
+  ASSERT_FALSE(second.report().at_base);
+  EXPECT_EQ(second.report().relocations, 1000u);
+  EXPECT_LE(second.report().pages_touched, 3u);
+  std::byte** moved = second.root<std::byte*>();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(moved[i], second.data() + (blob - builder.base()) + i * 4096);
+}
+
+TEST(FixedImage, AnotherProcessMapsWhatOneBuilt) {
+  int sockets[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sockets), 0);
+  const auto result = test::run_in_child([&] {
+    ::close(sockets[0]);
+    send_image(sockets[1], build_dictionary(test_base(4), 3000));
+  });
+  ::close(sockets[1]);
+  const SealedImage received = receive_image(sockets[0]);
+  ::close(sockets[0]);
+  test::expect_clean_exit(result);
+  const FixedImage image = FixedImage::map(received, expecting());
+  EXPECT_TRUE(image.report().at_base);
+  expect_dictionary(image, 3000);
+}
+
+// ---- refusals ---------------------------------------------------------------------------
+
+// A copy of `image` with `patch` applied, re-digested unless `keep_digest`.
+SealedImage patched(const SealedImage& image, const std::function<void(std::byte*)>& patch,
+                    bool keep_digest = false) {
+  Region region = Region::memfd("patched");
+  region.ensure(image.size());
+  std::memcpy(region.data(), image.map().data(), image.size());
+  patch(region.data());
+  if (!keep_digest) {
+    std::string why;
+    detail::FixedHeader header = detail::decode_fixed_header({region.data(), image.size()}, image.size(), &why);
+    EXPECT_EQ(why, "");
+    header.digest = detail::fixed_image_digest({region.data(), image.size()});
+    detail::encode_fixed_header(header, region.data());
+  }
+  region.finish(image.size());
+  return std::move(region).seal();
+}
+
+detail::FixedHeader header_of(const SealedImage& image) {
+  std::string why;
+  return detail::decode_fixed_header(image.map(), image.size(), &why);
+}
+
+TEST(FixedImage, StaleImagesAreRefusedByName) {
+  const Digest pool_digest = digest_of(std::as_bytes(std::span("pool", 4)));
+  const SealedImage sealed = build_dictionary(test_base(5), 10, nullptr, {{"strings", pool_digest}});
+  FixedMapOptions good = expecting();
+  good.dependencies = {{"strings", pool_digest}};
+  (void)FixedImage::map(sealed, good);
+
+  FixedMapOptions bigger = good;
+  bigger.types[1].size += 8;
+  expect_error([&] { (void)FixedImage::map(sealed, bigger); }, ESTALE,
+               {"its type 'Record' (16 bytes, alignment 8, schema hash 1) is not this program's 'Record' (24 bytes"});
+  FixedMapOptions schema = good;
+  schema.types[0].schema_hash = 2;
+  expect_error([&] { (void)FixedImage::map(sealed, schema); }, ESTALE, {"'Dictionary'", "schema hash 2"});
+  FixedMapOptions missing = good;
+  missing.types.pop_back();
+  expect_error([&] { (void)FixedImage::map(sealed, missing); }, ESTALE, {"holds type 'Record'", "does not expect"});
+  FixedMapOptions extra = good;
+  extra.types.push_back(fixed_type<int>("Other"));
+  expect_error([&] { (void)FixedImage::map(sealed, extra); }, ESTALE, {"does not hold type 'Other'"});
+  FixedMapOptions rebuilt = good;
+  rebuilt.dependencies[0].digest.bytes[0] ^= std::byte{1};
+  expect_error([&] { (void)FixedImage::map(sealed, rebuilt); }, ESTALE,
+               {"points into image 'strings' with digest " + pool_digest.hex(), "rebuild it"});
+  FixedMapOptions unmapped = good;
+  unmapped.dependencies.clear();
+  expect_error([&] { (void)FixedImage::map(sealed, unmapped); }, ESTALE, {"does not say it has mapped"});
+  // Another writer version: the manifest's first line.
+  const SealedImage older = patched(sealed, [&](std::byte* bytes) {
+    const detail::FixedHeader h = header_of(sealed);
+    const std::string line = "writer mapwright 0.0.9";
+    ASSERT_EQ(std::memcmp(bytes + h.manifest, "writer mapwright ", 17), 0);
+    std::memcpy(bytes + h.manifest, line.data(), line.size());
+  });
+  expect_error([&] { (void)FixedImage::map(older, good); }, ESTALE,
+               {"written by mapwright 0.0.9, read by mapwright "});
+}
+
+TEST(FixedImage, DamagedAndHostileImagesAreRefused) {
+  const SealedImage sealed = build_dictionary(test_base(6), 200);
+  const detail::FixedHeader h = header_of(sealed);
+  ASSERT_GE(h.relocation_count, 3u);
+  const auto relocation = [&](std::uint64_t i) {
+    std::uint64_t at;
+    std::memcpy(&at, sealed.map().data() + h.relocations + 8 * i, 8);
+    return at;
+  };
+  // A flipped byte in the data: the digest.
+  const SealedImage flipped = patched(sealed, [](std::byte* b) { b[5000] ^= std::byte{4}; }, true);
+  expect_error([&] { (void)FixedImage::map(flipped, expecting()); }, EBADMSG, {"the digest does not match"});
+  // A pointer out of the image, digest recomputed.
+  const SealedImage outside = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t wild = h.base + h.size + 4096;
+    std::memcpy(b + relocation(1), &wild, 8);
+  });
+  expect_error([&] { (void)FixedImage::map(outside, expecting()); }, EBADMSG, {"outside the image's data"});
+  // A relocation table that lies: out of order, or pointing into the header.
+  const SealedImage unordered = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t first = relocation(0);
+    const std::uint64_t second = relocation(1);
+    std::memcpy(b + h.relocations, &second, 8);
+    std::memcpy(b + h.relocations + 8, &first, 8);
+  });
+  expect_error([&] { (void)FixedImage::map(unordered, expecting()); }, EBADMSG, {"relocation 1"});
+  const SealedImage header_pointer = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t at = 16;
+    std::memcpy(b + h.relocations, &at, 8);
+  });
+  expect_error([&] { (void)FixedImage::map(header_pointer, expecting()); }, EBADMSG, {"relocation 0 (offset 16)"});
+  // ... also when only the header is checked: the table is checked before it is written through.
+  {
+    const FixedImage taken = FixedImage::map(sealed, expecting());
+    ASSERT_TRUE(taken.report().at_base);
+    expect_error([&] { (void)FixedImage::map(header_pointer, expecting(FixedMapOptions::Check::kHeader)); },
+                 EBADMSG, {"relocation 0 (offset 16)"});
+  }
+  // Headers that lie about sizes and offsets, and what is no image at all.
+  const SealedImage sized = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t size = h.size + 8;
+    std::memcpy(b + 24, &size, 8);
+  }, true);
+  expect_error([&] { (void)FixedImage::map(sized, expecting()); }, EINVAL, {"the header says"});
+  const SealedImage table = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t count = h.relocation_count + 1'000'000'000;
+    std::memcpy(b + 56, &count, 8);
+  }, true);
+  expect_error([&] { (void)FixedImage::map(table, expecting()); }, EINVAL, {"relocation table"});
+  const SealedImage unaligned = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t base = h.base + 8;
+    std::memcpy(b + 16, &base, 8);
+  }, true);
+  expect_error([&] { (void)FixedImage::map(unaligned, expecting()); }, EINVAL, {"is not a page-aligned address"});
+  const SealedImage manifest = patched(sealed, [&](std::byte* b) { b[h.manifest] = std::byte{'W'}; });
+  expect_error([&] { (void)FixedImage::map(manifest, expecting()); }, EINVAL, {"manifest line 1 is malformed"});
+  Region other = Region::memfd("not an image");
+  other.ensure(8192);
+  std::memset(other.data(), 'z', 8192);
+  other.finish(8192);
+  const SealedImage not_image = std::move(other).seal();
+  expect_error([&] { (void)FixedImage::map(not_image, expecting()); }, EINVAL, {"not a fixed image", "MWFIXIMG"});
+}
+
+TEST(FixedImage, BuilderRefusals) {
+  FixedImageOptions options;
+  options.base = test_base(7);
+  options.capacity = 1 << 20;
+  FixedImageBuilder builder(options);
+  expect_error([&] { FixedImageBuilder again(options); }, EEXIST, {"the address is taken"});
+  FixedImageOptions unaligned = options;
+  unaligned.base += 100;
+  expect_error([&] { FixedImageBuilder b(unaligned); }, EINVAL, {"is not a page-aligned address"});
+  FixedImageOptions spaced = options;
+  spaced.base = test_base(8);
+  spaced.types = {fixed_type<int>("two words")};
+  expect_error([&] { FixedImageBuilder b(spaced); }, EINVAL, {"type name 'two words'"});
+  expect_error([&] { (void)builder.allocate(2 << 20, 8); }, ENOMEM, {"capacity"});
+  int local = 0;
+  expect_error([&] { builder.note_pointer(&local); }, EINVAL, {"is not inside what was allocated"});
+  auto** slot = static_cast<void**>(builder.allocate(8, 8));
+  *slot = &local;  // a pointer to this stack: never fit for an image
+  builder.note_pointer(slot);
+  expect_error([&] { (void)builder.seal(); }, EINVAL, {"neither null nor inside the image"});
+}
+
+}  // namespace
+}  // namespace mapwright
