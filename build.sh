@@ -83,7 +83,8 @@ case $command in
     # handle_sigbus=0 and UBSan's halt_on_error come from tests/support/sanitizer_options.cc,
     # built into each target; leak detection is on by default under libFuzzer.
     # The targets run side by side (each single-threaded), so the whole run takes SECONDS.
-    targets=(wrapper_fuzz segment_table_fuzz sealed_image_fuzz elf_info_fuzz bundle_fuzz flatbuffer_fuzz)
+    targets=(wrapper_fuzz segment_table_fuzz sealed_image_fuzz elf_info_fuzz bundle_fuzz flatbuffer_fuzz
+             fixed_image_fuzz)
     pids=()
     for target in "${targets[@]}"; do
       run=build/fuzz/run/$target

@@ -195,7 +195,9 @@ SealedImage FixedImageBuilder::seal() {
                          " bytes) do not fit in its capacity");
   }
   s.region.ensure(header.size);
-  std::memcpy(s.base + header.relocations, relocations.data(), 8 * relocations.size());
+  if (!relocations.empty()) {
+    std::memcpy(s.base + header.relocations, relocations.data(), 8 * relocations.size());
+  }
   std::memcpy(s.base + header.manifest, text.data(), text.size());
   detail::encode_fixed_header(header, s.base);
   header.digest = detail::fixed_image_digest({s.base, header.size});
@@ -341,7 +343,9 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
     s->reservation = detail::Reservation::anonymous(length, 0, s->name, reinterpret_cast<void*>(h.base));
     s->report.at_base = true;
   } catch (const Error& e) {
-    if (e.error() != EEXIST) throw;
+    // Taken (EEXIST), or an address this process may not map at all (EPERM: below
+    // vm.mmap_min_addr): elsewhere, as for a taken one.
+    if (e.error() != EEXIST && e.error() != EPERM) throw;
     if (!options.allow_relocation) {
       refuse(EEXIST, "its base " + hex(h.base) + " is taken in this process, and relocation is off");
     }

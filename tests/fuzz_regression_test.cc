@@ -62,6 +62,7 @@ Driver driver_for(const std::string& target) {
   if (target == "elf_info_fuzz") return mapwright::fuzz::run_elf_info;
   if (target == "bundle_fuzz") return mapwright::fuzz::run_bundle;
   if (target == "flatbuffer_fuzz") return mapwright::fuzz::run_flatbuffer;
+  if (target == "fixed_image_fuzz") return mapwright::fuzz::run_fixed_image;
   return mapwright::fuzz::run_sealed_image;
 }
 

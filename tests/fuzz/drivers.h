@@ -48,6 +48,9 @@
 #include "mapwright/share.h"
 #include "mapwright/wrapper.h"
 #include "targets.h"
+#include "fixed_image_format.h"
+#include "mapwright/fixed_image.h"
+#include "mapwright/region.h"
 #include "wrapper_flat.h"
 #include "test_generated.h"  // tests/schema/test.fbs, by flatc
 
@@ -887,6 +890,89 @@ inline void run_flatbuffer(Input input) {
   tight.max_depth = 3;
   tight.max_tables = 16;
   read_flatbuffer(input, tight);
+  leaks.verify();
+}
+
+// ---- fixed_image_fuzz -------------------------------------------------------------------
+
+// Maps `image` with `check`; on success, every recorded pointer is null or inside the mapped
+// data, and the report agrees with where it went.
+inline std::optional<FixedImage> map_fixed(const SealedImage& image, FixedMapOptions::Check check) {
+  FixedMapOptions options;
+  options.check = check;
+  std::optional<FixedImage> mapped;
+  try {
+    mapped.emplace(FixedImage::map(image, options));
+  } catch (const Error& e) {
+    // fixed_image.h: EINVAL malformed, EBADMSG damaged or hostile, ESTALE stale; ENOMEM for
+    // an address space that is not there.
+    MAPWRIGHT_FUZZ_CHECK(e.error() == EINVAL || e.error() == EBADMSG || e.error() == ESTALE ||
+                             e.error() == ENOMEM,
+                         "FixedImage::map refused with an undocumented errno");
+    return std::nullopt;
+  }
+  const FixedImage& f = *mapped;
+  std::string why;
+  const detail::FixedHeader h = detail::decode_fixed_header(image.map(), image.size(), &why);
+  MAPWRIGHT_FUZZ_CHECK(why.empty(), "an image whose header does not decode was mapped");
+  MAPWRIGHT_FUZZ_CHECK(!f.report().at_base || f.data() == reinterpret_cast<std::byte*>(f.base()),
+                       "at_base, but mapped elsewhere");
+  MAPWRIGHT_FUZZ_CHECK(f.report().at_base || f.report().pages_touched <= f.report().relocations * 2,
+                       "more pages touched than pointers moved");
+  if (check == FixedMapOptions::Check::kFull) {
+    for (std::uint64_t i = 0; i < h.relocation_count; ++i) {
+      std::uint64_t at;
+      std::memcpy(&at, f.data() + h.relocations + 8 * i, 8);
+      MAPWRIGHT_FUZZ_CHECK(at >= kFixedImageHeaderBytes && at + 8 <= h.data_end, "a relocation outside the data");
+      std::uint64_t value;
+      std::memcpy(&value, f.data() + at, 8);
+      const auto data = reinterpret_cast<std::uintptr_t>(f.data());
+      MAPWRIGHT_FUZZ_CHECK(value == 0 || (value >= data + kFixedImageHeaderBytes && value <= data + h.data_end),
+                           "a pointer of a mapped image points outside it");
+    }
+  }
+  if (f.root<void>() != nullptr) {
+    MAPWRIGHT_FUZZ_CHECK(f.root<std::byte>() >= f.data() + kFixedImageHeaderBytes &&
+                             f.root<std::byte>() < f.data() + h.data_end,
+                         "the root lies outside the data");
+  }
+  return mapped;
+}
+
+inline SealedImage sealed_copy(std::span<const std::byte> bytes) {
+  RegionOptions options;
+  options.capacity = std::max<std::uint64_t>(bytes.size(), 1);
+  Region region = Region::memfd("fuzz fixed image", options);
+  region.ensure(bytes.size());
+  if (!bytes.empty()) std::memcpy(region.data(), bytes.data(), bytes.size());
+  region.finish(bytes.size());
+  return std::move(region).seal();
+}
+
+// The input is a fixed-base image (fixed_image.h). Mapped as it is with full checks; then,
+// when its header decodes, with its digest recomputed (so that mutations reach the relocation
+// table, the pointers and the manifest rather than stop at the digest): with full checks
+// (at its base when free), again while that one holds the base (the relocation path), and
+// with header-only checks.
+inline void run_fixed_image(Input input) {
+  const FdLeakCheck leaks;
+  {
+    std::vector<std::byte> bytes(reinterpret_cast<const std::byte*>(input.data()),
+                                 reinterpret_cast<const std::byte*>(input.data()) + input.size());
+    (void)map_fixed(sealed_copy(bytes), FixedMapOptions::Check::kFull);
+    std::string why;
+    detail::FixedHeader h = detail::decode_fixed_header(bytes, bytes.size(), &why);
+    if (why.empty()) {
+      h.digest = detail::fixed_image_digest(bytes);
+      detail::encode_fixed_header(h, bytes.data());
+      const SealedImage image = sealed_copy(bytes);
+      const auto first = map_fixed(image, FixedMapOptions::Check::kFull);
+      const auto second = map_fixed(image, FixedMapOptions::Check::kFull);
+      const auto trusted = map_fixed(image, FixedMapOptions::Check::kHeader);
+      MAPWRIGHT_FUZZ_CHECK(first.has_value() == second.has_value(),
+                           "an image mapped once and refused the second time");
+    }
+  }
   leaks.verify();
 }
 

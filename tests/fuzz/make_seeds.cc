@@ -19,12 +19,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory_resource>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "../support/wrapper_v1_fixture.h"  // a format version 1 file, as bytes
 #include "bundle_wire.h"  // bundle_fuzz: real messages
+#include "mapwright/fixed_image.h"
 #include "mapwright/wrapper.h"
 #include "targets.h"
 #include "test_generated.h"  // tests/schema/test.fbs, by flatc
@@ -403,6 +405,43 @@ void make_flatbuffers(const fs::path& dir) {
 
 }  // namespace
 
+// Fixed-base images (fixed_image.h), without declared types (the driver expects none): std::pmr
+// strings and a vector of them (pointers found by the scan), a table of noted pointers, and
+// an empty image.
+void make_fixed_images(const fs::path& dir) {
+  const auto save = [&](const char* name, const mapwright::SealedImage& image) {
+    const auto bytes = image.map();
+    write_file(dir / name, Bytes(reinterpret_cast<const std::uint8_t*>(bytes.data()),
+                                 reinterpret_cast<const std::uint8_t*>(bytes.data()) + bytes.size()));
+  };
+  mapwright::FixedImageOptions options;
+  options.base = 0x300000000000;
+  options.capacity = 1 << 20;
+  {
+    mapwright::FixedImageBuilder builder(options);
+    auto* list = builder.create<std::pmr::vector<std::pmr::string>>(builder.resource());
+    for (int i = 0; i < 12; ++i) list->emplace_back("string number " + std::to_string(i) + (i % 3 ? "" : std::string(30, '+')));
+    builder.set_root(list);
+    save("strings.img", builder.seal());
+  }
+  {
+    options.scan_pointers = false;
+    mapwright::FixedImageBuilder builder(options);
+    auto** table = static_cast<std::byte**>(builder.allocate(4 * sizeof(void*), 8));
+    auto* blob = static_cast<std::byte*>(builder.allocate(64, 8));
+    for (int i = 0; i < 4; ++i) {
+      table[i] = i == 2 ? nullptr : blob + 16 * i;
+      builder.note_pointer(&table[i]);
+    }
+    builder.set_root(table);
+    save("noted.img", builder.seal());
+  }
+  {
+    mapwright::FixedImageBuilder builder(options);
+    save("empty.img", builder.seal());
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::fprintf(stderr, "usage: %s CORPUS_DIR   (tests/fuzz/corpus)\n", argv[0]);
@@ -419,6 +458,7 @@ int main(int argc, char** argv) {
     make_elf_inputs(root / "elf_info_fuzz");
     make_bundle_inputs(root / "bundle_fuzz");
     make_flatbuffers(root / "flatbuffer_fuzz");
+    make_fixed_images(root / "fixed_image_fuzz");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_seeds: %s\n", e.what());
     return 1;

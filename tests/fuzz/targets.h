@@ -7,8 +7,8 @@
 
 namespace mapwright::fuzz {
 
-inline constexpr std::array<const char*, 6> kTargets = {
-    "wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz",
-    "elf_info_fuzz", "bundle_fuzz",       "flatbuffer_fuzz"};
+inline constexpr std::array<const char*, 7> kTargets = {
+    "wrapper_fuzz", "segment_table_fuzz", "sealed_image_fuzz", "elf_info_fuzz",
+    "bundle_fuzz",  "flatbuffer_fuzz",    "fixed_image_fuzz"};
 
 }  // namespace mapwright::fuzz
