@@ -25,7 +25,7 @@ fi
 
 packages=(cmake ninja-build g++ pkg-config libgtest-dev libgmock-dev libbenchmark-dev
           libsigsegv-dev capnproto libcapnp-dev libcli11-dev libfmt-dev libxxhash-dev xxhash libzstd-dev zstd
-          libflatbuffers-dev flatbuffers-compiler
+          libflatbuffers-dev flatbuffers-compiler libboost-dev
           libseccomp-dev e2fsprogs)  # coexistence_test; mkfs.ext4 for fault_matrix_test
 if [[ $preset == clang* ]]; then packages+=(clang); fi
 if [[ $preset == fuzz ]]; then packages+=(clang libclang-rt-14-dev); fi  # libFuzzer, sanitizers
