@@ -97,10 +97,15 @@ struct FixedImageBuilder::State {
     return at - begin;
   }
 
-  // Whether `value` is null or points into the data (one past its end included).
+  // Whether `value` is null or points into the data (one past its end included), its own or
+  // a dependency's.
   bool pointer_ok(std::uint64_t value, std::uint64_t data_end) const noexcept {
     const auto begin = reinterpret_cast<std::uintptr_t>(base);
-    return value == 0 || (value >= begin + kFixedImageHeaderBytes && value <= begin + data_end);
+    if (value == 0 || (value >= begin + kFixedImageHeaderBytes && value <= begin + data_end)) return true;
+    return std::any_of(options.dependencies.begin(), options.dependencies.end(),
+                       [&](const FixedImageDependency& d) {
+                         return value >= d.base + kFixedImageHeaderBytes && value <= d.base + d.data_end;
+                       });
   }
 };
 
@@ -116,11 +121,20 @@ FixedImageBuilder::FixedImageBuilder(FixedImageOptions options) {
     refuse("capacity " + str(options.capacity) + " does not fit between the base and 2^47, or "
            "leaves no room after the header");
   }
+  if (!detail::fixed_name_ok(options.name)) {
+    refuse("its name '" + options.name + "' is empty or not printable ASCII without spaces");
+  }
   for (const FixedImageType& t : options.types) {
     if (!detail::fixed_name_ok(t.name)) refuse("type name '" + t.name + "' is empty or not printable ASCII without spaces");
   }
   for (const FixedImageDependency& d : options.dependencies) {
     if (!detail::fixed_name_ok(d.name)) refuse("dependency name '" + d.name + "' is empty or not printable ASCII without spaces");
+    if (d.base == 0 || d.base % os::page_size() != 0 || d.data_end < kFixedImageHeaderBytes ||
+        d.data_end > kTop - d.base ||
+        (d.base < options.base + options.capacity && options.base < d.base + d.data_end)) {
+      refuse("dependency '" + d.name + "' at " + hex(d.base) +
+             " is not a mapped image's place (use FixedImage::as_dependency()), or overlaps this one");
+    }
   }
   RegionOptions region_options;
   region_options.capacity = options.capacity;
@@ -166,7 +180,7 @@ SealedImage FixedImageBuilder::seal() {
     std::memcpy(&value, s.base + at, 8);
     if (!s.pointer_ok(value, data_end)) {
       s.refuse(EINVAL, "the pointer noted at offset " + str(at) + " holds " + hex(value) +
-                           ", which is neither null nor inside the image");
+                           ", which is neither null nor inside the image or a dependency");
     }
   }
   if (s.options.scan_pointers) {
@@ -179,7 +193,7 @@ SealedImage FixedImageBuilder::seal() {
   std::sort(relocations.begin(), relocations.end());
   relocations.erase(std::unique(relocations.begin(), relocations.end()), relocations.end());
 
-  detail::FixedManifest manifest{kWriter, s.options.types, s.options.dependencies};
+  detail::FixedManifest manifest{kWriter, s.options.name, s.options.types, s.options.dependencies};
   const std::string text = detail::encode_fixed_manifest(manifest);
   detail::FixedHeader header;
   header.base = reinterpret_cast<std::uintptr_t>(s.base);
@@ -298,6 +312,11 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
       refuse(ESTALE, "it points into image '" + need.name + "' with digest " + need.digest.hex() +
                          ", but the one mapped has " + found->digest.hex() + ": rebuild it");
     }
+    if (found->base != need.base || found->data_end != need.data_end) {
+      refuse(ESTALE, "it points into image '" + need.name + "' at " + hex(need.base) + " (" +
+                         str(need.data_end) + " bytes of data), but the one mapped is at " +
+                         hex(found->base) + " (" + str(found->data_end) + ")");
+    }
   }
   for (const FixedImageDependency& have : options.dependencies) {
     if (std::none_of(m.dependencies.begin(), m.dependencies.end(),
@@ -330,9 +349,15 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
     for (std::uint64_t i = 0; i < h.relocation_count; ++i) {
       std::uint64_t value;
       std::memcpy(&value, bytes.data() + table(i), 8);
-      if (value != 0 && (value < h.base + kFixedImageHeaderBytes || value > h.base + h.data_end)) {
+      const bool own = value >= h.base + kFixedImageHeaderBytes && value <= h.base + h.data_end;
+      const bool dependency = std::any_of(m.dependencies.begin(), m.dependencies.end(),
+                                          [&](const FixedImageDependency& d) {
+                                            return value >= d.base + kFixedImageHeaderBytes &&
+                                                   value <= d.base + d.data_end;
+                                          });
+      if (value != 0 && !own && !dependency) {
         refuse(EBADMSG, "the pointer at offset " + str(table(i)) + " holds " + hex(value) +
-                            ", outside the image's data");
+                            ", outside the image's data and its dependencies'");
       }
     }
     s->report.pages_checked = round_up(h.size, 4096) / 4096;
@@ -363,7 +388,8 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
       const std::uint64_t at = table(i);
       std::uint64_t value;
       std::memcpy(&value, s->data + at, 8);
-      if (value == 0) continue;
+      // Only pointers into this image move; those into a dependency (mapped at its base) stay.
+      if (value < h.base + kFixedImageHeaderBytes || value > h.base + h.data_end) continue;
       value += delta;
       std::memcpy(s->data + at, &value, 8);  // a copy of this page, this process's own
       ++s->report.relocations;
@@ -382,6 +408,16 @@ std::uint64_t FixedImage::size() const noexcept { return state_->header.size; }
 const FixedMapReport& FixedImage::report() const noexcept { return state_->report; }
 const Digest& FixedImage::digest() const noexcept { return state_->header.digest; }
 const std::string& FixedImage::writer() const noexcept { return state_->manifest.writer; }
+const std::string& FixedImage::image_name() const noexcept { return state_->manifest.name; }
+
+FixedImageDependency FixedImage::as_dependency() const {
+  if (!state_->report.at_base) {
+    throw Error(EINVAL, "using fixed image as a dependency", state_->name,
+                "(it is not mapped at its base " + hex(state_->header.base) +
+                    ": pointers into it are final for that address)", kCause);
+  }
+  return {state_->manifest.name, state_->header.digest, state_->header.base, state_->header.data_end};
+}
 void* FixedImage::root_pointer() const noexcept {
   return state_->header.root == 0 ? nullptr : state_->data + state_->header.root;
 }

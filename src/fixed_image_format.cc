@@ -117,11 +117,13 @@ bool fixed_name_ok(std::string_view name) noexcept {
 }
 
 std::string encode_fixed_manifest(const FixedManifest& m) {
-  std::string out = "writer " + m.writer + "\n";
+  std::string out = "writer " + m.writer + "\nimage " + m.name + "\n";
   for (const FixedImageType& t : m.types) {
     out += "type " + t.name + " " + str(t.size) + " " + str(t.alignment) + " " + str(t.schema_hash) + "\n";
   }
-  for (const FixedImageDependency& d : m.dependencies) out += "depends " + d.name + " " + d.digest.hex() + "\n";
+  for (const FixedImageDependency& d : m.dependencies) {
+    out += "depends " + d.name + " " + d.digest.hex() + " " + str(d.base) + " " + str(d.data_end) + "\n";
+  }
   return out;
 }
 
@@ -153,6 +155,8 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
     if (words[0] == "writer" && line_number == 1 && words.size() == 3 && fixed_name_ok(words[1]) &&
         fixed_name_ok(words[2])) {
       m.writer = std::string(line.substr(7));
+    } else if (words[0] == "image" && line_number == 2 && words.size() == 2 && fixed_name_ok(words[1])) {
+      m.name = std::string(words[1]);
     } else if (words[0] == "type" && words.size() == 5 && fixed_name_ok(words[1])) {
       FixedImageType t;
       t.name = std::string(words[1]);
@@ -162,10 +166,16 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
         return m;
       }
       m.types.push_back(std::move(t));
-    } else if (words[0] == "depends" && words.size() == 3 && fixed_name_ok(words[1]) &&
+    } else if (words[0] == "depends" && words.size() == 5 && fixed_name_ok(words[1]) &&
                words[2].size() == 32) {
       FixedImageDependency d;
       d.name = std::string(words[1]);
+      std::uint64_t base = 0;
+      if (!number(words[3], &base) || !number(words[4], &d.data_end)) {
+        bad();
+        return m;
+      }
+      d.base = static_cast<std::uintptr_t>(base);
       for (std::size_t i = 0; i < 16; ++i) {
         unsigned value = 0;
         const auto [end2, error] = std::from_chars(words[2].data() + 2 * i, words[2].data() + 2 * i + 2, value, 16);
@@ -183,7 +193,7 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
       return m;
     }
   }
-  if (m.writer.empty()) *why = "the manifest does not say who wrote the image";
+  if (m.writer.empty() || m.name.empty()) *why = "the manifest does not say who wrote the image and its name";
   return m;
 }
 

@@ -7,8 +7,9 @@
 //                 base, increasing, each of an 8-aligned word inside the data
 //   manifest      text lines, up to the end of the image:
 //                   "writer mapwright 0.1.0"
+//                   "image NAME"
 //                   "type NAME SIZE ALIGNMENT SCHEMA_HASH"   (decimal), one per type
-//                   "depends NAME DIGEST"                    (32 hex digits), one per image
+//                   "depends NAME DIGEST BASE DATA_END"      (32 hex digits, then decimal)
 // The digest (XXH3-128, canonical) covers the whole image with its own 16 bytes taken as zero.
 #pragma once
 
@@ -49,6 +50,7 @@ Digest fixed_image_digest(std::span<const std::byte> image) noexcept;
 
 struct FixedManifest {
   std::string writer;
+  std::string name;
   std::vector<FixedImageType> types;
   std::vector<FixedImageDependency> dependencies;
 };

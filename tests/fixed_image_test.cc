@@ -205,9 +205,10 @@ detail::FixedHeader header_of(const SealedImage& image) {
 
 TEST(FixedImage, StaleImagesAreRefusedByName) {
   const Digest pool_digest = digest_of(std::as_bytes(std::span("pool", 4)));
-  const SealedImage sealed = build_dictionary(test_base(5), 10, nullptr, {{"strings", pool_digest}});
+  const FixedImageDependency pool{"strings", pool_digest, test_base(11), 8192};
+  const SealedImage sealed = build_dictionary(test_base(5), 10, nullptr, {pool});
   FixedMapOptions good = expecting();
-  good.dependencies = {{"strings", pool_digest}};
+  good.dependencies = {pool};
   (void)FixedImage::map(sealed, good);
 
   FixedMapOptions bigger = good;
@@ -305,6 +306,74 @@ TEST(FixedImage, DamagedAndHostileImagesAreRefused) {
   expect_error([&] { (void)FixedImage::map(not_image, expecting()); }, EINVAL, {"not a fixed image", "MWFIXIMG"});
 }
 
+// A string pool in one image; a table in another whose entries point into the pool. The
+// table is relocated (its base taken) while its pointers into the pool stay as they are.
+TEST(FixedImage, ImagesPointIntoADependencyMappedAtItsBase) {
+  FixedImageOptions pool_options;
+  pool_options.name = "strings";
+  pool_options.base = test_base(9);
+  pool_options.capacity = 1 << 20;
+  FixedImageBuilder pool_builder(pool_options);
+  std::vector<const char*> words;
+  for (int i = 0; i < 100; ++i) {
+    const std::string word = "word" + std::to_string(i);
+    char* at = static_cast<char*>(pool_builder.allocate(word.size() + 1, 1));
+    std::memcpy(at, word.c_str(), word.size() + 1);
+    words.push_back(at);
+  }
+  const SealedImage pool_image = pool_builder.seal();
+  const FixedImage pool = FixedImage::map(pool_image);
+  ASSERT_TRUE(pool.report().at_base);
+  EXPECT_EQ(pool.image_name(), "strings");
+
+  FixedImageOptions table_options;
+  table_options.name = "table";
+  table_options.base = test_base(10);
+  table_options.capacity = 1 << 20;
+  table_options.dependencies = {pool.as_dependency()};
+  FixedImageBuilder table_builder(table_options);
+  struct Row {
+    const char* word;
+    const Row* next;
+  };
+  Row* rows = static_cast<Row*>(table_builder.allocate(100 * sizeof(Row), alignof(Row)));
+  for (int i = 0; i < 100; ++i) rows[i] = {words[i], i + 1 < 100 ? &rows[i + 1] : nullptr};
+  table_builder.set_root(rows);
+  const SealedImage table_image = table_builder.seal();
+  EXPECT_EQ(table_builder.stats().relocations, 199u);  // 100 words, 99 next pointers
+
+  FixedMapOptions options;
+  options.dependencies = {pool.as_dependency()};
+  const FixedImage at_base = FixedImage::map(table_image, options);
+  const FixedImage moved = FixedImage::map(table_image, options);
+  ASSERT_TRUE(at_base.report().at_base);
+  ASSERT_FALSE(moved.report().at_base);
+  EXPECT_EQ(moved.report().relocations, 99u);  // only the pointers into the table itself
+  for (const FixedImage* table : {&at_base, &moved}) {
+    const Row* row = table->root<Row>();
+    for (int i = 0; i < 100; ++i, row = row->next) {
+      ASSERT_NE(row, nullptr);
+      EXPECT_STREQ(row->word, ("word" + std::to_string(i)).c_str());
+      EXPECT_EQ(row->word, words[i]);  // in the pool, at its base
+    }
+    EXPECT_EQ(row, nullptr);
+  }
+  // The pool mapped elsewhere cannot be a dependency; a pool at another address is stale.
+  const FixedImage pool_moved = FixedImage::map(pool_image);
+  ASSERT_FALSE(pool_moved.report().at_base);
+  expect_error([&] { (void)pool_moved.as_dependency(); }, EINVAL, {"is not mapped at its base"});
+  FixedMapOptions elsewhere = options;
+  elsewhere.dependencies[0].base += 1 << 20;
+  expect_error([&] { (void)FixedImage::map(table_image, elsewhere); }, ESTALE,
+               {"points into image 'strings' at", "but the one mapped is at"});
+  // A pointer into neither: refused by the full check, whatever the dependencies.
+  const SealedImage wild = patched(table_image, [&](std::byte* b) {
+    const std::uint64_t value = test_base(9) + (2 << 20);
+    std::memcpy(b + header_of(table_image).data_end - sizeof(Row), &value, 8);
+  });
+  expect_error([&] { (void)FixedImage::map(wild, options); }, EBADMSG, {"outside the image's data and its dependencies'"});
+}
+
 TEST(FixedImage, BuilderRefusals) {
   FixedImageOptions options;
   options.base = test_base(7);
@@ -321,6 +390,10 @@ TEST(FixedImage, BuilderRefusals) {
   expect_error([&] { (void)builder.allocate(2 << 20, 8); }, ENOMEM, {"capacity"});
   int local = 0;
   expect_error([&] { builder.note_pointer(&local); }, EINVAL, {"is not inside what was allocated"});
+  FixedImageOptions overlapping = options;
+  overlapping.base = test_base(12);
+  overlapping.dependencies = {{"other", {}, test_base(12) + 4096, 8192}};
+  expect_error([&] { FixedImageBuilder b(overlapping); }, EINVAL, {"overlaps this one"});
   auto** slot = static_cast<void**>(builder.allocate(8, 8));
   *slot = &local;  // a pointer to this stack: never fit for an image
   builder.note_pointer(slot);

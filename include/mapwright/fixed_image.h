@@ -27,7 +27,7 @@
 //
 // Staleness: an image records the mapwright version that wrote it, the layout of every type
 // it declares (options.types: name, size, alignment, a schema hash you supply), and the
-// images it points into (options.dependencies, by name and digest). map() refuses, with
+// images it points into (options.dependencies, by name, digest and address). map() refuses, with
 // Error(ESTALE) naming the difference, an image whose writer version, types or dependencies
 // are not exactly what the mapping process says (FixedMapOptions), so that a changed struct
 // or a rebuilt dependency cannot be read through old addresses.
@@ -84,15 +84,22 @@ FixedImageType fixed_type(std::string name, std::uint64_t schema_hash = 0) {
   return {std::move(name), sizeof(T), alignof(T), schema_hash};
 }
 
-// Another image that this one points into.
+// Another image that this one points into: get it from the mapped dependency with
+// FixedImage::as_dependency(). Pointers into it are recorded like the image's own and must stay
+// valid, so it must be mapped at its base wherever this image is used (as_dependency()
+// refuses otherwise); they are never relocated.
 struct FixedImageDependency {
-  std::string name;  // as FixedImageType::name
+  std::string name;  // its FixedImageOptions::name
   Digest digest;
+  std::uintptr_t base = 0;      // where it is mapped
+  std::uint64_t data_end = 0;   // its data: [base + kFixedImageHeaderBytes, base + data_end)
   friend bool operator==(const FixedImageDependency&, const FixedImageDependency&) = default;
 };
 
 struct FixedImageOptions {
-  std::string name = "fixed image";  // for messages and the memfd
+  // Recorded in the image (what images that point into it call it) and used in messages: as
+  // FixedImageType::name, printable ASCII without spaces.
+  std::string name = "fixed-image";
   // Where the image's pointers are final: a multiple of the page size, and the image must fit
   // below 2^47.
   std::uintptr_t base = kDefaultFixedBase;
@@ -135,7 +142,7 @@ class FixedImageBuilder {
   std::pmr::memory_resource* resource() noexcept;
 
   // The 8-byte word at `location` (inside what was allocated, 8-aligned) holds a pointer into
-  // the image or null: record it. Throws Error(EINVAL) otherwise.
+  // the image, into a dependency's data, or null: record it. Throws Error(EINVAL) otherwise.
   void note_pointer(const void* location);
   // What root<T>() gives back after mapping (inside what was allocated).
   void set_root(const void* object);
@@ -191,7 +198,12 @@ class FixedImage {
   const FixedMapReport& report() const noexcept;
   const Digest& digest() const noexcept;
   const std::string& writer() const noexcept;  // "mapwright 0.1.0"
+  const std::string& image_name() const noexcept;  // FixedImageOptions::name of its builder
+  // What an image that points into this one records (FixedImageOptions::dependencies) and
+  // expects (FixedMapOptions::dependencies). Throws Error(EINVAL) unless this one is mapped at
+  // its base: pointers into it are final for that address.
   // The object set_root() named, or null if none.
+  FixedImageDependency as_dependency() const;
   template <class T>
   T* root() const noexcept {
     return static_cast<T*>(root_pointer());
