@@ -52,6 +52,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <memory_resource>
 #include <new>
@@ -215,5 +216,45 @@ class FixedImage {
   void* root_pointer() const noexcept;
   std::unique_ptr<State> state_;
 };
+
+// ---- a broker: sealed images served by name to other processes ---------------------------
+
+// A process keeps its fixed images (any sealed images) here and hands them to clients by name
+// over a Unix stream socket; each client maps what it receives (FixedImage::map), so that
+// every process shares the image's pages (a sealed memfd, mapped MAP_PRIVATE: nothing is
+// copied until a page is written). One request per connection: the client sends the name and
+// a newline; the broker answers 'I' followed by the image (send_image, sealed_image.h), or 'N'
+// when it has none of that name. A client that sends nothing for 2 s, or a name longer than
+// 256 bytes, is dropped without an answer.
+class FixedImageBroker {
+ public:
+  // Creates and listens on a Unix socket at `socket_path`. Throws Error (EADDRINUSE when
+  // something exists there — a stale socket of a broker that died must be removed first;
+  // ENAMETOOLONG past 107 bytes).
+  explicit FixedImageBroker(const std::filesystem::path& socket_path);
+  FixedImageBroker(const FixedImageBroker&) = delete;
+  FixedImageBroker& operator=(const FixedImageBroker&) = delete;
+  ~FixedImageBroker();  // closes the socket and removes its path
+
+  // Serves `image` as `name` (replacing one of that name). Thread-safe.
+  void add(const std::string& name, SealedImage image);
+  // Answers requests, one at a time, until stop(). Errors with one client (it went away, it
+  // sent garbage) are that client's; the loop goes on. Throws Error only when the socket
+  // itself fails. Call it from one thread at a time.
+  void serve();
+  // Makes serve() return after the request it is answering, if any. From any thread.
+  void stop();
+  // Images handed out so far.
+  std::uint64_t served() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Asks the broker at `socket_path` for image `name` and returns it (checked to be sealed, as
+// receive_image() does). Throws Error: ENOENT when the broker has none of that name, what
+// connecting (ENOENT, ECONNREFUSED for no broker) or receiving throws.
+SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name);
 
 }  // namespace mapwright

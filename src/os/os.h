@@ -301,6 +301,16 @@ int send_with_fds(int socket, const struct iovec* data, int count, const int* fd
 // getsockopt(SO_TYPE): SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM... ENOTSOCK for what is not a
 // socket. Async-signal-safe.
 int socket_type(int socket, int* type) noexcept;
+// A Unix stream socket (SOCK_CLOEXEC) bound to `path` and listening (backlog 64): EADDRINUSE
+// when something exists at the path, ENAMETOOLONG past sun_path. Not async-signal-safe.
+int listen_unix(const char* path, int* out) noexcept;
+// A Unix stream socket (SOCK_CLOEXEC) connected to `path`. Not async-signal-safe.
+int connect_unix(const char* path, int* out) noexcept;
+// accept4(2) with SOCK_CLOEXEC. Not async-signal-safe.
+int accept_connection(int listener, int* out) noexcept;
+// SO_RCVTIMEO and SO_SNDTIMEO: a read or write that waits longer fails with EAGAIN.
+// Async-signal-safe.
+int set_socket_timeouts(int socket, int milliseconds) noexcept;
 
 // ---- signals (src/os/signals.cc) -------------------------------------------------------
 //

@@ -1,6 +1,8 @@
 // src/os/sockets.cc — passing fds over Unix sockets; see os.h for the contract.
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -77,6 +79,64 @@ int receive_with_fds(int socket, void* buffer, std::size_t length, int* fds,
   *got = static_cast<std::size_t>(n);
   *fd_count = stored;
   *flags = header.msg_flags;
+  return 0;
+}
+
+namespace {
+
+int unix_address(const char* path, sockaddr_un* address) noexcept {
+  std::memset(address, 0, sizeof *address);
+  address->sun_family = AF_UNIX;
+  const std::size_t length = std::strlen(path);
+  if (length == 0) return EINVAL;
+  if (length >= sizeof address->sun_path) return ENAMETOOLONG;
+  std::memcpy(address->sun_path, path, length);
+  return 0;
+}
+
+}  // namespace
+
+int listen_unix(const char* path, int* out) noexcept {
+  sockaddr_un address;
+  if (const int err = unix_address(path, &address); err != 0) return err;
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  int err = detail::retry([&] { return ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address); });
+  if (err == 0) err = detail::retry([&] { return ::listen(fd, 64); });
+  if (err != 0) {
+    ::close(fd);
+    return err;
+  }
+  *out = fd;
+  return 0;
+}
+
+int connect_unix(const char* path, int* out) noexcept {
+  sockaddr_un address;
+  if (const int err = unix_address(path, &address); err != 0) return err;
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  if (const int err = detail::retry(
+          [&] { return ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address); });
+      err != 0) {
+    ::close(fd);
+    return err;
+  }
+  *out = fd;
+  return 0;
+}
+
+int accept_connection(int listener, int* out) noexcept {
+  int fd = -1;
+  const int err = detail::retry([&] { return fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC); });
+  if (err == 0) *out = fd;
+  return err;
+}
+
+int set_socket_timeouts(int socket, int milliseconds) noexcept {
+  timeval tv{milliseconds / 1000, (milliseconds % 1000) * 1000};
+  if (::setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return errno;
+  if (::setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) return errno;
   return 0;
 }
 

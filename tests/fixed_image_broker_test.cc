@@ -1,0 +1,193 @@
+// FixedImageBroker (fixed_image.h): a process holds sealed fixed images and hands them to
+// clients by name over a Unix socket; clients map them at their base and share the pages.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child.h"
+#include "mapwright/error.h"
+#include "mapwright/fixed_image.h"
+#include "wrapper_helpers.h"
+
+namespace mapwright {
+namespace {
+
+using test::expect_error;
+using test::TempDir;
+
+struct Blob {
+  const std::byte* bytes;
+  std::uint64_t size;
+};
+
+// An image of `size` bytes of pattern behind a root that points to them.
+SealedImage blob_image(std::uintptr_t base, std::uint64_t size) {
+  FixedImageOptions options;
+  options.name = "blob";
+  options.base = base;
+  options.capacity = size + (1 << 20);
+  options.types = {fixed_type<Blob>("Blob")};
+  FixedImageBuilder builder(options);
+  auto* blob = builder.create<Blob>();
+  auto* bytes = static_cast<std::byte*>(builder.allocate(size, 4096));
+  for (std::uint64_t page = 0; page < size / 4096; ++page) {
+    std::memset(bytes + page * 4096, static_cast<int>(page % 251), 4096);
+  }
+  *blob = {bytes, size};
+  builder.set_root(blob);
+  return builder.seal();
+}
+
+FixedMapOptions blob_options() {
+  FixedMapOptions options;
+  options.types = {fixed_type<Blob>("Blob")};
+  options.check = FixedMapOptions::Check::kHeader;  // from a broker this process trusts
+  return options;
+}
+
+TEST(FixedImageBroker, ServesImagesByName) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  FixedImageBroker broker(path);
+  broker.add("blob", blob_image(0x340000000000, 1 << 20));
+  std::thread server([&] { broker.serve(); });
+  {
+    const SealedImage image = request_image(path, "blob");
+    const FixedImage mapped = FixedImage::map(image, blob_options());
+    EXPECT_TRUE(mapped.report().at_base);
+    const Blob* blob = mapped.root<Blob>();
+    EXPECT_EQ(blob->size, 1u << 20);
+    EXPECT_EQ(blob->bytes[4096 * 7], std::byte{7});
+  }
+  expect_error([&] { (void)request_image(path, "nothing"); }, ENOENT, {"'nothing' from broker", "no image of that name"});
+  expect_error([&] { (void)request_image(dir / "absent.sock", "blob"); }, ENOENT, {"connect"});
+  expect_error([&] { FixedImageBroker again(path); }, EADDRINUSE, {"remove it first"});
+  expect_error([&] { broker.add("two\nlines", blob_image(0x348000000000, 4096)); }, EINVAL, {"newline"});
+  broker.stop();
+  server.join();
+  EXPECT_EQ(broker.served(), 1u);
+}
+
+// The Pss of the mapping that starts at `address` (/proc/self/smaps), in KiB; -1 if none.
+long pss_kib(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::ostringstream prefix;
+  prefix << std::hex << reinterpret_cast<std::uintptr_t>(address) << "-";
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    if (line.find('-') != std::string::npos && line.find(' ') > line.find('-') &&
+        std::isxdigit(static_cast<unsigned char>(line[0]))) {
+      inside = line.rfind(prefix.str(), 0) == 0;
+      continue;
+    }
+    if (inside && line.rfind("Pss:", 0) == 0) return std::stol(line.substr(4));
+  }
+  return -1;
+}
+
+// A broker process holds a 256 MiB image; 8 client processes request it, map it at its base
+// and read every page: each is charged about an eighth of it (PSS), not all of it.
+TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  constexpr std::uint64_t kSize = 256ull << 20;
+  constexpr int kClients = 8;
+  const pid_t broker = ::fork();
+  ASSERT_GE(broker, 0);
+  if (broker == 0) {
+    try {
+      SealedImage model = blob_image(0x350000000000, kSize);  // before the socket appears
+      FixedImageBroker server(path);
+      server.add("model", std::move(model));
+      server.serve();
+    } catch (...) {
+      _exit(3);
+    }
+    _exit(0);
+  }
+  // The broker listens once the socket exists (at most 60 s).
+  for (int i = 0; i < 600 && !std::filesystem::exists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  int ready[2];
+  int go[2];
+  int results[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(go), 0);
+  ASSERT_EQ(::pipe(results), 0);
+  std::vector<pid_t> clients;
+  for (int c = 0; c < kClients; ++c) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid != 0) {
+      clients.push_back(pid);
+      continue;
+    }
+    ::close(ready[0]);
+    ::close(go[1]);
+    ::close(results[0]);
+    long result[3] = {-1, -1, 0};
+    try {
+      const auto start = std::chrono::steady_clock::now();
+      const SealedImage image = request_image(path, "model");
+      const FixedImage mapped = FixedImage::map(image, blob_options());
+      result[1] = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+      result[2] = mapped.report().at_base ? 1 : 0;
+      const Blob* blob = mapped.root<Blob>();
+      std::uint64_t sum = 0;
+      for (std::uint64_t page = 0; page < blob->size / 4096; ++page) sum += static_cast<std::uint8_t>(blob->bytes[page * 4096]);
+      if (sum == 0) _exit(4);
+      char byte = 'r';
+      (void)!::write(ready[1], &byte, 1);
+      (void)!::read(go[0], &byte, 1);  // returns at end of file: every client is ready
+      result[0] = pss_kib(mapped.data());
+    } catch (...) {
+      _exit(5);
+    }
+    (void)!::write(results[1], result, sizeof result);
+    _exit(0);
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+  ::close(results[1]);
+  for (int c = 0; c < kClients; ++c) {
+    char byte = 0;
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "a client failed before it was ready";
+  }
+  ::close(go[1]);
+  long total = 0;
+  for (int c = 0; c < kClients; ++c) {
+    long result[3];
+    ASSERT_EQ(::read(results[0], result, sizeof result), static_cast<ssize_t>(sizeof result));
+    EXPECT_EQ(result[2], 1) << "not mapped at its base";
+    EXPECT_GT(result[0], 0);
+    EXPECT_LT(result[0], static_cast<long>(kSize / 1024 / kClients * 3 / 2))
+        << "a client is charged more than its share of the image";
+    total += result[0];
+    std::printf("client %d: request + map %ld us, Pss %ld KiB\n", c, result[1], result[0]);
+  }
+  EXPECT_LT(total, static_cast<long>(kSize / 1024 * 5 / 4)) << "the clients hold more than one copy";
+  for (const pid_t pid : clients) {
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+  ::kill(broker, SIGKILL);
+  int status = 0;
+  ::waitpid(broker, &status, 0);
+  ::close(ready[0]);
+  ::close(results[0]);
+}
+
+}  // namespace
+}  // namespace mapwright
