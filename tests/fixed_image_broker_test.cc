@@ -58,7 +58,7 @@ TEST(FixedImageBroker, ServesImagesByName) {
   TempDir dir;
   const auto path = dir / "broker.sock";
   FixedImageBroker broker(path);
-  broker.add("blob", blob_image(0x340000000000, 1 << 20));
+  broker.add("blob", blob_image(kDefaultFixedBase + (20ull << 32), 1 << 20));
   std::thread server([&] { broker.serve(); });
   {
     const SealedImage image = request_image(path, "blob");
@@ -71,7 +71,7 @@ TEST(FixedImageBroker, ServesImagesByName) {
   expect_error([&] { (void)request_image(path, "nothing"); }, ENOENT, {"'nothing' from broker", "no image of that name"});
   expect_error([&] { (void)request_image(dir / "absent.sock", "blob"); }, ENOENT, {"connect"});
   expect_error([&] { FixedImageBroker again(path); }, EADDRINUSE, {"remove it first"});
-  expect_error([&] { broker.add("two\nlines", blob_image(0x348000000000, 4096)); }, EINVAL, {"newline"});
+  expect_error([&] { broker.add("two\nlines", blob_image(kDefaultFixedBase + (21ull << 32), 4096)); }, EINVAL, {"newline"});
   broker.stop();
   server.join();
   EXPECT_EQ(broker.served(), 1u);
@@ -106,7 +106,7 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
   ASSERT_GE(broker, 0);
   if (broker == 0) {
     try {
-      SealedImage model = blob_image(0x350000000000, kSize);  // before the socket appears
+      SealedImage model = blob_image(kDefaultFixedBase + (22ull << 32), kSize);  // before the socket appears
       FixedImageBroker server(path);
       server.add("model", std::move(model));
       server.serve();

@@ -66,8 +66,20 @@
 namespace mapwright {
 
 // 32 TiB: far from where Linux puts the heap, libraries and stacks on x86-64 and arm64 (47-bit
-// user address spaces), so that it is free in most processes.
+// user address spaces), so that it is free in most processes. Under ThreadSanitizer, whose
+// shadow and metadata take most of 1 to 64 TiB (its mmap places nothing there), 256 GiB.
+#if defined(__SANITIZE_THREAD__)
+#define MAPWRIGHT_FIXED_BASE_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MAPWRIGHT_FIXED_BASE_UNDER_TSAN 1
+#endif
+#endif
+#ifdef MAPWRIGHT_FIXED_BASE_UNDER_TSAN
+inline constexpr std::uintptr_t kDefaultFixedBase = 0x4000000000;
+#else
 inline constexpr std::uintptr_t kDefaultFixedBase = 0x200000000000;
+#endif
 inline constexpr std::uint32_t kFixedImageFormatVersion = 1;
 // The header's size: the data starts this far from the base.
 inline constexpr std::uint64_t kFixedImageHeaderBytes = 4096;

@@ -48,7 +48,7 @@ struct Record {
   double weight;
 };
 using FixedMap = std::pmr::unordered_map<std::pmr::string, Record>;
-constexpr std::uintptr_t kBase = 0x280000000000;
+constexpr std::uintptr_t kBase = kDefaultFixedBase + (64ull << 30);
 
 std::string key(std::uint64_t i) { return "key-" + std::to_string(i); }
 
