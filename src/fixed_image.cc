@@ -141,8 +141,19 @@ FixedImageBuilder::FixedImageBuilder(FixedImageOptions options) {
   region_options.base = reinterpret_cast<void*>(options.base);
   region_options.grow_on_fault = false;  // every byte is handed out by allocate(), ensured first
   region_options.max_step = 64ull << 20;
-  Region region = Region::memfd(options.name, region_options);
-  region.ensure(kFixedImageHeaderBytes);
+  std::optional<Region> made;
+  try {
+    made.emplace(Region::memfd(options.name, region_options));
+    made->ensure(kFixedImageHeaderBytes);
+  } catch (const Error& e) {
+    // Say it in this API's words: the base taken, or no room under RLIMIT_AS.
+    std::string detail = e.detail();
+    if (const auto at = detail.find("RegionOptions::capacity"); at != std::string::npos) {
+      detail.replace(at, 23, "FixedImageOptions::capacity");
+    }
+    throw Error(e.error(), kBuild, options.name, detail);
+  }
+  Region region = std::move(*made);
   state_ = std::make_unique<State>(std::move(options), std::move(region));
 }
 

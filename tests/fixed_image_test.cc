@@ -2,6 +2,7 @@
 // mapped at that base with nothing relocated (also by another process than the builder),
 // relocated page by page when the base is taken, refused when stale or hostile.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "mapwright/fixed_image.h"
 #include "mapwright/region.h"
 #include "mapwright/sealed_image.h"
+#include "sanitizers.h"
 #include "wrapper_helpers.h"
 
 namespace mapwright {
@@ -373,6 +375,29 @@ TEST(FixedImage, ImagesPointIntoADependencyMappedAtItsBase) {
     std::memcpy(b + header_of(table_image).data_end - sizeof(Row), &value, 8);
   });
   expect_error([&] { (void)FixedImage::map(wild, options); }, EBADMSG, {"outside the image's data and its dependencies'"});
+}
+
+// `ulimit -v`: the reservation is refused naming RLIMIT_AS and the option to lower.
+TEST(FixedImage, AddressSpaceLimitIsNamed) {
+#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
+  GTEST_SKIP() << "the sanitizers' shadow memory does not fit under a small RLIMIT_AS";
+#endif
+  const auto result = test::run_in_child([] {
+    rlimit limit{600ull << 20, RLIM_INFINITY};
+    CHILD_CHECK(::setrlimit(RLIMIT_AS, &limit) == 0);
+    FixedImageOptions options;
+    options.base = test_base(13);
+    options.capacity = 4ull << 30;
+    try {
+      FixedImageBuilder builder(options);
+      CHILD_CHECK_MSG(false, "4 GiB reserved under a 600 MiB RLIMIT_AS");
+    } catch (const Error& e) {
+      CHILD_CHECK_MSG(e.error() == ENOMEM, e.what());
+      CHILD_CHECK_MSG(std::string(e.what()).find("RLIMIT_AS") != std::string::npos, e.what());
+      CHILD_CHECK_MSG(std::string(e.what()).find("FixedImageOptions::capacity") != std::string::npos, e.what());
+    }
+  });
+  test::expect_clean_exit(result);
 }
 
 TEST(FixedImage, BuilderRefusals) {
