@@ -114,8 +114,9 @@ FixedImageBuilder::FixedImageBuilder(FixedImageOptions options) {
     throw Error(EINVAL, kBuild, options.name, "(" + what + ")", kCause);
   };
   constexpr std::uint64_t kTop = 1ull << 47;
-  if (options.base == 0 || options.base % os::page_size() != 0 || options.base >= kTop) {
-    refuse("base " + hex(options.base) + " is not a page-aligned address below 2^47");
+  if (options.base < kFixedImageLowestBase || options.base % os::page_size() != 0 ||
+      options.base >= kTop) {
+    refuse("base " + hex(options.base) + " is not a page-aligned address from 64 KiB below 2^47");
   }
   if (options.capacity <= kFixedImageHeaderBytes || options.capacity > kTop - options.base) {
     refuse("capacity " + str(options.capacity) + " does not fit between the base and 2^47, or "

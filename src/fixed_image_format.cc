@@ -79,8 +79,10 @@ FixedHeader decode_fixed_header(std::span<const std::byte> bytes, std::uint64_t 
   }
   constexpr std::uint64_t kTop = 1ull << 47;
   if (h.size != size) return fail("the header says " + str(h.size) + " bytes, the image has " + str(size));
-  if (h.base == 0 || h.base % 4096 != 0 || h.base >= kTop || h.size > kTop - h.base) {
-    return fail("its base " + str(h.base) + " is not a page-aligned address with room below 2^47");
+  // Not below 64 KiB (Linux's default vm.mmap_min_addr), where null pointers plus small
+  // offsets point: root may map there, and an image must not make them valid.
+  if (h.base < kFixedImageLowestBase || h.base % 4096 != 0 || h.base >= kTop || h.size > kTop - h.base) {
+    return fail("its base " + str(h.base) + " is not a page-aligned address from 64 KiB with room below 2^47");
   }
   if (h.data_end < kFixedImageHeaderBytes || h.data_end > size) {
     return fail("its data end " + str(h.data_end) + " is not inside the image");

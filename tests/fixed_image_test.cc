@@ -299,6 +299,12 @@ TEST(FixedImage, DamagedAndHostileImagesAreRefused) {
     std::memcpy(b + 16, &base, 8);
   }, true);
   expect_error([&] { (void)FixedImage::map(unaligned, expecting()); }, EINVAL, {"is not a page-aligned address"});
+  // A base near address 0 (root may map there): null pointers plus offsets would read it.
+  const SealedImage low = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t base = 0x1000;
+    std::memcpy(b + 16, &base, 8);
+  }, true);
+  expect_error([&] { (void)FixedImage::map(low, expecting()); }, EINVAL, {"from 64 KiB"});
   const SealedImage manifest = patched(sealed, [&](std::byte* b) { b[h.manifest] = std::byte{'W'}; });
   expect_error([&] { (void)FixedImage::map(manifest, expecting()); }, EINVAL, {"manifest line 1 is malformed"});
   Region other = Region::memfd("not an image");

@@ -81,6 +81,9 @@ inline constexpr std::uintptr_t kDefaultFixedBase = 0x4000000000;
 inline constexpr std::uintptr_t kDefaultFixedBase = 0x200000000000;
 #endif
 inline constexpr std::uint32_t kFixedImageFormatVersion = 1;
+// No image is built or mapped below this address (Linux's default vm.mmap_min_addr), where a
+// null pointer plus a small offset points.
+inline constexpr std::uintptr_t kFixedImageLowestBase = 0x10000;
 // The header's size: the data starts this far from the base.
 inline constexpr std::uint64_t kFixedImageHeaderBytes = 4096;
 

@@ -247,7 +247,29 @@ namespace {
 
 // mmap at `at` (MAP_FIXED_NOREPLACE) or anywhere. Kernels before 4.17 ignore the flag and
 // treat `at` as a hint: a mapping placed elsewhere is undone and reported as EEXIST.
+// ThreadSanitizer's mmap interceptor turns a request for an address outside its application
+// ranges into a request for address 0 with the flags kept: MAP_FIXED_NOREPLACE at 0, which
+// root may get, and which TSan then reports as "mmap at bad address" and dies. Its lowest
+// application range is [0, 512 GiB) on x86-64 and arm64; elsewhere a preferred address is
+// answered as taken.
+#if defined(__SANITIZE_THREAD__)
+#define MAPWRIGHT_OS_UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MAPWRIGHT_OS_UNDER_TSAN 1
+#endif
+#endif
+#ifdef MAPWRIGHT_OS_UNDER_TSAN
+constexpr std::uintptr_t kTsanLowAppEnd = 0x8000000000;
+#endif
+
 int map_at(void* at, std::uint64_t length, int prot, int flags, int fd, void** address) noexcept {
+#ifdef MAPWRIGHT_OS_UNDER_TSAN
+  if (at != nullptr && (reinterpret_cast<std::uintptr_t>(at) >= kTsanLowAppEnd ||
+                        length > kTsanLowAppEnd - reinterpret_cast<std::uintptr_t>(at))) {
+    return EEXIST;
+  }
+#endif
   if (at != nullptr) flags |= MAP_FIXED_NOREPLACE;
   void* p = MAP_FAILED;
   const int err = retry([&] {
