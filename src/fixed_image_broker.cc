@@ -30,7 +30,8 @@ struct FixedImageBroker::State {
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> served{0};
 
-  // One request: the name, then the answer. false when the client is to be dropped.
+  // One request: the name, then the answer; a client that is silent, gone or says too much
+  // is dropped without one.
   void answer(int client) {
     (void)os::set_socket_timeouts(client, kClientTimeoutMs);
     std::string name;
