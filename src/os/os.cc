@@ -249,9 +249,10 @@ namespace {
 // treat `at` as a hint: a mapping placed elsewhere is undone and reported as EEXIST.
 // ThreadSanitizer's mmap interceptor turns a request for an address outside its application
 // ranges into a request for address 0 with the flags kept: MAP_FIXED_NOREPLACE at 0, which
-// root may get, and which TSan then reports as "mmap at bad address" and dies. Its lowest
-// application range is [0, 512 GiB) on x86-64 and arm64; elsewhere a preferred address is
-// answered as taken.
+// root may get, and which TSan then reports as "mmap at bad address" and dies. So under TSan
+// on x86-64, a preferred address outside those ranges is answered as taken. The ranges are
+// those of Debian 12's libtsan (GCC 12; compiler-rt's Mapping48AddressSpace): low, PIE,
+// heap, high.
 #if defined(__SANITIZE_THREAD__)
 #define MAPWRIGHT_OS_UNDER_TSAN 1
 #elif defined(__has_feature)
@@ -259,17 +260,24 @@ namespace {
 #define MAPWRIGHT_OS_UNDER_TSAN 1
 #endif
 #endif
-#ifdef MAPWRIGHT_OS_UNDER_TSAN
-constexpr std::uintptr_t kTsanLowAppEnd = 0x8000000000;
+#if defined(MAPWRIGHT_OS_UNDER_TSAN) && defined(__x86_64__)
+bool tsan_maps_there(const void* at, std::uint64_t length) noexcept {
+  constexpr std::uintptr_t kRanges[][2] = {{0x000000001000, 0x008000000000},
+                                           {0x550000000000, 0x568000000000},
+                                           {0x7b0000000000, 0x7c0000000000},
+                                           {0x7e8000000000, 0x800000000000}};
+  const auto begin = reinterpret_cast<std::uintptr_t>(at);
+  for (const auto& range : kRanges) {
+    if (begin >= range[0] && begin < range[1] && length <= range[1] - begin) return true;
+  }
+  return false;
+}
+#else
+bool tsan_maps_there(const void*, std::uint64_t) noexcept { return true; }
 #endif
 
 int map_at(void* at, std::uint64_t length, int prot, int flags, int fd, void** address) noexcept {
-#ifdef MAPWRIGHT_OS_UNDER_TSAN
-  if (at != nullptr && (reinterpret_cast<std::uintptr_t>(at) >= kTsanLowAppEnd ||
-                        length > kTsanLowAppEnd - reinterpret_cast<std::uintptr_t>(at))) {
-    return EEXIST;
-  }
-#endif
+  if (at != nullptr && !tsan_maps_there(at, length)) return EEXIST;
   if (at != nullptr) flags |= MAP_FIXED_NOREPLACE;
   void* p = MAP_FAILED;
   const int err = retry([&] {
