@@ -122,9 +122,11 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
   int ready[2];
   int go[2];
   int results[2];
+  int leave[2];  // a client exits only when every one has measured: its leaving lowers the others' sharers
   ASSERT_EQ(::pipe(ready), 0);
   ASSERT_EQ(::pipe(go), 0);
   ASSERT_EQ(::pipe(results), 0);
+  ASSERT_EQ(::pipe(leave), 0);
   std::vector<pid_t> clients;
   for (int c = 0; c < kClients; ++c) {
     const pid_t pid = ::fork();
@@ -136,6 +138,7 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
     ::close(ready[0]);
     ::close(go[1]);
     ::close(results[0]);
+    ::close(leave[1]);
     long result[3] = {-1, -1, 0};
     try {
       const auto start = std::chrono::steady_clock::now();
@@ -151,15 +154,17 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
       (void)!::write(ready[1], &byte, 1);
       (void)!::read(go[0], &byte, 1);  // returns at end of file: every client is ready
       result[0] = pss_kib(mapped.data());
+      (void)!::write(results[1], result, sizeof result);
+      (void)!::read(leave[0], &byte, 1);  // end of file once every client has measured
     } catch (...) {
       _exit(5);
     }
-    (void)!::write(results[1], result, sizeof result);
     _exit(0);
   }
   ::close(ready[1]);
   ::close(go[0]);
   ::close(results[1]);
+  ::close(leave[0]);
   for (int c = 0; c < kClients; ++c) {
     char byte = 0;
     ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "a client failed before it was ready";
@@ -178,6 +183,7 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
     total += result[0];
     std::printf("client %d: request + map %ld us, Pss %ld KiB\n", c, result[1], result[0]);
   }
+  ::close(leave[1]);
   EXPECT_LT(total, static_cast<long>(kSize / 1024 * 5 / 4)) << "the clients hold more than one copy";
   for (const pid_t pid : clients) {
     int status = 0;
