@@ -27,11 +27,7 @@ constexpr const char* kMap = "mapping fixed image";
 const std::string kWriter = "mapwright " MAPWRIGHT_LIBRARY_VERSION;
 
 std::string str(std::uint64_t value) { return std::to_string(value); }
-std::string hex(std::uint64_t value) {
-  char text[24];
-  std::snprintf(text, sizeof text, "%#llx", static_cast<unsigned long long>(value));
-  return text;
-}
+using detail::hex;
 std::uint64_t round_up(std::uint64_t value, std::uint64_t to) { return (value + to - 1) / to * to; }
 
 std::string describe(const FixedImageType& t) {
@@ -286,12 +282,9 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
   };
   const std::span<const std::byte> bytes = image.map();  // the sealed image, read-only
   std::string why;
-  s->header = detail::decode_fixed_header(bytes, bytes.size(), &why);
-  if (!why.empty()) refuse(EINVAL, "not a fixed image, or a malformed one: " + why);
-  const detail::FixedHeader& h = s->header;
-  s->manifest = detail::decode_fixed_manifest(
-      {reinterpret_cast<const char*>(bytes.data() + h.manifest), h.manifest_bytes}, &why);
+  s->manifest = detail::read_fixed_image(bytes, &s->header, &why);
   if (!why.empty()) refuse(EINVAL, why);
+  const detail::FixedHeader& h = s->header;
 
   // Staleness: exactly what this process expects, or nothing.
   const detail::FixedManifest& m = s->manifest;

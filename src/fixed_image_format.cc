@@ -4,6 +4,7 @@
 #include <bit>
 #include <cctype>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 
 #include "digest.h"
@@ -110,6 +111,12 @@ Digest fixed_image_digest(std::span<const std::byte> image) noexcept {
   return digest.finish();
 }
 
+std::string hex(std::uint64_t value) {
+  char text[24];
+  std::snprintf(text, sizeof text, "%#llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
 bool fixed_name_ok(std::string_view name) noexcept {
   if (name.empty() || name.size() > 256) return false;
   for (const char c : name) {
@@ -197,6 +204,17 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
   }
   if (m.writer.empty() || m.name.empty()) *why = "the manifest does not say who wrote the image and its name";
   return m;
+}
+
+FixedManifest read_fixed_image(std::span<const std::byte> image, FixedHeader* header,
+                               std::string* why) {
+  *header = decode_fixed_header(image, image.size(), why);
+  if (!why->empty()) {
+    *why = "not a fixed image, or a malformed one: " + *why;
+    return {};
+  }
+  return decode_fixed_manifest(
+      {reinterpret_cast<const char*>(image.data() + header->manifest), header->manifest_bytes}, why);
 }
 
 }  // namespace mapwright::detail

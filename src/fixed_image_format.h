@@ -57,6 +57,13 @@ struct FixedManifest {
 std::string encode_fixed_manifest(const FixedManifest& manifest);
 // Empty `why` when `text` is a manifest as encode_fixed_manifest() writes one.
 FixedManifest decode_fixed_manifest(std::string_view text, std::string* why);
+// Reads the header and the manifest of a whole image (both decoders above): what
+// FixedImage::map and FixedImageSet read first. Empty `why` when both are well formed; else it
+// says what is wrong, worded for "(...)" after the image's name.
+FixedManifest read_fixed_image(std::span<const std::byte> image, FixedHeader* header,
+                               std::string* why);
+// "0x200000000000": addresses in messages.
+std::string hex(std::uint64_t value);
 // Whether `name` can be a type or dependency name (printable ASCII, no space, not empty, at
 // most 256 bytes).
 bool fixed_name_ok(std::string_view name) noexcept;

@@ -53,6 +53,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <memory_resource>
 #include <new>
@@ -218,8 +219,8 @@ class FixedImage {
   // What an image that points into this one records (FixedImageOptions::dependencies) and
   // expects (FixedMapOptions::dependencies). Throws Error(EINVAL) unless this one is mapped at
   // its base: pointers into it are final for that address.
-  // The object set_root() named, or null if none.
   FixedImageDependency as_dependency() const;
+  // The object set_root() named, or null if none.
   template <class T>
   T* root() const noexcept {
     return static_cast<T*>(root_pointer());
@@ -229,6 +230,55 @@ class FixedImage {
   struct State;
   explicit FixedImage(std::unique_ptr<State> state) noexcept;
   void* root_pointer() const noexcept;
+  std::unique_ptr<State> state_;
+};
+
+// ---- images that point into other images ---------------------------------------------------
+
+// Where a FixedImageSet gets an image by its name (FixedImageOptions::name): a broker
+// (broker_source() below), images at hand, files. Whatever it throws is passed on, an Error
+// with the image it was asked for added.
+using FixedImageSource = std::function<SealedImage(const std::string& name)>;
+
+// Images mapped together, so that one that points into others (tables sharing a string pool)
+// is mapped with everything it needs. map(name) gets the image from the source, then — first
+// — every image its manifest says it points into, and theirs, each once per set and each at
+// its base (never relocated: pointers into it are final for that address), and maps the image
+// itself with those as its FixedMapOptions::dependencies, so that a dependency the source
+// gives that is not the one the image was built against (rebuilt: another digest; another
+// base or size) is Error(ESTALE) naming both. The image asked for is relocated when its base
+// is taken (as FixedImage::map does, unless its expectation says allow_relocation = false);
+// a dependency whose base is taken is Error(EEXIST) naming it and who points into it.
+//
+// What the process expects of each image (types, check) is said per name with expect();
+// an image without an expectation is mapped with FixedMapOptions{} (the full check, no types:
+// one that declares types is refused as holding what this program does not expect).
+// A source that answers with an image of another name, a chain of dependencies that comes
+// back to an image being mapped, or one deeper than kFixedImageMaxDepth: Error(EINVAL).
+// Nothing mapped by a map() that throws stays in the set. Not thread-safe: one thread at a
+// time. Images are unmapped when the set goes.
+inline constexpr int kFixedImageMaxDepth = 64;
+
+class FixedImageSet {
+ public:
+  explicit FixedImageSet(FixedImageSource source);
+  FixedImageSet(FixedImageSet&&) noexcept;
+  FixedImageSet& operator=(FixedImageSet&&) noexcept;
+  ~FixedImageSet();
+
+  // How image `name` is to be mapped, as a dependency or not. options.dependencies must be
+  // empty (the set fills them in: Error(EINVAL) otherwise); an empty options.name becomes
+  // `name`. allow_relocation applies only when it is mapped as the image asked for.
+  void expect(const std::string& name, FixedMapOptions options);
+  // Maps `name` with its dependencies (see above), or returns it if this set mapped it
+  // already. The reference lives as long as the set.
+  const FixedImage& map(const std::string& name);
+  // The image of that name if this set mapped it (asked for or as a dependency), or null.
+  const FixedImage* find(const std::string& name) const noexcept;
+  std::size_t size() const noexcept;
+
+ private:
+  struct State;
   std::unique_ptr<State> state_;
 };
 
@@ -271,5 +321,8 @@ class FixedImageBroker {
 // receive_image() does). Throws Error: ENOENT when the broker has none of that name, what
 // connecting (ENOENT, ECONNREFUSED for no broker) or receiving throws.
 SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name);
+
+// A FixedImageSource that asks the broker at `socket_path` (request_image) for each image.
+FixedImageSource broker_source(std::filesystem::path socket_path);
 
 }  // namespace mapwright
