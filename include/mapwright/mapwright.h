@@ -4,6 +4,7 @@
 #include "mapwright/capnp.h"
 #include "mapwright/error.h"
 #include "mapwright/fault.h"
+#include "mapwright/fixed_image.h"
 #include "mapwright/flatbuffers.h"
 #include "mapwright/loader.h"
 #include "mapwright/lazy.h"

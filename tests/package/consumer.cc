@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #ifdef CONSUMER_SCHEMA
@@ -80,6 +81,33 @@ int main(int argc, char** argv) {
   const bool flat_ok = text->str() == "flat";
   std::printf("consumer: flatbuffer %s\n", flat_ok ? "ok" : "WRONG");
   ok = flat_ok && ok;
+
+  // A fixed-base image and one that points into it, mapped together by a FixedImageSet.
+  std::optional<mapwright::SealedImage> pool_image;
+  std::optional<mapwright::SealedImage> table_image;
+  {
+    mapwright::FixedImageOptions options;
+    options.name = "pool";
+    options.capacity = 1 << 20;
+    mapwright::FixedImageBuilder builder(options);
+    char* word = static_cast<char*>(builder.allocate(6, 1));
+    std::memcpy(word, "fixed", 6);
+    builder.set_root(word);
+    pool_image.emplace(builder.seal());
+    const mapwright::FixedImage pool = mapwright::FixedImage::map(*pool_image);  // at its base
+    options.name = "table";
+    options.base = mapwright::kDefaultFixedBase + (1ull << 32);
+    options.dependencies = {pool.as_dependency()};
+    mapwright::FixedImageBuilder table(options);
+    table.set_root(table.create<const char*>(pool.root<char>()));
+    table_image.emplace(table.seal());
+  }
+  mapwright::FixedImageSet set([&](const std::string& name) { return name == "pool" ? *pool_image : *table_image; });
+  const mapwright::FixedImage& table = set.map("table");
+  const bool fixed_ok = table.report().at_base && set.size() == 2 &&
+                        std::strcmp(*table.root<const char*>(), "fixed") == 0;
+  std::printf("consumer: fixed images %s\n", fixed_ok ? "ok" : "WRONG");
+  ok = fixed_ok && ok;
 
   // A fully static program (linked with -static) has no dynamic objects for dladdr to name.
   Dl_info info{};
