@@ -30,7 +30,8 @@
 // images it points into (options.dependencies, by name, digest and address). map() refuses, with
 // Error(ESTALE) naming the difference, an image whose writer version, types or dependencies
 // are not exactly what the mapping process says (FixedMapOptions), so that a changed struct
-// or a rebuilt dependency cannot be read through old addresses.
+// or a rebuilt dependency cannot be read through old addresses. FixedImageSet maps an image
+// together with the images it points into, each at its base, from a source by name.
 //
 // Rules for what lives in an image:
 //   * Read it; write only what is yours to write (the mapping is private: writes are copied
