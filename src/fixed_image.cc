@@ -49,10 +49,25 @@ struct FixedImageBuilder::State {
     bool do_is_equal(const memory_resource& other) const noexcept override { return this == &other; }
   };
 
+  // Allocations are made from two streams of page-aligned chunks, so that pointers stay on
+  // as few pages as they can: an object with a pointer in it is at least 8-aligned, so what
+  // is asked for with a smaller alignment (the characters of strings, byte buffers) goes to
+  // chunks of its own, which hold no pointer, are never scanned, and are never written by
+  // relocation. The rest (anything that may hold a pointer) goes to the other stream.
+  static constexpr std::uint64_t kChunk = 64 << 10;
+  struct Stream {
+    std::uint64_t next = 0;  // where its next allocation goes
+    std::uint64_t end = 0;   // the end of its current chunk
+  };
+  enum { kWords, kBytes };
+
   FixedImageOptions options;
   Region region;
   std::byte* base = nullptr;
-  std::uint64_t next = kFixedImageHeaderBytes;
+  Stream streams[2];
+  std::uint64_t frontier = kFixedImageHeaderBytes;  // the end of the last chunk opened
+  std::uint64_t next = kFixedImageHeaderBytes;      // the end of the data allocated so far
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> byte_chunks;  // [begin, end), in order
   std::vector<std::uint64_t> noted;
   std::uint64_t root = 0;
   bool sealed = false;
@@ -73,13 +88,31 @@ struct FixedImageBuilder::State {
     if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > 4096) {
       refuse(EINVAL, "alignment " + str(alignment) + " is not a power of two up to 4096");
     }
-    const std::uint64_t start = round_up(next, alignment);
-    if (bytes > options.capacity || start > options.capacity - bytes) {
-      refuse(ENOMEM, "allocating " + str(bytes) + " bytes at offset " + str(start) +
-                         " would pass its capacity of " + str(options.capacity) + " bytes");
+    const int kind = alignment < 8 ? kBytes : kWords;
+    Stream& stream = streams[kind];
+    std::uint64_t start = round_up(stream.next, alignment);
+    if (stream.end == 0 || start > stream.end || bytes > stream.end - start) {
+      // A new chunk, at the frontier: big enough for this allocation.
+      start = round_up(frontier, 4096);
+      if (bytes > options.capacity || start > options.capacity - bytes) {
+        refuse(ENOMEM, "allocating " + str(bytes) + " bytes at offset " + str(start) +
+                           " would pass its capacity of " + str(options.capacity) + " bytes");
+      }
+      const std::uint64_t end =
+          std::min(options.capacity, start + std::max(kChunk, round_up(bytes, 4096)));
+      stream.end = end;
+      frontier = end;
+      if (kind == kBytes) {
+        if (!byte_chunks.empty() && byte_chunks.back().second == start) {
+          byte_chunks.back().second = end;
+        } else {
+          byte_chunks.emplace_back(start, end);
+        }
+      }
     }
     region.ensure(std::max<std::uint64_t>(start + bytes, 1));
-    next = start + bytes;
+    stream.next = start + bytes;
+    next = std::max(next, stream.next);
     return base + start;
   }
 
@@ -192,11 +225,20 @@ SealedImage FixedImageBuilder::seal() {
     }
   }
   if (s.options.scan_pointers) {
-    for (std::uint64_t at = kFixedImageHeaderBytes; at + 8 <= data_end; at += 8) {
-      std::uint64_t value;
-      std::memcpy(&value, s.base + at, 8);
-      if (value != 0 && s.pointer_ok(value, data_end)) relocations.push_back(at);
+    // Everything allocated but the byte chunks (see State::Stream).
+    const auto scan = [&](std::uint64_t from, std::uint64_t to) {
+      for (std::uint64_t at = from; at + 8 <= to; at += 8) {
+        std::uint64_t value;
+        std::memcpy(&value, s.base + at, 8);
+        if (value != 0 && s.pointer_ok(value, data_end)) relocations.push_back(at);
+      }
+    };
+    std::uint64_t from = kFixedImageHeaderBytes;
+    for (const auto& [begin, end] : s.byte_chunks) {
+      scan(from, std::min(begin, data_end));
+      from = end;
     }
+    scan(from, data_end);
   }
   std::sort(relocations.begin(), relocations.end());
   relocations.erase(std::unique(relocations.begin(), relocations.end()), relocations.end());

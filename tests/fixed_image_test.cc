@@ -165,6 +165,48 @@ TEST(FixedImage, RelocationCostFollowsPointerPagesNotSize) {
   for (int i = 0; i < 1000; ++i) ASSERT_EQ(moved[i], second.data() + (blob - builder.base()) + i * 4096);
 }
 
+// The characters of strings (allocated with alignment 1) are kept apart from the nodes that
+// point to them: they are never scanned, so bytes that look like an address stay bytes, and
+// relocation writes only the nodes' pages.
+TEST(FixedImage, StringDataIsKeptOffPointerPages) {
+  using Keys = std::pmr::unordered_map<std::pmr::string, std::uint64_t>;
+  constexpr std::uint64_t kKeys = 20000;
+  FixedImageOptions options;
+  options.base = test_base(13);
+  options.capacity = 64ull << 20;
+  FixedImageBuilder builder(options);
+  // Every key is 200 bytes whose 8-byte words all hold an address inside the image.
+  const std::uint64_t lookalike = test_base(13) + 8192;
+  const auto key_of = [&](std::uint64_t i) {
+    std::string text(200, '\0');
+    for (std::size_t at = 0; at + 8 <= text.size(); at += 8) std::memcpy(text.data() + at, &lookalike, 8);
+    std::memcpy(text.data() + 192, &i, 8);
+    return text;
+  };
+  Keys* keys = builder.create<Keys>(builder.resource());
+  for (std::uint64_t i = 0; i < kKeys; ++i) keys->emplace(key_of(i), i);  // node, key, node...
+  builder.set_root(keys);
+  const SealedImage sealed = builder.seal();
+  const FixedImageBuildStats stats = builder.stats();
+  const std::uint64_t data_pages = stats.data_bytes / 4096;
+  // The keys' 4 MB hold no pointer: a node page holds at most 4096 / 48 nodes.
+  EXPECT_GT(data_pages, 1000u);
+  EXPECT_LT(stats.pointer_pages * 3, data_pages) << stats.pointer_pages << " of " << data_pages;
+  const FixedImage first = FixedImage::map(sealed);
+  const FixedImage second = FixedImage::map(sealed);
+  ASSERT_FALSE(second.report().at_base);
+  EXPECT_EQ(second.report().pages_touched, stats.pointer_pages);
+  for (const FixedImage* image : {&first, &second}) {
+    const Keys& mapped = *image->root<Keys>();
+    ASSERT_EQ(mapped.size(), kKeys);
+    for (std::uint64_t i = 0; i < kKeys; i += 97) {
+      const auto found = mapped.find(std::pmr::string(key_of(i)));
+      ASSERT_NE(found, mapped.end()) << i;  // its bytes were not "relocated"
+      EXPECT_EQ(found->second, i);
+    }
+  }
+}
+
 TEST(FixedImage, AnotherProcessMapsWhatOneBuilt) {
   int sockets[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sockets), 0);

@@ -41,8 +41,12 @@
 //   * Only pointers into the image (or into a dependency, mapped at its base) are meaningful
 //     there: no pointers to the heap, the stack, or code (no virtual functions, no
 //     std::function, no std::any); types with such members are not fit for an image.
-//   * The scan: with scan_pointers, any 8-byte-aligned word of allocated bytes whose value
-//     lies in [base + 4096, base + data end] is taken for a pointer. An integer that happens
+//   * Pointers are kept on as few pages as can be: what is allocated with an alignment below
+//     8 (the characters of a std::pmr::string, byte buffers: nothing that holds a pointer)
+//     goes to pages of its own, which the scan skips and relocation never writes.
+//   * The scan: with scan_pointers, any 8-byte-aligned word of what was allocated with an
+//     alignment of 8 or more whose value lies in [base + 4096, base + data end] is taken for
+//     a pointer. An integer that happens
 //     to have such a value (a 64-bit hash in a window of at most the image's size at 32 TiB,
 //     by default: about 2^-34 per word for a 1 GiB image) would be moved too on the
 //     relocation path (never on the base path). Turn the scan off and note_pointer() every
@@ -149,7 +153,8 @@ class FixedImageBuilder {
 
   std::byte* base() const noexcept;
   // Allocates inside the image (zeroed bytes). Throws Error(ENOMEM) past the capacity, and
-  // EINVAL after seal(). `alignment`: a power of two up to 4096.
+  // EINVAL after seal(). `alignment`: a power of two up to 4096; below 8, the bytes are for
+  // data without pointers (see "Rules"): a pointer stored there is found only if noted.
   void* allocate(std::size_t bytes, std::size_t alignment = alignof(std::max_align_t));
   template <class T, class... Args>
   T* create(Args&&... args) {
