@@ -154,11 +154,19 @@ FixedImageBuilder::FixedImageBuilder(FixedImageOptions options) {
   if (!detail::fixed_name_ok(options.name)) {
     refuse("its name '" + options.name + "' is empty or not printable ASCII without spaces");
   }
-  for (const FixedImageType& t : options.types) {
-    if (!detail::fixed_name_ok(t.name)) refuse("type name '" + t.name + "' is empty or not printable ASCII without spaces");
+  for (auto t = options.types.begin(); t != options.types.end(); ++t) {
+    if (!detail::fixed_name_ok(t->name)) refuse("type name '" + t->name + "' is empty or not printable ASCII without spaces");
+    if (std::any_of(options.types.begin(), t, [&](const FixedImageType& o) { return o.name == t->name; })) {
+      refuse("type '" + t->name + "' is declared twice");
+    }
   }
-  for (const FixedImageDependency& d : options.dependencies) {
+  for (auto it = options.dependencies.begin(); it != options.dependencies.end(); ++it) {
+    const FixedImageDependency& d = *it;
     if (!detail::fixed_name_ok(d.name)) refuse("dependency name '" + d.name + "' is empty or not printable ASCII without spaces");
+    if (std::any_of(options.dependencies.begin(), it,
+                    [&](const FixedImageDependency& o) { return o.name == d.name; })) {
+      refuse("dependency '" + d.name + "' is declared twice");
+    }
     if (d.base == 0 || d.base % os::page_size() != 0 || d.data_end < kFixedImageHeaderBytes ||
         d.data_end > kTop - d.base ||
         (d.base < options.base + options.capacity && options.base < d.base + d.data_end)) {
@@ -253,6 +261,10 @@ SealedImage FixedImageBuilder::seal() {
   header.relocation_count = relocations.size();
   header.manifest = header.relocations + 8 * relocations.size();
   header.manifest_bytes = text.size();
+  if (text.size() > detail::kFixedManifestMaxBytes) {
+    s.refuse(EINVAL, "its manifest of " + str(text.size()) + " bytes (types and dependencies) is "
+                     "larger than a mapper reads, " + str(detail::kFixedManifestMaxBytes));
+  }
   header.size = header.manifest + text.size();
   if (header.size > s.options.capacity) {
     s.refuse(ENOMEM, "its relocation table and manifest (" + str(header.size - data_end) +
@@ -322,11 +334,50 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
   const auto refuse = [&](int error, const std::string& what) {
     throw Error(error, kMap, s->name, "(" + what + ")", kCause);
   };
-  const std::span<const std::byte> bytes = image.map();  // the sealed image, read-only
+  const bool full = options.check == FixedMapOptions::Check::kFull;
+  // The header and the manifest are read from the fd; everything else through the one
+  // mapping made below (no read-only view besides it: half the address space).
+  bool header_ok = false;
   std::string why;
-  s->manifest = detail::read_fixed_image(bytes, &s->header, &why);
-  if (!why.empty()) refuse(EINVAL, why);
+  s->manifest = detail::read_fixed_image(image, &s->header, &header_ok, &why);
+  if (!header_ok) refuse(EINVAL, why);
   const detail::FixedHeader& h = s->header;
+
+  // Where: at the base, else (taken, or an address this process may not map at all: EPERM
+  // below vm.mmap_min_addr) wherever the kernel puts it. With relocation off it is mapped there
+  // all the same, for the checks, so that a damaged or stale image is said to be so first.
+  const std::uint64_t length = round_up(h.size, os::page_size());
+  const auto reserve = [&](void* at) {
+    try {
+      s->reservation = detail::Reservation::anonymous(length, 0, s->name, at);
+    } catch (const Error& e) {
+      if (e.error() != ENOMEM) throw;
+      std::uint64_t limit = UINT64_MAX;
+      (void)os::address_space_limit(&limit);
+      refuse(ENOMEM, "no room for its " + str(length) + " bytes of address space" +
+                         (limit != UINT64_MAX ? ": RLIMIT_AS is " + str(limit) + " bytes; raise `ulimit -v`"
+                                              : std::string()));
+    }
+  };
+  try {
+    reserve(reinterpret_cast<void*>(h.base));
+    s->report.at_base = true;
+  } catch (const Error& e) {
+    if (e.error() != EEXIST && e.error() != EPERM) throw;
+    reserve(nullptr);
+  }
+  if (const int err = os::map_private_fixed(s->reservation.base(), length, image.fd()); err != 0) {
+    throw Error(err, kMap, s->name, "(mmap of the image)");
+  }
+  s->data = s->reservation.base();
+  const std::span<const std::byte> bytes(s->data, h.size);
+
+  // Damage first, so that a flipped bit in the manifest is not taken for staleness.
+  if (full && detail::fixed_image_digest(bytes) != h.digest) {
+    refuse(EBADMSG, "the digest does not match: the image is damaged" +
+                        (why.empty() ? std::string() : " (" + why + ")"));
+  }
+  if (!why.empty()) refuse(EINVAL, why);
 
   // Staleness: exactly what this process expects, or nothing.
   const detail::FixedManifest& m = s->manifest;
@@ -371,6 +422,9 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
       refuse(ESTALE, "it does not depend on image '" + have.name + "', which this program expects");
     }
   }
+  if (!s->report.at_base && !options.allow_relocation) {
+    refuse(EEXIST, "its base " + hex(h.base) + " is taken in this process, and relocation is off");
+  }
 
   const auto table = [&](std::uint64_t i) {
     std::uint64_t at;
@@ -388,10 +442,7 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
       previous = at;
     }
   };
-  if (options.check == FixedMapOptions::Check::kFull) {
-    if (detail::fixed_image_digest(bytes) != h.digest) {
-      refuse(EBADMSG, "the digest does not match: the image is damaged");
-    }
+  if (full) {
     check_table();
     for (std::uint64_t i = 0; i < h.relocation_count; ++i) {
       std::uint64_t value;
@@ -410,25 +461,8 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
     s->report.pages_checked = round_up(h.size, 4096) / 4096;
   }
 
-  const std::uint64_t length = round_up(h.size, os::page_size());
-  try {
-    s->reservation = detail::Reservation::anonymous(length, 0, s->name, reinterpret_cast<void*>(h.base));
-    s->report.at_base = true;
-  } catch (const Error& e) {
-    // Taken (EEXIST), or an address this process may not map at all (EPERM: below
-    // vm.mmap_min_addr): elsewhere, as for a taken one.
-    if (e.error() != EEXIST && e.error() != EPERM) throw;
-    if (!options.allow_relocation) {
-      refuse(EEXIST, "its base " + hex(h.base) + " is taken in this process, and relocation is off");
-    }
-    if (options.check != FixedMapOptions::Check::kFull) check_table();  // it is written through
-    s->reservation = detail::Reservation::anonymous(length, 0, s->name);
-  }
-  if (const int err = os::map_private_fixed(s->reservation.base(), length, image.fd()); err != 0) {
-    throw Error(err, kMap, s->name, "(mmap of the image)");
-  }
-  s->data = s->reservation.base();
   if (!s->report.at_base) {
+    if (!full) check_table();  // it is written through
     const std::uint64_t delta = reinterpret_cast<std::uintptr_t>(s->data) - h.base;
     std::uint64_t last_page = UINT64_MAX;
     for (std::uint64_t i = 0; i < h.relocation_count; ++i) {

@@ -1,6 +1,7 @@
 // src/fixed_image_broker.cc — FixedImageBroker and request_image() (fixed_image.h).
-#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <cerrno>
 #include <map>
 #include <mutex>
@@ -18,31 +19,51 @@ namespace {
 
 constexpr Error::DetailIsCause kCause{};
 constexpr std::size_t kMaxName = 256;
-constexpr int kClientTimeoutMs = 2000;
+// All a client gets to say its name and take the answer, from when it is accepted.
+constexpr std::chrono::milliseconds kClientDeadline{2000};
+
+using Clock = std::chrono::steady_clock;
+
+// Milliseconds left until `deadline` (at least 1), or 0 when it has passed.
+int left_until(Clock::time_point deadline) {
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  if (left <= 0) return 0;
+  return left > INT32_MAX ? INT32_MAX : static_cast<int>(left);
+}
+
+bool valid_name(const std::string& name) {
+  return !name.empty() && name.size() <= kMaxName && name.find('\n') == std::string::npos;
+}
 
 }  // namespace
 
 struct FixedImageBroker::State {
   std::string path;
   os::OwnedFd listener;
+  os::OwnedFd wakeup;          // readable once stop() was called
+  dev_t socket_device = 0;     // what is at `path` when we made it: removed at the end only if
+  ino_t socket_inode = 0;      // it is still ours
   std::mutex mutex;
   std::map<std::string, SealedImage, std::less<>> images;
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> served{0};
 
-  // One request: the name, then the answer; a client that is silent, gone or says too much
-  // is dropped without one.
+  // One request: the name, then the answer, all within kClientDeadline; a client that is
+  // slow, gone or says too much is dropped without one. Nothing a client does raises a signal
+  // here (MSG_NOSIGNAL throughout).
   void answer(int client) {
-    (void)os::set_socket_timeouts(client, kClientTimeoutMs);
+    const Clock::time_point deadline = Clock::now() + kClientDeadline;
     std::string name;
     char buffer[kMaxName + 1];
     for (;;) {
+      const int left = left_until(deadline);
+      if (left == 0 || os::set_socket_timeouts(client, left) != 0) return;
       std::size_t got = 0;
       std::size_t fds = 0;
       int flags = 0;
       if (os::receive_with_fds(client, buffer, sizeof buffer, nullptr, 0, &got, &fds, &flags) != 0 ||
           got == 0) {
-        return;  // gone, silent too long, or nothing said
+        return;  // gone, too slow, or nothing said
       }
       name.append(buffer, got);
       if (const std::size_t end = name.find('\n'); end != std::string::npos) {
@@ -56,8 +77,10 @@ struct FixedImageBroker::State {
       const std::lock_guard lock(mutex);
       if (const auto found = images.find(name); found != images.end()) image = found->second;
     }
+    const int left = left_until(deadline);
+    if (left == 0 || os::set_socket_timeouts(client, left) != 0) return;
     const char status = image ? 'I' : 'N';
-    if (os::write_all(client, &status, 1) != 0 || !image) return;
+    if (os::send_all(client, &status, 1) != 0 || !image) return;
     try {
       send_image(client, *image);
       served.fetch_add(1, std::memory_order_relaxed);
@@ -69,23 +92,42 @@ struct FixedImageBroker::State {
 
 FixedImageBroker::FixedImageBroker(const std::filesystem::path& socket_path)
     : state_(std::make_unique<State>()) {
-  state_->path = socket_path.string();
+  State& s = *state_;
+  s.path = socket_path.string();
+  int wakeup = -1;
+  if (const int err = os::open_wakeup(&wakeup); err != 0) {
+    throw Error(err, "starting fixed image broker", s.path, "(eventfd)");
+  }
+  s.wakeup = os::OwnedFd(wakeup);
   int fd = -1;
-  if (const int err = os::listen_unix(state_->path.c_str(), &fd); err != 0) {
-    throw Error(err, "starting fixed image broker", state_->path,
+  if (const int err = os::listen_unix(s.path.c_str(), &fd); err != 0) {
+    throw Error(err, "starting fixed image broker", s.path,
                 err == EADDRINUSE ? "(something exists at that path: a broker that died leaves its "
                                     "socket; remove it first)"
                                   : "(socket, bind or listen)");
   }
-  state_->listener = os::OwnedFd(fd);
+  s.listener = os::OwnedFd(fd);
+  os::FileStatus status;
+  if (os::path_status(s.path.c_str(), false, &status) == 0 && status.type == os::FileType::kSocket) {
+    s.socket_device = status.device;
+    s.socket_inode = status.inode;
+  }
 }
 
 FixedImageBroker::~FixedImageBroker() {
-  if (state_ && state_->listener.get() >= 0) (void)os::unlink(state_->path.c_str());
+  if (!state_ || state_->listener.get() < 0 || state_->socket_inode == 0) return;
+  // Another broker may have been started at the same path since (after removing ours): its
+  // socket is not ours to remove.
+  os::FileStatus status;
+  if (os::path_status(state_->path.c_str(), false, &status) == 0 &&
+      status.type == os::FileType::kSocket && status.device == state_->socket_device &&
+      status.inode == state_->socket_inode) {
+    (void)os::unlink(state_->path.c_str());
+  }
 }
 
 void FixedImageBroker::add(const std::string& name, SealedImage image) {
-  if (name.empty() || name.size() > kMaxName || name.find('\n') != std::string::npos) {
+  if (!valid_name(name)) {
     throw Error(EINVAL, "adding image to broker", state_->path,
                 "(the name must be 1 to 256 bytes without a newline)", kCause);
   }
@@ -95,53 +137,90 @@ void FixedImageBroker::add(const std::string& name, SealedImage image) {
 
 void FixedImageBroker::serve() {
   State& s = *state_;
+  const int waits[2] = {s.listener.get(), s.wakeup.get()};
   while (!s.stopping.load()) {
+    std::size_t ready = 0;
+    if (const int err = os::wait_readable(waits, 2, &ready); err != 0) {
+      throw Error(err, "serving fixed images", s.path, "(poll)");
+    }
+    if (ready == 1 || s.stopping.load()) break;
     int client = -1;
     if (const int err = os::accept_connection(s.listener.get(), &client); err != 0) {
-      if (err == ECONNABORTED || err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        continue;  // that client's, or a passing shortage
+      if (err == EAGAIN || err == ECONNABORTED || err == EMFILE || err == ENFILE ||
+          err == ENOBUFS || err == ENOMEM) {
+        continue;  // gone before we took it, that client's, or a passing shortage
       }
       throw Error(err, "serving fixed images", s.path, "(accept)");
     }
     const os::OwnedFd closer(client);
-    if (s.stopping.load()) break;
     s.answer(client);
   }
 }
 
-void FixedImageBroker::stop() {
+void FixedImageBroker::stop() noexcept {
   state_->stopping.store(true);
-  int fd = -1;  // wakes accept()
-  if (os::connect_unix(state_->path.c_str(), &fd) == 0) (void)os::close(fd);
+  (void)os::wake(state_->wakeup.get());
 }
 
 std::uint64_t FixedImageBroker::served() const noexcept { return state_->served.load(); }
 
-SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name) {
+SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name,
+                          std::chrono::milliseconds timeout) {
   const std::string path = socket_path.string();
-  const std::string what = "'" + name + "' from broker " + path;
+  const std::string operation =
+      "requesting fixed image '" + (name.size() <= kMaxName ? name : name.substr(0, 64) + "...") +
+      "' from broker";
+  if (!valid_name(name)) {
+    throw Error(EINVAL, operation, path, "(a name is 1 to 256 bytes without a newline)", kCause);
+  }
+  if (timeout.count() <= 0) {
+    throw Error(EINVAL, operation, path, "(the timeout must be positive)", kCause);
+  }
+  const std::string late =
+      "(no answer within " + std::to_string(timeout.count()) + " ms: the broker is busy or stuck)";
+  const Clock::time_point deadline = Clock::now() + timeout;
+  const auto arm = [&](int fd) {
+    const int left = left_until(deadline);
+    if (left == 0) throw Error(ETIMEDOUT, operation, path, late, kCause);
+    if (const int err = os::set_socket_timeouts(fd, left); err != 0) {
+      throw Error(err, operation, path, "(setsockopt)");
+    }
+  };
+  const auto failed = [&](int err, const char* step) {
+    if (err == EAGAIN) throw Error(ETIMEDOUT, operation, path, late, kCause);
+    throw Error(err, operation, path, step);
+  };
   int fd = -1;
-  if (const int err = os::connect_unix(path.c_str(), &fd); err != 0) {
-    throw Error(err, "requesting fixed image", what, "(connect)");
+  if (const int err = os::connect_unix(path.c_str(), left_until(deadline), &fd); err != 0) {
+    failed(err, "(connect)");
   }
   const os::OwnedFd closer(fd);
   const std::string line = name + "\n";
-  if (const int err = os::write_all(fd, line.data(), line.size()); err != 0) {
-    throw Error(err, "requesting fixed image", what, "(sending the name)");
+  arm(fd);
+  if (const int err = os::send_all(fd, line.data(), line.size()); err != 0) {
+    failed(err, "(sending the name)");
   }
   char status = 0;
   std::size_t got = 0;
   std::size_t fds = 0;
   int flags = 0;
+  arm(fd);
   if (const int err = os::receive_with_fds(fd, &status, 1, nullptr, 0, &got, &fds, &flags); err != 0) {
-    throw Error(err, "requesting fixed image", what, "(receiving the answer)");
+    failed(err, "(receiving the answer)");
   }
   if (got == 0) {
-    throw Error(ECONNRESET, "requesting fixed image", what, "(the broker closed without answering)", kCause);
+    throw Error(ECONNRESET, operation, path, "(the broker closed without answering)", kCause);
   }
-  if (status == 'N') throw Error(ENOENT, "requesting fixed image", what, "(it has no image of that name)", kCause);
-  if (status != 'I') throw Error(EPROTO, "requesting fixed image", what, "(not a broker's answer)", kCause);
-  return receive_image(fd);
+  if (status == 'N') throw Error(ENOENT, operation, path, "(it has no image of that name)", kCause);
+  if (status != 'I') throw Error(EPROTO, operation, path, "(not a broker's answer)", kCause);
+  arm(fd);
+  try {
+    return receive_image(fd);
+  } catch (const Error& e) {
+    if (e.error() == EAGAIN) throw Error(ETIMEDOUT, operation, path, late, kCause);
+    throw Error(e.error(), operation, path, "(receiving the image: " + std::string(e.what()) + ")",
+                kCause);
+  }
 }
 
 }  // namespace mapwright

@@ -1,13 +1,17 @@
 // src/fixed_image_format.cc — the header, manifest and digest of fixed-base images.
 #include "fixed_image_format.h"
 
+#include <algorithm>
 #include <bit>
 #include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "digest.h"
+#include "os/os.h"
 
 namespace mapwright::detail {
 namespace {
@@ -96,6 +100,10 @@ FixedHeader decode_fixed_header(std::span<const std::byte> bytes, std::uint64_t 
   if (h.manifest != h.relocations + h.relocation_count * 8 || h.manifest_bytes != size - h.manifest) {
     return fail("its manifest does not follow the relocation table up to the image's end");
   }
+  if (h.manifest_bytes > kFixedManifestMaxBytes) {
+    return fail("its manifest of " + str(h.manifest_bytes) + " bytes is larger than " +
+                str(kFixedManifestMaxBytes));
+  }
   if (h.root != 0 && (h.root < kFixedImageHeaderBytes || h.root >= h.data_end)) {
     return fail("its root " + str(h.root) + " is not inside the data");
   }
@@ -174,6 +182,10 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
         bad();
         return m;
       }
+      if (std::any_of(m.types.begin(), m.types.end(), [&](const FixedImageType& o) { return o.name == t.name; })) {
+        *why = "manifest line " + str(line_number) + " names type '" + t.name + "' a second time";
+        return m;
+      }
       m.types.push_back(std::move(t));
     } else if (words[0] == "depends" && words.size() == 5 && fixed_name_ok(words[1]) &&
                words[2].size() == 32) {
@@ -196,6 +208,11 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
         }
         d.digest.bytes[i] = static_cast<std::byte>(value);
       }
+      if (std::any_of(m.dependencies.begin(), m.dependencies.end(),
+                      [&](const FixedImageDependency& o) { return o.name == d.name; })) {
+        *why = "manifest line " + str(line_number) + " names dependency '" + d.name + "' a second time";
+        return m;
+      }
       m.dependencies.push_back(std::move(d));
     } else {
       bad();
@@ -206,15 +223,48 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
   return m;
 }
 
-FixedManifest read_fixed_image(std::span<const std::byte> image, FixedHeader* header,
+FixedManifest read_fixed_image(const SealedImage& image, FixedHeader* header, bool* header_ok,
                                std::string* why) {
-  *header = decode_fixed_header(image, image.size(), why);
+  *header_ok = false;
+  const std::uint64_t size = image.size();
+  if (size < kFixedImageHeaderBytes) {
+    *why = "not a fixed image: it is " + str(size) + " bytes, less than a header";
+    return {};
+  }
+  std::vector<std::byte> bytes(kFixedImageHeaderBytes);
+  std::size_t got = 0;
+  if (const int err = os::pread_full(image.fd(), bytes.data(), bytes.size(), 0, &got);
+      err != 0 || got != bytes.size()) {
+    *why = "reading its header: " + std::string(err != 0 ? std::strerror(err) : "short read");
+    return {};
+  }
+  *header = decode_fixed_header(bytes, size, why);
   if (!why->empty()) {
     *why = "not a fixed image, or a malformed one: " + *why;
     return {};
   }
-  return decode_fixed_manifest(
-      {reinterpret_cast<const char*>(image.data() + header->manifest), header->manifest_bytes}, why);
+  *header_ok = true;
+  std::string text(header->manifest_bytes, '\0');
+  if (const int err = os::pread_full(image.fd(), text.data(), text.size(), header->manifest, &got);
+      err != 0 || got != text.size()) {
+    *why = "reading its manifest: " + std::string(err != 0 ? std::strerror(err) : "short read");
+    return {};
+  }
+  return decode_fixed_manifest(text, why);
+}
+
+bool fixed_image_damaged(const SealedImage& image) {
+  FixedHeader header;
+  bool header_ok = false;
+  std::string why;
+  (void)read_fixed_image(image, &header, &header_ok, &why);
+  if (!header_ok) return false;
+  const void* at = nullptr;
+  if (os::map_readonly(image.fd(), header.size, &at) != 0) return false;  // cannot tell
+  const bool damaged =
+      fixed_image_digest({static_cast<const std::byte*>(at), header.size}) != header.digest;
+  (void)os::munmap(at, header.size);
+  return damaged;
 }
 
 }  // namespace mapwright::detail

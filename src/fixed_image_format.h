@@ -37,6 +37,8 @@ struct FixedHeader {
 };
 
 inline constexpr std::uint64_t kFixedDigestAt = 80;  // where the digest's 16 bytes are
+// The largest manifest read (it is read into memory): 16 MiB, some 50,000 types at most.
+inline constexpr std::uint64_t kFixedManifestMaxBytes = 16ull << 20;
 
 // Writes the header into the first kFixedImageHeaderBytes of `image` (the rest of them zero).
 void encode_fixed_header(const FixedHeader& header, std::byte* image) noexcept;
@@ -57,11 +59,17 @@ struct FixedManifest {
 std::string encode_fixed_manifest(const FixedManifest& manifest);
 // Empty `why` when `text` is a manifest as encode_fixed_manifest() writes one.
 FixedManifest decode_fixed_manifest(std::string_view text, std::string* why);
-// Reads the header and the manifest of a whole image (both decoders above): what
-// FixedImage::map and FixedImageSet read first. Empty `why` when both are well formed; else it
-// says what is wrong, worded for "(...)" after the image's name.
-FixedManifest read_fixed_image(std::span<const std::byte> image, FixedHeader* header,
+// Reads the header and the manifest of a sealed image from its fd (both decoders above; no
+// mapping): what FixedImage::map and FixedImageSet read first. On a header that is not well
+// formed (or a read that fails) `*header_ok` is false; `why` says what is wrong with either,
+// worded for "(...)" after the image's name, and is empty when both are well formed.
+FixedManifest read_fixed_image(const SealedImage& image, FixedHeader* header, bool* header_ok,
                                std::string* why);
+// Whether `image` has a well-formed header whose digest does not match its bytes (false when
+// it cannot tell: no address space to read it through): what makes a
+// malformed manifest a damaged image (EBADMSG) rather than not a fixed image (EINVAL), under
+// the full check. O(image).
+bool fixed_image_damaged(const SealedImage& image);
 // "0x200000000000": addresses in messages.
 std::string hex(std::uint64_t value);
 // Whether `name` can be a type or dependency name (printable ASCII, no space, not empty, at

@@ -63,20 +63,36 @@ struct FixedImageSet::State {
       refuse(e.error(), "getting it from the source" + whose + ": " + e.what());
     }
     const SealedImage image = std::move(*got);
-    detail::FixedHeader header;
-    std::string why;
-    const detail::FixedManifest manifest = detail::read_fixed_image(image.map(), &header, &why);
-    if (!why.empty()) refuse(EINVAL, "what the source gave" + whose + ": " + why);
-    if (manifest.name != name) {
-      refuse(EINVAL, "the source answered with image '" + manifest.name + "'" + whose);
-    }
-
     FixedMapOptions options;
     if (const auto found = expected.find(name); found != expected.end()) options = found->second;
     if (options.name.empty()) options.name = name;
+    // The manifest is read before FixedImage::map checks the digest: under the full check, what
+    // goes wrong with it is damage when the digest says so (checked then, so as to hash once).
+    const auto damaged = [&] {
+      return options.check == FixedMapOptions::Check::kFull && detail::fixed_image_damaged(image);
+    };
+    const auto refuse_read = [&](const std::string& what) {
+      if (damaged()) refuse(EBADMSG, "the digest does not match: the image is damaged (" + what + ")");
+      refuse(EINVAL, what);
+    };
+    detail::FixedHeader header;
+    bool header_ok = false;
+    std::string why;
+    const detail::FixedManifest manifest = detail::read_fixed_image(image, &header, &header_ok, &why);
+    if (!header_ok) refuse(EINVAL, "what the source gave" + whose + ": " + why);
+    if (!why.empty()) refuse_read("what the source gave" + whose + ": " + why);
+    if (manifest.name != name) {
+      refuse_read("the source answered with image '" + manifest.name + "'" + whose);
+    }
+
     path.push_back(name);
     for (const FixedImageDependency& dependency : manifest.dependencies) {
-      options.dependencies.push_back(map(dependency.name, name, path, added).as_dependency());
+      try {
+        options.dependencies.push_back(map(dependency.name, name, path, added).as_dependency());
+      } catch (const Error&) {
+        if (damaged()) refuse(EBADMSG, "the digest does not match: the image is damaged");
+        throw;
+      }
     }
     path.pop_back();
 

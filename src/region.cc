@@ -96,8 +96,10 @@ std::unique_ptr<RegionState> compose(Backing backing, const detail::GrowthPolicy
                     std::to_string(policy.capacity) + ")");
   }
   install_fault_handler();
-  state->reservation =
-      detail::Reservation::over_file(state->backing.fd(), policy.capacity, kGuardBytes, name, at);
+  // At a chosen base the range is exactly what was asked for: a guard zone past it could be
+  // taken where the caller made sure only [at, at + capacity) is free.
+  state->reservation = detail::Reservation::over_file(state->backing.fd(), policy.capacity,
+                                                      at != nullptr ? 0 : kGuardBytes, name, at);
   std::byte* base = state->reservation.base();
   state->owner = std::make_unique<detail::UpwardGrowth>(name, state->backing.fd(), base, policy,
                                                         kind, size);

@@ -2,10 +2,14 @@
 // clients by name over a Unix socket; clients map them at their base and share the pages.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <future>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -195,6 +199,176 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
   ::waitpid(broker, &status, 0);
   ::close(ready[0]);
   ::close(results[0]);
+}
+
+// ---- hostile clients and neighbours --------------------------------------------------------
+
+// A Unix stream socket connected to `path` (-1 if it cannot be).
+int raw_connect(const std::filesystem::path& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// A broker serving "blob" in a thread; stopped and joined when it goes. serve() must return
+// within 10 s of stop(), else the test fails rather than hang.
+struct ServingBroker {
+  explicit ServingBroker(const std::filesystem::path& path, std::uintptr_t base) : broker(path) {
+    broker.add("blob", blob_image(base, 64 << 10));
+    done = std::async(std::launch::async, [this] { broker.serve(); });
+  }
+  ~ServingBroker() { stop(); }
+  void stop() {
+    if (!done.valid()) return;
+    broker.stop();
+    if (done.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      ADD_FAILURE() << "serve() did not return within 10 s of stop()";
+      std::abort();
+    }
+    done.get();
+  }
+  FixedImageBroker broker;
+  std::future<void> done;
+};
+
+// Clients that ask and hang up before the answer: the broker's writes find no reader (EPIPE,
+// which must not be a SIGPIPE: that would end the broker), and it goes on serving.
+TEST(FixedImageBroker, ClientsThatHangUpDoNotEndTheBroker) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  ServingBroker serving(path, kDefaultFixedBase + (23ull << 32));
+  for (int i = 0; i < 200; ++i) {
+    const int fd = raw_connect(path);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::send(fd, "blob\n", 5, MSG_NOSIGNAL), 5);
+    ::close(fd);
+  }
+  const FixedImage mapped = FixedImage::map(request_image(path, "blob"), blob_options());
+  EXPECT_EQ(mapped.root<Blob>()->size, 64u << 10);
+}
+
+// A name no broker could serve is refused before anything is sent, and quoted shortened.
+TEST(FixedImageBroker, NamesABrokerCannotServeAreRefusedUpFront) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  ServingBroker serving(path, kDefaultFixedBase + (24ull << 32));
+  const std::string huge(1 << 20, 'n');
+  try {
+    (void)request_image(path, huge);
+    ADD_FAILURE() << "a 1 MiB name was sent";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.error(), EINVAL);
+    EXPECT_LT(std::strlen(e.what()), 400u) << "the whole name is quoted";
+    EXPECT_NE(std::string(e.what()).find("1 to 256 bytes"), std::string::npos) << e.what();
+  }
+  expect_error([&] { (void)request_image(path, ""); }, EINVAL, {"1 to 256 bytes"});
+  expect_error([&] { (void)request_image(path, "a\nb"); }, EINVAL, {"without a newline"});
+  expect_error([&] { (void)request_image(path, "blob", std::chrono::milliseconds(0)); }, EINVAL, {"timeout"});
+  EXPECT_EQ(serving.broker.served(), 0u);
+  (void)request_image(path, "blob");
+  EXPECT_EQ(serving.broker.served(), 1u);
+}
+
+// A "broker" that accepts and never answers, and one whose backlog is full: the request gives
+// up after its timeout, saying so.
+TEST(FixedImageBroker, RequestsTimeOut) {
+  TempDir dir;
+  const auto path = dir / "silent.sock";
+  const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ASSERT_EQ(::listen(listener, 0), 0);
+  // Accepted (by the kernel's backlog), never answered.
+  expect_error([&] { (void)request_image(path, "blob", std::chrono::milliseconds(300)); }, ETIMEDOUT,
+               {"requesting fixed image 'blob' from broker", "no answer within 300 ms"});
+  // Fill the backlog with connections nobody accepts, until one would wait.
+  std::vector<int> waiting;
+  for (int i = 0; i < 64; ++i) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
+      ::close(fd);
+      break;
+    }
+    waiting.push_back(fd);
+  }
+  expect_error([&] { (void)request_image(path, "blob", std::chrono::milliseconds(300)); }, ETIMEDOUT,
+               {"no answer within 300 ms"});
+  for (const int fd : waiting) ::close(fd);
+  ::close(listener);
+}
+
+// A client that says its name a byte at a time, forever: the broker gives it 2 s in all, not
+// 2 s per byte, and then serves the next one.
+TEST(FixedImageBroker, ASlowClientHoldsTheBrokerForTwoSecondsAtMost) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  ServingBroker serving(path, kDefaultFixedBase + (25ull << 32));
+  const int slow = raw_connect(path);
+  ASSERT_GE(slow, 0);
+  std::atomic<bool> done{false};
+  std::thread dribble([&] {
+    while (!done.load()) {
+      if (::send(slow, "b", 1, MSG_NOSIGNAL) != 1) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the broker is reading it
+  try {
+    (void)request_image(path, "blob", std::chrono::seconds(8));
+  } catch (const Error& e) {
+    ADD_FAILURE() << e.what();
+  }
+  done.store(true);
+  dribble.join();
+  ::close(slow);
+}
+
+// stop() wakes serve() without touching the socket's path (which may be gone, or someone
+// else's by now), and from a signal handler.
+FixedImageBroker* g_stopped_by_signal = nullptr;
+void stop_broker(int) { g_stopped_by_signal->stop(); }
+
+TEST(FixedImageBroker, StopNeedsNoPathAndWorksFromASignalHandler) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  {
+    ServingBroker serving(path, kDefaultFixedBase + (26ull << 32));
+    std::filesystem::remove(path);
+    serving.stop();
+  }
+  ServingBroker serving(path, kDefaultFixedBase + (26ull << 32));
+  g_stopped_by_signal = &serving.broker;
+  struct sigaction action{};
+  struct sigaction previous{};
+  action.sa_handler = stop_broker;
+  ASSERT_EQ(::sigaction(SIGUSR1, &action, &previous), 0);
+  ASSERT_EQ(::raise(SIGUSR1), 0);
+  EXPECT_EQ(serving.done.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  ::sigaction(SIGUSR1, &previous, nullptr);
+  serving.stop();
+}
+
+// A broker removes its socket's path when it goes only if the socket there is still its own:
+// not one that a second broker made at the same path after the first one's was removed.
+TEST(FixedImageBroker, ABrokerRemovesOnlyItsOwnSocket) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  auto first = std::make_unique<ServingBroker>(path, kDefaultFixedBase + (27ull << 32));
+  std::filesystem::remove(path);
+  ServingBroker second(path, kDefaultFixedBase + (28ull << 32));
+  first.reset();
+  ASSERT_TRUE(std::filesystem::exists(std::filesystem::symlink_status(path)));
+  const FixedImage mapped = FixedImage::map(request_image(path, "blob"), blob_options());
+  EXPECT_EQ(second.broker.served(), 1u);
 }
 
 }  // namespace

@@ -379,5 +379,38 @@ TEST(FixedImageSet, AClientMapsATableWithItsPoolFromABroker) {
   EXPECT_EQ(broker.served(), 2u);
 }
 
+// A copy of `image` with the first `from` in it (its manifest) replaced by `to`, the digest
+// left as it was: damage.
+SealedImage damaged(const SealedImage& image, const std::string& from, const std::string& to) {
+  const std::span<const std::byte> bytes = image.map();
+  const std::string text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  const std::size_t at = text.rfind(from);
+  EXPECT_NE(at, std::string::npos);
+  Region region = Region::memfd("damaged");
+  region.ensure(bytes.size());
+  std::memcpy(region.data(), bytes.data(), bytes.size());
+  std::memcpy(region.data() + at, to.data(), to.size());
+  region.finish(bytes.size());
+  return std::move(region).seal();
+}
+
+// A table whose manifest was damaged where it names its pool: under the full check that is
+// damage (the digest says so), not the source's "no such image", and nothing stays mapped.
+TEST(FixedImageSet, ADamagedManifestIsDamageNotAMissingDependency) {
+  Library library(32);
+  library.shelf.images.insert_or_assign(
+      "names", damaged(library.shelf.images.at("names"), "depends strings ", "depends strinGs "));
+  FixedImageSet set(library.shelf.source());
+  expect_all(set);
+  expect_error([&] { (void)set.map("names"); }, EBADMSG, {"mapping fixed image 'names'", "the digest does not match"});
+  EXPECT_EQ(set.size(), 0u);
+  // Trusted (header only), the damaged manifest is all there is to go by.
+  FixedMapOptions trusted = expecting_table();
+  trusted.check = FixedMapOptions::Check::kHeader;
+  set.expect("names", trusted);
+  expect_error([&] { (void)set.map("names"); }, ENOENT, {"strinGs", "not on the shelf"});
+  EXPECT_EQ(set.size(), 0u);
+}
+
 }  // namespace
 }  // namespace mapwright

@@ -2,12 +2,14 @@
 // mapped at that base with nothing relocated (also by another process than the builder),
 // relocated page by page when the base is taken, refused when stale or hostile.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <memory_resource>
 #include <string>
@@ -472,6 +474,121 @@ TEST(FixedImage, BuilderRefusals) {
   *slot = &local;  // a pointer to this stack: never fit for an image
   builder.note_pointer(slot);
   expect_error([&] { (void)builder.seal(); }, EINVAL, {"neither null nor inside the image"});
+}
+
+// A flipped byte in the manifest is damage, and said to be (the digest is checked before the
+// manifest is read as staleness); with only the header checked, it is what the manifest says.
+TEST(FixedImage, DamageIsNeverTakenForStaleness) {
+  const SealedImage sealed = build_dictionary(test_base(14), 50);
+  const detail::FixedHeader h = header_of(sealed);
+  const std::uint64_t digit = h.manifest + std::strlen("writer mapwright ");  // of the version
+  const SealedImage flipped = patched(sealed, [&](std::byte* b) {
+    b[digit] = b[digit] == std::byte{'9'} ? std::byte{'8'} : std::byte{'9'};
+  }, true);
+  expect_error([&] { (void)FixedImage::map(flipped, expecting()); }, EBADMSG, {"the digest does not match"});
+  expect_error([&] { (void)FixedImage::map(flipped, expecting(FixedMapOptions::Check::kHeader)); },
+               ESTALE, {"written by mapwright"});
+  const SealedImage broken = patched(sealed, [&](std::byte* b) { b[h.manifest] = std::byte{'W'}; }, true);
+  expect_error([&] { (void)FixedImage::map(broken, expecting()); }, EBADMSG,
+               {"the digest does not match", "manifest line 1 is malformed"});
+  expect_error([&] { (void)FixedImage::map(broken, expecting(FixedMapOptions::Check::kHeader)); },
+               EINVAL, {"manifest line 1 is malformed"});
+}
+
+// Two types (or dependencies) of one name would make the manifest ambiguous: refused when
+// built, and when read (a manifest that says so, digest and all).
+TEST(FixedImage, ANameDeclaredTwiceIsRefused) {
+  FixedImageOptions options;
+  options.base = test_base(15);
+  options.capacity = 1 << 20;
+  FixedImageOptions types = options;
+  types.types = {fixed_type<std::uint64_t>("Word"), fixed_type<std::uint32_t>("Word")};
+  expect_error([&] { FixedImageBuilder b(types); }, EINVAL, {"type 'Word' is declared twice"});
+  FixedImageOptions dependencies = options;
+  const FixedImageDependency pool{"pool", {}, test_base(16), 8192};
+  dependencies.dependencies = {pool, pool};
+  expect_error([&] { FixedImageBuilder b(dependencies); }, EINVAL, {"dependency 'pool' is declared twice"});
+
+  options.types = {fixed_type<std::uint64_t>("Wa"), fixed_type<std::uint64_t>("Wb")};
+  FixedImageBuilder builder(options);
+  builder.set_root(builder.create<std::uint64_t>(7));
+  const SealedImage sealed = builder.seal();
+  const detail::FixedHeader h = header_of(sealed);
+  const std::string manifest(reinterpret_cast<const char*>(sealed.map().data() + h.manifest), h.manifest_bytes);
+  const std::size_t second = manifest.find("type Wb ");
+  ASSERT_NE(second, std::string::npos) << manifest;
+  const SealedImage twice = patched(sealed, [&](std::byte* b) { b[h.manifest + second + 6] = std::byte{'a'}; });
+  FixedMapOptions expect;
+  expect.types = {fixed_type<std::uint64_t>("Wa")};
+  expect_error([&] { (void)FixedImage::map(twice, expect); }, EINVAL, {"names type 'Wa' a second time"});
+}
+
+// The builder reserves exactly [base, base + capacity): a mapping right after it (or right
+// before it) is no obstacle.
+TEST(FixedImage, TheBuilderTakesExactlyItsRange) {
+  FixedImageOptions options;
+  options.base = test_base(17);
+  options.capacity = 1 << 20;
+  void* const after = reinterpret_cast<void*>(options.base + options.capacity);
+  void* const before = reinterpret_cast<void*>(options.base - 4096);
+  ASSERT_EQ(::mmap(after, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0), after);
+  ASSERT_EQ(::mmap(before, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0), before);
+  {
+    FixedImageBuilder builder(options);
+    auto* words = static_cast<std::uint64_t*>(builder.allocate(options.capacity - kFixedImageHeaderBytes - 4096, 8));
+    words[0] = 1;
+    builder.set_root(words);
+    const SealedImage sealed = builder.seal();
+    EXPECT_EQ(*FixedImage::map(sealed).root<std::uint64_t>(), 1u);
+  }
+  ::munmap(after, 4096);
+  ::munmap(before, 4096);
+}
+
+// The address space a map() takes is the image's size, once: under a `ulimit -v` with room for
+// one copy and a half it maps; with room for half of one it is refused naming RLIMIT_AS.
+std::uint64_t address_space_in_use() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t pages = 0;
+  statm >> pages;
+  return pages * 4096;
+}
+
+TEST(FixedImage, MappingTakesTheImagesAddressSpaceOnce) {
+#if MAPWRIGHT_TEST_ASAN || MAPWRIGHT_TEST_TSAN
+  GTEST_SKIP() << "the sanitizers' shadow memory does not fit under a small RLIMIT_AS";
+#endif
+  constexpr std::uint64_t kData = 64ull << 20;
+  FixedImageOptions options;
+  options.name = "big";
+  options.base = test_base(18);
+  options.capacity = kData + (1 << 20);
+  FixedImageBuilder builder(options);
+  auto* bytes = static_cast<char*>(builder.allocate(kData, 1));  // sparse: never written
+  builder.set_root(bytes);
+  const SealedImage sealed = builder.seal();
+  for (const auto& [room, fits] : {std::pair{kData * 3 / 2, true}, std::pair{kData / 2, false}}) {
+    const auto result = test::run_in_child([&, room = room, fits = fits] {
+      rlimit limit{address_space_in_use() + room, RLIM_INFINITY};
+      CHILD_CHECK(::setrlimit(RLIMIT_AS, &limit) == 0);
+      FixedMapOptions expect;
+      expect.name = "big";
+      expect.check = FixedMapOptions::Check::kHeader;
+      try {
+        const FixedImage image = FixedImage::map(sealed, expect);
+        CHILD_CHECK_MSG(fits, "mapped with room for half of it");
+        CHILD_CHECK(image.report().at_base);
+      } catch (const Error& e) {
+        CHILD_CHECK_MSG(!fits, e.what());
+        CHILD_CHECK_MSG(e.error() == ENOMEM, e.what());
+        const std::string what = e.what();
+        CHILD_CHECK_MSG(what.find("mapping fixed image 'big'") != std::string::npos, e.what());
+        CHILD_CHECK_MSG(what.find("RLIMIT_AS") != std::string::npos, e.what());
+        CHILD_CHECK_MSG(what.find("RegionOptions") == std::string::npos, e.what());
+      }
+    });
+    test::expect_clean_exit(result);
+  }
 }
 
 }  // namespace

@@ -55,6 +55,7 @@
 // Not async-signal-safe, none of it.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -142,10 +143,10 @@ struct FixedImageBuildStats {
 
 class FixedImageBuilder {
  public:
-  // Reserves [base, base + capacity) over a new memfd. Throws Error: EEXIST when any page of
-  // it is taken, EINVAL for a base or capacity that cannot be (unaligned, past 2^47, a type
-  // or dependency name that is empty or has spaces), ENOMEM (naming RLIMIT_AS) when the
-  // address space is not there.
+  // Reserves exactly [base, base + capacity) over a new memfd (no guard zone past it). Throws
+  // Error: EEXIST when any page of it is taken, EINVAL for a base or capacity that cannot be
+  // (unaligned, past 2^47, a type or dependency name that is empty, has spaces, or is declared
+  // twice), ENOMEM (naming RLIMIT_AS) when the address space is not there.
   explicit FixedImageBuilder(FixedImageOptions options);
   FixedImageBuilder(FixedImageBuilder&&) noexcept;
   FixedImageBuilder& operator=(FixedImageBuilder&&) noexcept;
@@ -172,7 +173,9 @@ class FixedImageBuilder {
 
   // Scans (options.scan_pointers), writes the header, the relocation table and the manifest,
   // hashes, seals. The builder is spent. Throws Error (EINVAL: a recorded pointer's word no
-  // longer holds a pointer into the image or null; what sealing throws).
+  // longer holds a pointer into the image or null, a manifest past 16 MiB; what sealing
+  // throws: EBUSY when another process holds a writable mapping of the memfd — a child that
+  // another thread fork()ed while the builder lived, until it execs or exits: retry then).
   SealedImage seal();
   // After seal().
   const FixedImageBuildStats& stats() const noexcept;
@@ -206,10 +209,12 @@ struct FixedMapReport {
 
 class FixedImage {
  public:
-  // Maps `image` (see the top of this file). Throws Error: EINVAL for what is not a fixed
-  // image or is malformed (naming the field), EBADMSG when the digest does not match or a
-  // pointer lies outside the image, ESTALE for a writer version, type layout or dependency
-  // other than expected, EEXIST with allow_relocation false and the base taken, ENOMEM.
+  // Maps `image` (see the top of this file): one private mapping of its size, nothing else.
+  // Throws Error: EINVAL for what is not a fixed image or is malformed (naming the field),
+  // EBADMSG when the digest does not match (checked first under Check::kFull, so that damage
+  // is never reported as staleness) or a pointer lies outside the image, ESTALE for a writer
+  // version, type layout or dependency other than expected, EEXIST with allow_relocation
+  // false and the base taken, ENOMEM (naming RLIMIT_AS) without the address space.
   static FixedImage map(const SealedImage& image, FixedMapOptions options = {});
   FixedImage(FixedImage&&) noexcept;
   FixedImage& operator=(FixedImage&&) noexcept;
@@ -295,8 +300,9 @@ class FixedImageSet {
 // every process shares the image's pages (a sealed memfd, mapped MAP_PRIVATE: nothing is
 // copied until a page is written). One request per connection: the client sends the name and
 // a newline; the broker answers 'I' followed by the image (send_image, sealed_image.h), or 'N'
-// when it has none of that name. A client that sends nothing for 2 s, or a name longer than
-// 256 bytes, is dropped without an answer.
+// when it has none of that name. A client has 2 s from being accepted to send its name and
+// take the answer, and a name of at most 256 bytes; one that is slower, says more, or goes
+// away is dropped without an answer, and nothing it does raises a signal in the broker.
 class FixedImageBroker {
  public:
   // Creates and listens on a Unix socket at `socket_path`. Throws Error (EADDRINUSE when
@@ -305,7 +311,9 @@ class FixedImageBroker {
   explicit FixedImageBroker(const std::filesystem::path& socket_path);
   FixedImageBroker(const FixedImageBroker&) = delete;
   FixedImageBroker& operator=(const FixedImageBroker&) = delete;
-  ~FixedImageBroker();  // closes the socket and removes its path
+  // Closes the socket and removes its path, if what is there is still the socket it made (not
+  // one another broker made there since).
+  ~FixedImageBroker();
 
   // Serves `image` as `name` (replacing one of that name). Thread-safe.
   void add(const std::string& name, SealedImage image);
@@ -313,8 +321,10 @@ class FixedImageBroker {
   // sent garbage) are that client's; the loop goes on. Throws Error only when the socket
   // itself fails. Call it from one thread at a time.
   void serve();
-  // Makes serve() return after the request it is answering, if any. From any thread.
-  void stop();
+  // Makes serve() return after the request it is answering, if any (within 2 s), and every
+  // later serve() at once. From any thread, and async-signal-safe: a SIGTERM handler may call
+  // it.
+  void stop() noexcept;
   // Images handed out so far.
   std::uint64_t served() const noexcept;
 
@@ -323,10 +333,18 @@ class FixedImageBroker {
   std::unique_ptr<State> state_;
 };
 
+// How long request_image() waits for a broker by default, all steps together.
+inline constexpr std::chrono::milliseconds kBrokerRequestTimeout{10000};
+
 // Asks the broker at `socket_path` for image `name` and returns it (checked to be sealed, as
-// receive_image() does). Throws Error: ENOENT when the broker has none of that name, what
-// connecting (ENOENT, ECONNREFUSED for no broker) or receiving throws.
-SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name);
+// receive_image() does), waiting at most `timeout` in all: for room in a full backlog, to
+// send, and for the answer. Throws Error: EINVAL for a name that is empty, longer than 256
+// bytes or holds a newline (a broker could not serve it); ENOENT when the broker has none of
+// that name; ETIMEDOUT past the timeout; what connecting (ENOENT, ECONNREFUSED for no broker)
+// or receiving throws (ECONNRESET, EPROTO for a peer that is not a broker). Never raises
+// SIGPIPE.
+SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name,
+                          std::chrono::milliseconds timeout = kBrokerRequestTimeout);
 
 // A FixedImageSource that asks the broker at `socket_path` (request_image) for each image.
 FixedImageSource broker_source(std::filesystem::path socket_path);

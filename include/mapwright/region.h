@@ -22,8 +22,9 @@
 //   * If growth is impossible (disk full, RLIMIT_FSIZE, capacity, a seal) a store past size()
 //     ends the process by SIGBUS after one line on stderr — unless it runs inside
 //     guarded(), which turns it into a thrown Error (see fault.h).
-//   * A store just past capacity() (within 1 MiB: an unbacked guard zone is reserved there)
-//     is a failed growth (ENOMEM), like the cases above; further out it is a wild pointer.
+//   * A store just past capacity() (within 1 MiB: an unbacked guard zone is reserved there,
+//     except at a chosen RegionOptions::base) is a failed growth (ENOMEM), like the cases
+//     above; further out it is a wild pointer.
 //   * After finish(used) with `used` not a multiple of the page size (or open() of such a
 //     file), stores into the rest of that last page DO NOT FAULT and are not yet part of the
 //     file. The next growth keeps them, but a write-back of that page before it (which the
@@ -78,7 +79,8 @@ struct RegionOptions {
   bool grow_on_fault = true;
   // Non-null: the reservation starts exactly here (page-aligned; MAP_FIXED_NOREPLACE), or the
   // region is not made: Error(EEXIST) when any page of the range is taken, never a mapping
-  // elsewhere (fixed_image.h builds at a chosen base with it).
+  // elsewhere (fixed_image.h builds at a chosen base with it). Exactly [base, base +
+  // capacity) is reserved: no guard zone past it.
   void* base = nullptr;
 };
 

@@ -301,16 +301,33 @@ int send_with_fds(int socket, const struct iovec* data, int count, const int* fd
 // getsockopt(SO_TYPE): SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM... ENOTSOCK for what is not a
 // socket. Async-signal-safe.
 int socket_type(int socket, int* type) noexcept;
-// A Unix stream socket (SOCK_CLOEXEC) bound to `path` and listening (backlog 64): EADDRINUSE
-// when something exists at the path, ENAMETOOLONG past sun_path. Not async-signal-safe.
+// A Unix stream socket (SOCK_CLOEXEC | SOCK_NONBLOCK: accept_connection() says EAGAIN when no
+// one is waiting) bound to `path` and listening (backlog 64): EADDRINUSE when something exists
+// at the path, ENAMETOOLONG past sun_path. Not async-signal-safe.
 int listen_unix(const char* path, int* out) noexcept;
-// A Unix stream socket (SOCK_CLOEXEC) connected to `path`. Not async-signal-safe.
-int connect_unix(const char* path, int* out) noexcept;
-// accept4(2) with SOCK_CLOEXEC. Not async-signal-safe.
+// A Unix stream socket (SOCK_CLOEXEC) connected to `path`, waiting at most `timeout_ms` (0:
+// no limit) for room in a listener's full backlog: EAGAIN when that runs out. Its send and
+// receive timeouts are left at `timeout_ms`. Not async-signal-safe.
+int connect_unix(const char* path, int timeout_ms, int* out) noexcept;
+// accept4(2) with SOCK_CLOEXEC (the accepted socket blocks, whatever the listener does).
+// Not async-signal-safe.
 int accept_connection(int listener, int* out) noexcept;
-// SO_RCVTIMEO and SO_SNDTIMEO: a read or write that waits longer fails with EAGAIN.
-// Async-signal-safe.
+// SO_RCVTIMEO and SO_SNDTIMEO: a read or write that waits longer fails with EAGAIN (0: no
+// limit). Async-signal-safe.
 int set_socket_timeouts(int socket, int milliseconds) noexcept;
+// send(2) with MSG_NOSIGNAL until every byte is sent: a closed peer is EPIPE, never SIGPIPE.
+// Async-signal-safe.
+int send_all(int socket, const void* data, std::size_t length) noexcept;
+
+// ---- waking a waiting thread (src/os/sockets.cc) -------------------------------------------
+
+// An eventfd (EFD_CLOEXEC | EFD_NONBLOCK). Not async-signal-safe.
+int open_wakeup(int* fd) noexcept;
+// Makes `fd` (open_wakeup) readable, for good: write(2) of 1. Async-signal-safe.
+int wake(int fd) noexcept;
+// poll(2) for the first of `count` fds (at most 8) to be readable, or hung up, waiting
+// forever: `*ready` is its index. Not async-signal-safe.
+int wait_readable(const int* fds, std::size_t count, std::size_t* ready) noexcept;
 
 // ---- signals (src/os/signals.cc) -------------------------------------------------------
 //

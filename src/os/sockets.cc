@@ -1,4 +1,6 @@
 // src/os/sockets.cc — passing fds over Unix sockets; see os.h for the contract.
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -99,7 +101,7 @@ int unix_address(const char* path, sockaddr_un* address) noexcept {
 int listen_unix(const char* path, int* out) noexcept {
   sockaddr_un address;
   if (const int err = unix_address(path, &address); err != 0) return err;
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return errno;
   int err = detail::retry([&] { return ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address); });
   if (err == 0) err = detail::retry([&] { return ::listen(fd, 64); });
@@ -111,11 +113,16 @@ int listen_unix(const char* path, int* out) noexcept {
   return 0;
 }
 
-int connect_unix(const char* path, int* out) noexcept {
+int connect_unix(const char* path, int timeout_ms, int* out) noexcept {
   sockaddr_un address;
   if (const int err = unix_address(path, &address); err != 0) return err;
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno;
+  // A Unix socket's connect() waits for room in a full backlog as long as the send timeout.
+  if (const int err = set_socket_timeouts(fd, timeout_ms); err != 0) {
+    ::close(fd);
+    return err;
+  }
   if (const int err = detail::retry(
           [&] { return ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address); });
       err != 0) {
@@ -134,10 +141,57 @@ int accept_connection(int listener, int* out) noexcept {
 }
 
 int set_socket_timeouts(int socket, int milliseconds) noexcept {
+  if (milliseconds < 0) milliseconds = 0;
   timeval tv{milliseconds / 1000, (milliseconds % 1000) * 1000};
   if (::setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) return errno;
   if (::setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) return errno;
   return 0;
+}
+
+int send_all(int socket, const void* data, std::size_t length) noexcept {
+  const char* at = static_cast<const char*>(data);
+  while (length != 0) {
+    ssize_t n = -1;
+    if (const int err = detail::retry([&] { return n = ::send(socket, at, length, MSG_NOSIGNAL); });
+        err != 0) {
+      return err;
+    }
+    at += n;
+    length -= static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+int open_wakeup(int* fd) noexcept {
+  const int made = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (made < 0) return errno;
+  *fd = made;
+  return 0;
+}
+
+int wake(int fd) noexcept {
+  const std::uint64_t one = 1;
+  // EAGAIN: the counter is full, which is as awake as it gets.
+  const int err = detail::retry([&] { return static_cast<int>(::write(fd, &one, sizeof one)); });
+  return err == EAGAIN ? 0 : err;
+}
+
+int wait_readable(const int* fds, std::size_t count, std::size_t* ready) noexcept {
+  constexpr std::size_t kMax = 8;
+  if (count == 0 || count > kMax) return EINVAL;
+  pollfd waits[kMax] = {};
+  for (std::size_t i = 0; i < count; ++i) waits[i] = {fds[i], POLLIN, 0};
+  for (;;) {
+    if (const int err = detail::retry([&] { return ::poll(waits, count, -1); }); err != 0) {
+      return err;
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+      if (waits[i].revents != 0) {
+        *ready = i;
+        return 0;
+      }
+    }
+  }
 }
 
 }  // namespace mapwright::os
