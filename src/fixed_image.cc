@@ -7,6 +7,8 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_set>
 
 #include "fixed_image_format.h"
 #include "mapwright/error.h"
@@ -142,31 +144,27 @@ FixedImageBuilder::FixedImageBuilder(FixedImageOptions options) {
   const auto refuse = [&](const std::string& what) {
     throw Error(EINVAL, kBuild, options.name, "(" + what + ")", kCause);
   };
-  constexpr std::uint64_t kTop = 1ull << 47;
+  constexpr std::uint64_t kTop = kFixedImageTop;
   if (options.base < kFixedImageLowestBase || options.base % os::page_size() != 0 ||
       options.base >= kTop) {
-    refuse("base " + hex(options.base) + " is not a page-aligned address from 64 KiB below 2^47");
+    refuse("base " + hex(options.base) + " is not a page-aligned address from 64 KiB below 2^47 - 4 KiB");
   }
   if (options.capacity <= kFixedImageHeaderBytes || options.capacity > kTop - options.base) {
-    refuse("capacity " + str(options.capacity) + " does not fit between the base and 2^47, or "
+    refuse("capacity " + str(options.capacity) + " does not fit between the base and 2^47 - 4 KiB, or "
            "leaves no room after the header");
   }
   if (!detail::fixed_name_ok(options.name)) {
     refuse("its name '" + options.name + "' is empty or not printable ASCII without spaces");
   }
-  for (auto t = options.types.begin(); t != options.types.end(); ++t) {
-    if (!detail::fixed_name_ok(t->name)) refuse("type name '" + t->name + "' is empty or not printable ASCII without spaces");
-    if (std::any_of(options.types.begin(), t, [&](const FixedImageType& o) { return o.name == t->name; })) {
-      refuse("type '" + t->name + "' is declared twice");
-    }
+  std::unordered_set<std::string_view> names;
+  for (const FixedImageType& t : options.types) {
+    if (!detail::fixed_name_ok(t.name)) refuse("type name '" + t.name + "' is empty or not printable ASCII without spaces");
+    if (!names.insert(t.name).second) refuse("type '" + t.name + "' is declared twice");
   }
-  for (auto it = options.dependencies.begin(); it != options.dependencies.end(); ++it) {
-    const FixedImageDependency& d = *it;
+  names.clear();
+  for (const FixedImageDependency& d : options.dependencies) {
     if (!detail::fixed_name_ok(d.name)) refuse("dependency name '" + d.name + "' is empty or not printable ASCII without spaces");
-    if (std::any_of(options.dependencies.begin(), it,
-                    [&](const FixedImageDependency& o) { return o.name == d.name; })) {
-      refuse("dependency '" + d.name + "' is declared twice");
-    }
+    if (!names.insert(d.name).second) refuse("dependency '" + d.name + "' is declared twice");
     if (d.base == 0 || d.base % os::page_size() != 0 || d.data_end < kFixedImageHeaderBytes ||
         d.data_end > kTop - d.base ||
         (d.base < options.base + options.capacity && options.base < d.base + d.data_end)) {

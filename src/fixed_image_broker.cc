@@ -1,4 +1,5 @@
 // src/fixed_image_broker.cc — FixedImageBroker and request_image() (fixed_image.h).
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -23,6 +24,8 @@ constexpr std::size_t kMaxName = 256;
 constexpr std::chrono::milliseconds kClientDeadline{2000};
 
 using Clock = std::chrono::steady_clock;
+// The longest wait a socket timeout can say (INT_MAX ms, 24.8 days): longer ones are this.
+constexpr std::chrono::milliseconds kLongestTimeout{INT32_MAX};
 
 // Milliseconds left until `deadline` (at least 1), or 0 when it has passed.
 int left_until(Clock::time_point deadline) {
@@ -32,17 +35,49 @@ int left_until(Clock::time_point deadline) {
 }
 
 bool valid_name(const std::string& name) {
-  return !name.empty() && name.size() <= kMaxName && name.find('\n') == std::string::npos;
+  return !name.empty() && name.size() <= kMaxName && name.find('\n') == std::string::npos &&
+         name.find('\0') == std::string::npos;
 }
+
+// `name` as a message quotes it: control characters (a newline, a NUL that would end the
+// message early) as '?', and no more than 64 bytes of one too long to be a name.
+std::string shown(const std::string& name) {
+  std::string text = name.size() <= kMaxName ? name : name.substr(0, 64) + "...";
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < ' ' || c == 0x7f) c = '?';
+  }
+  return text;
+}
+
+// How long serve() waits before accepting again when this process is out of fds or memory:
+// the connection stays queued (the listener readable), and retrying at once would spin.
+constexpr int kShortageBackoffMs = 100;
 
 }  // namespace
 
 struct FixedImageBroker::State {
   std::string path;
   os::OwnedFd listener;
-  os::OwnedFd wakeup;          // readable once stop() was called
+  // Readable once stop() was called, in the process whose it is: a child forked from this one
+  // shares the eventfd, so a stop() there must not wake this process's serve() (a serve() in
+  // the child makes an eventfd of its own first).
+  os::OwnedFd wakeup;
+  std::atomic<int> wakeup_fd{-1};
+  std::atomic<int> wakeup_owner{0};  // the pid whose eventfd it is
+  int creator = 0;                   // the pid that made the socket, the only one to remove it
   dev_t socket_device = 0;     // what is at `path` when we made it: removed at the end only if
   ino_t socket_inode = 0;      // it is still ours
+
+  void make_wakeup() {
+    int fd = -1;
+    if (const int err = os::open_wakeup(&fd); err != 0) {
+      throw Error(err, "serving fixed images", path, "(eventfd)");
+    }
+    os::OwnedFd made(fd);
+    wakeup_fd.store(fd);
+    std::swap(wakeup, made);  // the old one (another process's, inherited) closes
+    wakeup_owner.store(os::process_id());
+  }
   std::mutex mutex;
   std::map<std::string, SealedImage, std::less<>> images;
   std::atomic<bool> stopping{false};
@@ -94,11 +129,8 @@ FixedImageBroker::FixedImageBroker(const std::filesystem::path& socket_path)
     : state_(std::make_unique<State>()) {
   State& s = *state_;
   s.path = socket_path.string();
-  int wakeup = -1;
-  if (const int err = os::open_wakeup(&wakeup); err != 0) {
-    throw Error(err, "starting fixed image broker", s.path, "(eventfd)");
-  }
-  s.wakeup = os::OwnedFd(wakeup);
+  s.creator = os::process_id();
+  s.make_wakeup();
   int fd = -1;
   if (const int err = os::listen_unix(s.path.c_str(), &fd); err != 0) {
     throw Error(err, "starting fixed image broker", s.path,
@@ -116,8 +148,10 @@ FixedImageBroker::FixedImageBroker(const std::filesystem::path& socket_path)
 
 FixedImageBroker::~FixedImageBroker() {
   if (!state_ || state_->listener.get() < 0 || state_->socket_inode == 0) return;
-  // Another broker may have been started at the same path since (after removing ours): its
-  // socket is not ours to remove.
+  // A forked child's copy of the broker (exit() runs destructors) leaves the socket to the
+  // process that made it; and another broker may have been started at the same path since
+  // (after ours was removed): its socket is not ours to remove.
+  if (os::process_id() != state_->creator) return;
   os::FileStatus status;
   if (os::path_status(state_->path.c_str(), false, &status) == 0 &&
       status.type == os::FileType::kSocket && status.device == state_->socket_device &&
@@ -129,7 +163,7 @@ FixedImageBroker::~FixedImageBroker() {
 void FixedImageBroker::add(const std::string& name, SealedImage image) {
   if (!valid_name(name)) {
     throw Error(EINVAL, "adding image to broker", state_->path,
-                "(the name must be 1 to 256 bytes without a newline)", kCause);
+                "(the name must be 1 to 256 bytes without a newline or NUL)", kCause);
   }
   const std::lock_guard lock(state_->mutex);
   state_->images.insert_or_assign(name, std::move(image));
@@ -137,18 +171,22 @@ void FixedImageBroker::add(const std::string& name, SealedImage image) {
 
 void FixedImageBroker::serve() {
   State& s = *state_;
+  if (s.wakeup_owner.load() != os::process_id()) s.make_wakeup();  // a forked child's serve()
   const int waits[2] = {s.listener.get(), s.wakeup.get()};
   while (!s.stopping.load()) {
     std::size_t ready = 0;
-    if (const int err = os::wait_readable(waits, 2, &ready); err != 0) {
+    if (const int err = os::wait_readable(waits, 2, -1, &ready); err != 0) {
       throw Error(err, "serving fixed images", s.path, "(poll)");
     }
-    if (ready == 1 || s.stopping.load()) break;
+    if (ready == 1) continue;  // stop(): the loop's condition says so
     int client = -1;
     if (const int err = os::accept_connection(s.listener.get(), &client); err != 0) {
-      if (err == EAGAIN || err == ECONNABORTED || err == EMFILE || err == ENFILE ||
-          err == ENOBUFS || err == ENOMEM) {
-        continue;  // gone before we took it, that client's, or a passing shortage
+      if (err == EAGAIN || err == ECONNABORTED) continue;  // gone before it was taken
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        // A passing shortage: wait for it to pass (or for stop()), not spin on the queue.
+        std::size_t woken = 0;
+        (void)os::wait_readable(&waits[1], 1, kShortageBackoffMs, &woken);
+        continue;
       }
       throw Error(err, "serving fixed images", s.path, "(accept)");
     }
@@ -158,8 +196,9 @@ void FixedImageBroker::serve() {
 }
 
 void FixedImageBroker::stop() noexcept {
-  state_->stopping.store(true);
-  (void)os::wake(state_->wakeup.get());
+  State& s = *state_;
+  s.stopping.store(true);
+  if (s.wakeup_owner.load() == os::process_id()) (void)os::wake(s.wakeup_fd.load());
 }
 
 std::uint64_t FixedImageBroker::served() const noexcept { return state_->served.load(); }
@@ -167,15 +206,15 @@ std::uint64_t FixedImageBroker::served() const noexcept { return state_->served.
 SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name,
                           std::chrono::milliseconds timeout) {
   const std::string path = socket_path.string();
-  const std::string operation =
-      "requesting fixed image '" + (name.size() <= kMaxName ? name : name.substr(0, 64) + "...") +
-      "' from broker";
+  const std::string operation = "requesting fixed image '" + shown(name) + "' from broker";
   if (!valid_name(name)) {
-    throw Error(EINVAL, operation, path, "(a name is 1 to 256 bytes without a newline)", kCause);
+    throw Error(EINVAL, operation, path, "(a name is 1 to 256 bytes without a newline or NUL)",
+                kCause);
   }
   if (timeout.count() <= 0) {
     throw Error(EINVAL, operation, path, "(the timeout must be positive)", kCause);
   }
+  timeout = std::min(timeout, kLongestTimeout);  // so that the deadline cannot overflow
   const std::string late =
       "(no answer within " + std::to_string(timeout.count()) + " ms: the broker is busy or stuck)";
   const Clock::time_point deadline = Clock::now() + timeout;

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "digest.h"
@@ -82,12 +84,12 @@ FixedHeader decode_fixed_header(std::span<const std::byte> bytes, std::uint64_t 
   for (std::uint64_t at = kFixedDigestAt + 16; at < kFixedImageHeaderBytes; ++at) {
     if (p[at] != std::byte{0}) return fail("header byte " + str(at) + " is not zero");
   }
-  constexpr std::uint64_t kTop = 1ull << 47;
+  constexpr std::uint64_t kTop = kFixedImageTop;
   if (h.size != size) return fail("the header says " + str(h.size) + " bytes, the image has " + str(size));
   // Not below 64 KiB (Linux's default vm.mmap_min_addr), where null pointers plus small
   // offsets point: root may map there, and an image must not make them valid.
   if (h.base < kFixedImageLowestBase || h.base % 4096 != 0 || h.base >= kTop || h.size > kTop - h.base) {
-    return fail("its base " + str(h.base) + " is not a page-aligned address from 64 KiB with room below 2^47");
+    return fail("its base " + str(h.base) + " is not a page-aligned address from 64 KiB with room below 2^47 - 4 KiB");
   }
   if (h.data_end < kFixedImageHeaderBytes || h.data_end > size) {
     return fail("its data end " + str(h.data_end) + " is not inside the image");
@@ -147,6 +149,8 @@ std::string encode_fixed_manifest(const FixedManifest& m) {
 FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
   FixedManifest m;
   why->clear();
+  std::unordered_set<std::string_view> type_names;  // views into `text`
+  std::unordered_set<std::string_view> dependency_names;
   std::size_t line_number = 0;
   const auto number = [](std::string_view word, std::uint64_t* value) {
     if (word.empty() || word.size() > 20 || (word.size() > 1 && word[0] == '0')) return false;
@@ -182,7 +186,7 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
         bad();
         return m;
       }
-      if (std::any_of(m.types.begin(), m.types.end(), [&](const FixedImageType& o) { return o.name == t.name; })) {
+      if (!type_names.insert(words[1]).second) {
         *why = "manifest line " + str(line_number) + " names type '" + t.name + "' a second time";
         return m;
       }
@@ -208,8 +212,7 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why) {
         }
         d.digest.bytes[i] = static_cast<std::byte>(value);
       }
-      if (std::any_of(m.dependencies.begin(), m.dependencies.end(),
-                      [&](const FixedImageDependency& o) { return o.name == d.name; })) {
+      if (!dependency_names.insert(words[1]).second) {
         *why = "manifest line " + str(line_number) + " names dependency '" + d.name + "' a second time";
         return m;
       }

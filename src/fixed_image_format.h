@@ -37,8 +37,9 @@ struct FixedHeader {
 };
 
 inline constexpr std::uint64_t kFixedDigestAt = 80;  // where the digest's 16 bytes are
-// The largest manifest read (it is read into memory): 16 MiB, some 50,000 types at most.
-inline constexpr std::uint64_t kFixedManifestMaxBytes = 16ull << 20;
+// The largest manifest read (into memory, before the digest is checked): 1 MiB, thousands of
+// types and dependencies, and a bound on what a hostile manifest costs map().
+inline constexpr std::uint64_t kFixedManifestMaxBytes = 1ull << 20;
 
 // Writes the header into the first kFixedImageHeaderBytes of `image` (the rest of them zero).
 void encode_fixed_header(const FixedHeader& header, std::byte* image) noexcept;

@@ -138,7 +138,11 @@ SealedImage receive_image(int unix_socket) {
     throw Error(error, "receiving image over", subject, why);
   };
   if (got == 0) refuse(ECONNRESET, "(the peer closed the connection)");
-  if ((flags & MSG_CTRUNC) != 0) refuse(EPROTO, "(control data truncated: too many fds)");
+  if ((flags & MSG_CTRUNC) != 0) {
+    // With room for 8, none arrived: the kernel could not install even one here.
+    if (fds.empty()) refuse(EMFILE, "(the fd sent did not arrive: this process is out of fds, RLIMIT_NOFILE)");
+    refuse(EPROTO, "(control data truncated: too many fds)");
+  }
   // A datagram or seqpacket message longer than ours was cut to our 16 bytes: not ours.
   if ((flags & MSG_TRUNC) != 0) refuse(EPROTO, "(the message is longer than an image message)");
   if (got != sizeof message || message.magic != kImageMagic) {

@@ -2,6 +2,7 @@
 // clients by name over a Unix socket; clients map them at their base and share the pages.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -272,6 +273,7 @@ TEST(FixedImageBroker, NamesABrokerCannotServeAreRefusedUpFront) {
   expect_error([&] { (void)request_image(path, "blob", std::chrono::milliseconds(0)); }, EINVAL, {"timeout"});
   EXPECT_EQ(serving.broker.served(), 0u);
   (void)request_image(path, "blob");
+  serving.stop();  // the count goes up after the image is sent, maybe after it arrived
   EXPECT_EQ(serving.broker.served(), 1u);
 }
 
@@ -368,7 +370,114 @@ TEST(FixedImageBroker, ABrokerRemovesOnlyItsOwnSocket) {
   first.reset();
   ASSERT_TRUE(std::filesystem::exists(std::filesystem::symlink_status(path)));
   const FixedImage mapped = FixedImage::map(request_image(path, "blob"), blob_options());
+  second.stop();
   EXPECT_EQ(second.broker.served(), 1u);
+}
+
+// A timeout too long for a socket to say is the longest one it can: no overflow, no false
+// ETIMEDOUT, no wait without end.
+TEST(FixedImageBroker, AnyTimeoutWorks) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  ServingBroker serving(path, kDefaultFixedBase + (29ull << 32));
+  (void)request_image(path, "blob", std::chrono::milliseconds::max());
+  (void)request_image(path, "blob", std::chrono::hours(24 * 365));
+  std::string nul = "bl";
+  nul += '\0';
+  nul += "b";
+  expect_error([&] { (void)request_image(path, nul); }, EINVAL, {"'bl?b'", "newline or NUL"});
+}
+
+// A child forked from the broker's process (a worker that inherited a SIGTERM handler, an
+// exit() that runs destructors) stops and removes only its own copy: the parent serves on.
+TEST(FixedImageBroker, AForkedChildNeitherStopsNorRemovesTheParentsBroker) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  ServingBroker serving(path, kDefaultFixedBase + (30ull << 32));
+  const pid_t stopper = ::fork();
+  ASSERT_GE(stopper, 0);
+  if (stopper == 0) {
+    serving.broker.stop();  // async-signal-safe: fine in a child of a threaded process
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(stopper, &status, 0), stopper);
+  EXPECT_EQ(serving.done.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
+      << "the child's stop() ended the parent's serve()";
+  (void)request_image(path, "blob");
+
+  auto* idle = new FixedImageBroker(dir / "idle.sock");
+  const pid_t leaver = ::fork();
+  ASSERT_GE(leaver, 0);
+  if (leaver == 0) {
+    delete idle;  // as exit() destroys a global broker
+    ::_exit(0);
+  }
+  ASSERT_EQ(::waitpid(leaver, &status, 0), leaver);
+  EXPECT_TRUE(std::filesystem::exists(std::filesystem::symlink_status(dir / "idle.sock")))
+      << "the child removed the parent's socket";
+  delete idle;
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(dir / "idle.sock")));
+}
+
+// CPU ticks (user + system) that process `pid` has used: /proc/PID/stat fields 14 and 15.
+long cpu_ticks(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  std::istringstream fields(text.substr(text.rfind(')') + 2));
+  std::string field;
+  long ticks = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i >= 14) ticks += std::stol(field);
+  }
+  return ticks;
+}
+
+// A broker out of fds cannot accept the client that waits (the listener stays readable): it
+// waits for fds to come back rather than spin, and then serves it.
+TEST(FixedImageBroker, ABrokerOutOfFdsWaitsThenServes) {
+  TempDir dir;
+  const auto path = dir / "broker.sock";
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t broker = ::fork();
+  ASSERT_GE(broker, 0);
+  if (broker == 0) {
+    try {
+      FixedImageBroker server(path);
+      server.add("blob", blob_image(kDefaultFixedBase + (31ull << 32), 64 << 10));
+      rlimit limit{256, 4096};
+      if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(2);
+      while (::dup(0) >= 0) {
+      }
+      (void)::write(ready[1], "r", 1);
+      server.serve();
+    } catch (...) {
+      ::_exit(3);
+    }
+    ::_exit(0);
+  }
+  char byte = 0;
+  ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+  auto client = std::async(std::launch::async, [&] { return request_image(path, "blob", std::chrono::seconds(60)); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const long before = cpu_ticks(broker);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const long spent = cpu_ticks(broker) - before;
+  EXPECT_LT(spent, ::sysconf(_SC_CLK_TCK) / 4) << "the broker spun on the queued connection";
+  rlimit more{4096, 4096};
+  ASSERT_EQ(::prlimit(broker, RLIMIT_NOFILE, &more, nullptr), 0);
+  try {
+    const FixedImage mapped = FixedImage::map(client.get(), blob_options());
+    EXPECT_EQ(mapped.root<Blob>()->size, 64u << 10);
+  } catch (const Error& e) {
+    ADD_FAILURE() << e.what();
+  }
+  ::kill(broker, SIGTERM);
+  int status = 0;
+  ::waitpid(broker, &status, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <memory_resource>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -589,6 +590,51 @@ TEST(FixedImage, MappingTakesTheImagesAddressSpaceOnce) {
     });
     test::expect_clean_exit(result);
   }
+}
+
+// The last place an image can be: ending at kFixedImageTop (the top of x86-64's user address
+// space, 2^47 - 4 KiB), if that is free here; an image whose header says it ends past it is
+// refused as malformed.
+TEST(FixedImage, ImagesUpToTheTopOfTheAddressSpace) {
+  FixedImageOptions options;
+  options.capacity = 1 << 20;
+  options.base = kFixedImageTop - options.capacity;
+  std::optional<FixedImageBuilder> builder;
+  try {
+    builder.emplace(options);
+  } catch (const Error& e) {
+    if (e.error() == EEXIST) GTEST_SKIP() << "the top of the address space is taken here: " << e.what();
+    throw;
+  }
+  builder->set_root(builder->create<std::uint64_t>(42));
+  const SealedImage sealed = builder->seal();
+  builder.reset();
+  {
+    const FixedImage image = FixedImage::map(sealed);
+    EXPECT_TRUE(image.report().at_base);
+    EXPECT_EQ(*image.root<std::uint64_t>(), 42u);
+  }
+  const SealedImage past = patched(sealed, [&](std::byte* b) {
+    const std::uint64_t base = kFixedImageTop - 4096;  // the image is larger than a page
+    std::memcpy(b + 16, &base, 8);
+  }, true);  // the header is checked before the digest
+  expect_error([&] { (void)FixedImage::map(past); }, EINVAL, {"with room below 2^47 - 4 KiB"});
+  options.base += 4096;
+  expect_error([&] { FixedImageBuilder b(options); }, EINVAL, {"does not fit between the base and 2^47 - 4 KiB"});
+}
+
+// A manifest is at most 1 MiB (what a mapper reads before the digest): a builder whose types
+// would make a longer one says so when sealing.
+TEST(FixedImage, AManifestPastOneMebibyteIsRefused) {
+  FixedImageOptions options;
+  options.base = test_base(19);
+  options.capacity = 4 << 20;
+  for (int i = 0; i < 5000; ++i) {
+    options.types.push_back(fixed_type<std::uint64_t>(std::string(240, 'T') + std::to_string(i)));
+  }
+  FixedImageBuilder builder(options);
+  builder.set_root(builder.create<std::uint64_t>(1));
+  expect_error([&] { (void)builder.seal(); }, EINVAL, {"manifest of", "larger than a mapper reads"});
 }
 
 }  // namespace

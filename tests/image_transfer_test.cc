@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -158,6 +159,35 @@ TEST(ImageTransfer, InProcessRoundTripKeepsTheBytes) {
   EXPECT_EQ(received.size(), image.size());
   EXPECT_EQ(std::memcmp(received.map().data(), image.map().data(), image.size()), 0);
   EXPECT_EQ(::fcntl(received.fd(), F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+  ::close(pair[0]);
+  ::close(pair[1]);
+}
+
+// A receiver out of fds: the kernel drops the fd and says only MSG_CTRUNC; that is EMFILE, not
+// a protocol error of the sender's.
+TEST(ImageTransfer, AReceiverOutOfFdsIsToldSo) {
+  const SealedImage image = make_image(4096);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  send_image(pair[0], image);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    rlimit limit{256, 256};
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) ::_exit(2);
+    while (::dup(0) >= 0) {
+    }
+    try {
+      (void)receive_image(pair[1]);
+      ::_exit(3);
+    } catch (const Error& e) {
+      const bool named = std::string(e.what()).find("out of fds") != std::string::npos;
+      ::_exit(e.error() == EMFILE && named ? 0 : 4);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
   ::close(pair[0]);
   ::close(pair[1]);
 }

@@ -22,7 +22,7 @@
 // touched. With Check::kFull (the default) the digest, every relocation entry and every
 // recorded pointer's value (null or inside the image's data) are checked first: a damaged or
 // hostile image is an Error, never a pointer out of the image. Check::kHeader reads only the
-// header and the manifest (O(1), no page of data touched): for images that came sealed from
+// header and the manifest (no page of data touched): for images that came sealed from
 // a process you trust (a sealed memfd cannot change after the check; sealed_image.h).
 //
 // Staleness: an image records the mapwright version that wrote it, the layout of every type
@@ -91,6 +91,9 @@ inline constexpr std::uint32_t kFixedImageFormatVersion = 1;
 // No image is built or mapped below this address (Linux's default vm.mmap_min_addr), where a
 // null pointer plus a small offset points.
 inline constexpr std::uintptr_t kFixedImageLowestBase = 0x10000;
+// Where images end at the most: the end of x86-64's 47-bit user address space, whose last page
+// no process can map (arm64's 48-bit one goes further).
+inline constexpr std::uintptr_t kFixedImageTop = (1ull << 47) - 4096;
 // The header's size: the data starts this far from the base.
 inline constexpr std::uint64_t kFixedImageHeaderBytes = 4096;
 
@@ -124,7 +127,7 @@ struct FixedImageOptions {
   // FixedImageType::name, printable ASCII without spaces.
   std::string name = "fixed-image";
   // Where the image's pointers are final: a multiple of the page size, and the image must fit
-  // below 2^47.
+  // below kFixedImageTop.
   std::uintptr_t base = kDefaultFixedBase;
   // The most it can hold, header included (address space only until used).
   std::uint64_t capacity = 1ull << 30;
@@ -145,7 +148,7 @@ class FixedImageBuilder {
  public:
   // Reserves exactly [base, base + capacity) over a new memfd (no guard zone past it). Throws
   // Error: EEXIST when any page of it is taken, EINVAL for a base or capacity that cannot be
-  // (unaligned, past 2^47, a type or dependency name that is empty, has spaces, or is declared
+  // (unaligned, past kFixedImageTop, a type or dependency name that is empty, has spaces, or is declared
   // twice), ENOMEM (naming RLIMIT_AS) when the address space is not there.
   explicit FixedImageBuilder(FixedImageOptions options);
   FixedImageBuilder(FixedImageBuilder&&) noexcept;
@@ -173,7 +176,7 @@ class FixedImageBuilder {
 
   // Scans (options.scan_pointers), writes the header, the relocation table and the manifest,
   // hashes, seals. The builder is spent. Throws Error (EINVAL: a recorded pointer's word no
-  // longer holds a pointer into the image or null, a manifest past 16 MiB; what sealing
+  // longer holds a pointer into the image or null, a manifest past 1 MiB; what sealing
   // throws: EBUSY when another process holds a writable mapping of the memfd — a child that
   // another thread fork()ed while the builder lived, until it execs or exits: retry then).
   SealedImage seal();
@@ -193,7 +196,8 @@ struct FixedMapOptions {
   std::vector<FixedImageDependency> dependencies;
   enum class Check {
     kFull,    // digest, relocation table and every pointer checked: O(image)
-    kHeader,  // header and manifest only: O(1); for sealed images from a trusted process
+    kHeader,  // header and manifest only (at most 1 MiB): no data page read; for sealed
+              // images from a trusted process
   };
   Check check = Check::kFull;
   // false: Error(EEXIST) instead of relocating when the base is taken.
@@ -300,9 +304,11 @@ class FixedImageSet {
 // every process shares the image's pages (a sealed memfd, mapped MAP_PRIVATE: nothing is
 // copied until a page is written). One request per connection: the client sends the name and
 // a newline; the broker answers 'I' followed by the image (send_image, sealed_image.h), or 'N'
-// when it has none of that name. A client has 2 s from being accepted to send its name and
-// take the answer, and a name of at most 256 bytes; one that is slower, says more, or goes
-// away is dropped without an answer, and nothing it does raises a signal in the broker.
+// when it has none of that name (bytes after the newline are ignored). A client has 2 s from
+// being accepted to send its name and take the answer, and a name of at most 256 bytes; one
+// that is slower, says more before a newline, or goes away is dropped without an answer, and
+// nothing it does raises a signal in the broker. A child forked from the broker's process
+// shares its socket but never stops the parent's serve() nor removes its socket's path.
 class FixedImageBroker {
  public:
   // Creates and listens on a Unix socket at `socket_path`. Throws Error (EADDRINUSE when
@@ -337,9 +343,9 @@ class FixedImageBroker {
 inline constexpr std::chrono::milliseconds kBrokerRequestTimeout{10000};
 
 // Asks the broker at `socket_path` for image `name` and returns it (checked to be sealed, as
-// receive_image() does), waiting at most `timeout` in all: for room in a full backlog, to
-// send, and for the answer. Throws Error: EINVAL for a name that is empty, longer than 256
-// bytes or holds a newline (a broker could not serve it); ENOENT when the broker has none of
+// receive_image() does), waiting at most `timeout` in all (longer than 24 days: 24 days) for
+// room in a full backlog, to send, and for the answer. Throws Error: EINVAL for a name that is
+// empty, longer than 256 bytes or holds a newline or NUL (a broker could not serve it); ENOENT when the broker has none of
 // that name; ETIMEDOUT past the timeout; what connecting (ENOENT, ECONNREFUSED for no broker)
 // or receiving throws (ECONNRESET, EPROTO for a peer that is not a broker). Never raises
 // SIGPIPE.

@@ -46,8 +46,8 @@ void send_image(int unix_socket, const SealedImage& image);
 // before it is returned the receiver itself checks that it carries all four seals
 // (SealedImage::adopt) and that its size is the one announced. Anything else — no fd, more
 // than one, a truncated control message, an unsealed or resizable fd, a size mismatch, end
-// of stream — closes every fd that arrived and throws Error saying which. Not
-// async-signal-safe.
+// of stream — closes every fd that arrived and throws Error saying which (EMFILE when the fd
+// could not be received because this process is out of fds). Not async-signal-safe.
 SealedImage receive_image(int unix_socket);
 
 }  // namespace mapwright

@@ -325,9 +325,10 @@ int send_all(int socket, const void* data, std::size_t length) noexcept;
 int open_wakeup(int* fd) noexcept;
 // Makes `fd` (open_wakeup) readable, for good: write(2) of 1. Async-signal-safe.
 int wake(int fd) noexcept;
-// poll(2) for the first of `count` fds (at most 8) to be readable, or hung up, waiting
-// forever: `*ready` is its index. Not async-signal-safe.
-int wait_readable(const int* fds, std::size_t count, std::size_t* ready) noexcept;
+// poll(2) for the first of `count` fds (at most 8) to be readable, or hung up, waiting at most
+// `timeout_ms` (-1: forever): `*ready` is its index. ETIMEDOUT when none is by then.
+// Not async-signal-safe.
+int wait_readable(const int* fds, std::size_t count, int timeout_ms, std::size_t* ready) noexcept;
 
 // ---- signals (src/os/signals.cc) -------------------------------------------------------
 //

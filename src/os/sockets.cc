@@ -176,22 +176,23 @@ int wake(int fd) noexcept {
   return err == EAGAIN ? 0 : err;
 }
 
-int wait_readable(const int* fds, std::size_t count, std::size_t* ready) noexcept {
+int wait_readable(const int* fds, std::size_t count, int timeout_ms, std::size_t* ready) noexcept {
   constexpr std::size_t kMax = 8;
   if (count == 0 || count > kMax) return EINVAL;
   pollfd waits[kMax] = {};
   for (std::size_t i = 0; i < count; ++i) waits[i] = {fds[i], POLLIN, 0};
-  for (;;) {
-    if (const int err = detail::retry([&] { return ::poll(waits, count, -1); }); err != 0) {
-      return err;
-    }
-    for (std::size_t i = 0; i < count; ++i) {
-      if (waits[i].revents != 0) {
-        *ready = i;
-        return 0;
-      }
+  int n = 0;
+  // An interrupted wait starts over with the whole timeout: callers use short ones.
+  if (const int err = detail::retry([&] { return n = ::poll(waits, count, timeout_ms); }); err != 0) {
+    return err;
+  }
+  for (std::size_t i = 0; i < count && n > 0; ++i) {
+    if (waits[i].revents != 0) {
+      *ready = i;
+      return 0;
     }
   }
+  return ETIMEDOUT;
 }
 
 }  // namespace mapwright::os
