@@ -155,8 +155,10 @@ SealedImage receive_image(int unix_socket) {
     try {
       return SealedImage::adopt(fds[0]);  // verifies the seals here, in the receiver
     } catch (const Error& e) {
-      refuse(e.error(), "(" + std::string(e.what()) + ")");
-      throw;  // unreachable: refuse throws
+      for (const int fd : fds) os::close(fd);
+      // e.what() ends with its cause already: not a second time.
+      throw Error(e.error(), "receiving image over", subject, "(" + std::string(e.what()) + ")",
+                  Error::DetailIsCause{});
     }
   }();
   if (image.size() != message.size) {
