@@ -347,14 +347,10 @@ FixedImage FixedImage::map(const SealedImage& image, FixedMapOptions options) {
   const std::uint64_t length = round_up(h.size, os::page_size());
   const auto reserve = [&](void* at) {
     try {
-      s->reservation = detail::Reservation::anonymous(length, 0, s->name, at);
+      s->reservation = detail::Reservation::anonymous(length, 0, s->name, at, nullptr);
     } catch (const Error& e) {
       if (e.error() != ENOMEM) throw;
-      std::uint64_t limit = UINT64_MAX;
-      (void)os::address_space_limit(&limit);
-      refuse(ENOMEM, "no room for its " + str(length) + " bytes of address space" +
-                         (limit != UINT64_MAX ? ": RLIMIT_AS is " + str(limit) + " bytes; raise `ulimit -v`"
-                                              : std::string()));
+      throw Error(ENOMEM, kMap, s->name, e.detail());  // what RLIMIT_AS leaves, if it is that
     }
   };
   try {

@@ -49,6 +49,23 @@ std::string shown(const std::string& name) {
   return text;
 }
 
+// What is at `path`, where a broker could not bind: said so that nobody is told to remove a
+// file that is not a dead broker's socket.
+std::string what_is_there(const std::string& path) {
+  os::FileStatus status;
+  if (os::path_status(path.c_str(), false, &status) != 0) return "something is there";
+  if (status.type != os::FileType::kSocket) {
+    return std::string("a ") + os::to_string(status.type) +
+           " is there, not a socket: choose another path; it was left as it was";
+  }
+  int fd = -1;
+  if (os::connect_unix(path.c_str(), 1000, &fd) == 0) {
+    (void)os::close(fd);
+    return "a socket that is being served is there: another broker runs";
+  }
+  return "a socket nobody serves is there, which a broker that died leaves: remove it first";
+}
+
 // How long serve() waits before accepting again when this process is out of fds or memory:
 // the connection stays queued (the listener readable), and retrying at once would spin.
 constexpr int kShortageBackoffMs = 100;
@@ -134,9 +151,7 @@ FixedImageBroker::FixedImageBroker(const std::filesystem::path& socket_path)
   int fd = -1;
   if (const int err = os::listen_unix(s.path.c_str(), &fd); err != 0) {
     throw Error(err, "starting fixed image broker", s.path,
-                err == EADDRINUSE ? "(something exists at that path: a broker that died leaves its "
-                                    "socket; remove it first)"
-                                  : "(socket, bind or listen)");
+                err == EADDRINUSE ? "(" + what_is_there(s.path) + ")" : "(socket, bind or listen)");
   }
   s.listener = os::OwnedFd(fd);
   os::FileStatus status;
@@ -230,7 +245,17 @@ SealedImage request_image(const std::filesystem::path& socket_path, const std::s
     throw Error(err, operation, path, step);
   };
   int fd = -1;
-  if (const int err = os::connect_unix(path.c_str(), left_until(deadline), &fd); err != 0) {
+  const int connect_within = left_until(deadline);  // 0 would be no limit at all
+  if (connect_within == 0) throw Error(ETIMEDOUT, operation, path, late, kCause);
+  if (const int err = os::connect_unix(path.c_str(), connect_within, &fd); err != 0) {
+    os::FileStatus status;
+    if (err == ECONNREFUSED && os::path_status(path.c_str(), true, &status) == 0) {
+      throw Error(err, operation, path,
+                  status.type == os::FileType::kSocket
+                      ? std::string("(connect: no broker serves this socket)")
+                      : std::string("(connect: it is a ") + os::to_string(status.type) +
+                            ", not a broker's socket)");
+    }
     failed(err, "(connect)");
   }
   const os::OwnedFd closer(fd);

@@ -256,12 +256,7 @@ FixedManifest read_fixed_image(const SealedImage& image, FixedHeader* header, bo
   return decode_fixed_manifest(text, why);
 }
 
-bool fixed_image_damaged(const SealedImage& image) {
-  FixedHeader header;
-  bool header_ok = false;
-  std::string why;
-  (void)read_fixed_image(image, &header, &header_ok, &why);
-  if (!header_ok) return false;
+bool fixed_image_damaged(const SealedImage& image, const FixedHeader& header) {
   const void* at = nullptr;
   if (os::map_readonly(image.fd(), header.size, &at) != 0) return false;  // cannot tell
   const bool damaged =

@@ -66,11 +66,11 @@ FixedManifest decode_fixed_manifest(std::string_view text, std::string* why);
 // worded for "(...)" after the image's name, and is empty when both are well formed.
 FixedManifest read_fixed_image(const SealedImage& image, FixedHeader* header, bool* header_ok,
                                std::string* why);
-// Whether `image` has a well-formed header whose digest does not match its bytes (false when
-// it cannot tell: no address space to read it through): what makes a
-// malformed manifest a damaged image (EBADMSG) rather than not a fixed image (EINVAL), under
+// Whether the digest of `image`, whose well-formed `header` read_fixed_image() gave, does not
+// match its bytes (false when it cannot tell: no address space to read it through): what makes
+// a malformed manifest a damaged image (EBADMSG) rather than not a fixed image (EINVAL), under
 // the full check. O(image).
-bool fixed_image_damaged(const SealedImage& image);
+bool fixed_image_damaged(const SealedImage& image, const FixedHeader& header);
 // "0x200000000000": addresses in messages.
 std::string hex(std::uint64_t value);
 // Whether `name` can be a type or dependency name (printable ASCII, no space, not empty, at

@@ -68,18 +68,18 @@ struct FixedImageSet::State {
     if (options.name.empty()) options.name = name;
     // The manifest is read before FixedImage::map checks the digest: under the full check, what
     // goes wrong with it is damage when the digest says so (checked then, so as to hash once).
-    const auto damaged = [&] {
-      return options.check == FixedMapOptions::Check::kFull && detail::fixed_image_damaged(image);
-    };
-    const auto refuse_read = [&](const std::string& what) {
-      if (damaged()) refuse(EBADMSG, "the digest does not match: the image is damaged (" + what + ")");
-      refuse(EINVAL, what);
-    };
     detail::FixedHeader header;
     bool header_ok = false;
     std::string why;
     const detail::FixedManifest manifest = detail::read_fixed_image(image, &header, &header_ok, &why);
     if (!header_ok) refuse(EINVAL, "what the source gave" + whose + ": " + why);
+    const auto damaged = [&] {
+      return options.check == FixedMapOptions::Check::kFull && detail::fixed_image_damaged(image, header);
+    };
+    const auto refuse_read = [&](const std::string& what) {
+      if (damaged()) refuse(EBADMSG, "the digest does not match: the image is damaged (" + what + ")");
+      refuse(EINVAL, what);
+    };
     if (!why.empty()) refuse_read("what the source gave" + whose + ": " + why);
     if (manifest.name != name) {
       refuse_read("the source answered with image '" + manifest.name + "'" + whose);

@@ -17,7 +17,8 @@ std::string describe_bytes(std::uint64_t bytes) {
   return text;
 }
 
-[[noreturn]] void refuse(int err, std::uint64_t length, const std::string& name, void* at) {
+[[noreturn]] void refuse(int err, std::uint64_t length, const std::string& name, void* at,
+                         const char* option = "RegionOptions::capacity") {
   std::string detail = "(" + describe_bytes(length);
   if (at != nullptr) {
     char where[24];
@@ -31,7 +32,8 @@ std::string describe_bytes(std::uint64_t bytes) {
     std::uint64_t used = 0;
     (void)os::address_space_used(&used);
     detail += ", but RLIMIT_AS is " + describe_bytes(limit) + " with " + describe_bytes(used) +
-              " in use: lower RegionOptions::capacity or raise `ulimit -v`";
+              " in use: " + (option != nullptr ? "lower " + std::string(option) + " or " : "") +
+              "raise `ulimit -v`";
   }
   throw Error(err, "reserving address space for region", name, detail + ")");
 }
@@ -56,9 +58,11 @@ std::uint64_t Reservation::automatic_length(std::uint64_t preferred, std::uint64
 }
 
 Reservation Reservation::anonymous(std::uint64_t length, std::uint64_t guard,
-                                   const std::string& name, void* at) {
+                                   const std::string& name, void* at, const char* option) {
   void* base = nullptr;
-  if (const int err = os::reserve(length + guard, &base, at); err != 0) refuse(err, length, name, at);
+  if (const int err = os::reserve(length + guard, &base, at); err != 0) {
+    refuse(err, length, name, at, option);
+  }
   Reservation r;
   r.base_ = static_cast<std::byte*>(base);
   r.length_ = length;

@@ -28,10 +28,11 @@ class Reservation {
  public:
   Reservation() noexcept = default;
   // Throws Error ("reserving address space for region '<name>'"), naming RLIMIT_AS when it
-  // is what refused. `at` (optional) is the preferred base: page-aligned, EEXIST if taken.
+  // is what refused, and `option` as what to lower (null: only `ulimit -v` to raise). `at`
+  // (optional) is the preferred base: page-aligned, EEXIST if taken.
   // Not async-signal-safe, nor is anything here.
   static Reservation anonymous(std::uint64_t length, std::uint64_t guard, const std::string& name,
-                               void* at = nullptr);
+                               void* at = nullptr, const char* option = "RegionOptions::capacity");
   static Reservation over_file(int fd, std::uint64_t length, std::uint64_t guard,
                                const std::string& name, void* at = nullptr);
 

@@ -133,8 +133,10 @@ SealedImage receive_image(int unix_socket) {
   }
   // Every fd that arrived is closed on any refusal.
   const std::vector<int> fds(received, received + count);
-  const auto refuse = [&](int error, const std::string& why) {
+  // `detail_is_cause`: `why` ends with the cause already (an Error's what()), not twice.
+  const auto refuse = [&](int error, const std::string& why, bool detail_is_cause = false) {
     for (const int fd : fds) os::close(fd);
+    if (detail_is_cause) throw Error(error, "receiving image over", subject, why, Error::DetailIsCause{});
     throw Error(error, "receiving image over", subject, why);
   };
   if (got == 0) refuse(ECONNRESET, "(the peer closed the connection)");
@@ -155,10 +157,8 @@ SealedImage receive_image(int unix_socket) {
     try {
       return SealedImage::adopt(fds[0]);  // verifies the seals here, in the receiver
     } catch (const Error& e) {
-      for (const int fd : fds) os::close(fd);
-      // e.what() ends with its cause already: not a second time.
-      throw Error(e.error(), "receiving image over", subject, "(" + std::string(e.what()) + ")",
-                  Error::DetailIsCause{});
+      refuse(e.error(), "(" + std::string(e.what()) + ")", /*detail_is_cause=*/true);
+      throw;  // unreachable: refuse throws
     }
   }();
   if (image.size() != message.size) {

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,7 +76,7 @@ TEST(FixedImageBroker, ServesImagesByName) {
   }
   expect_error([&] { (void)request_image(path, "nothing"); }, ENOENT, {"'nothing' from broker", "no image of that name"});
   expect_error([&] { (void)request_image(dir / "absent.sock", "blob"); }, ENOENT, {"connect"});
-  expect_error([&] { FixedImageBroker again(path); }, EADDRINUSE, {"remove it first"});
+  expect_error([&] { FixedImageBroker again(path); }, EADDRINUSE, {"another broker runs"});
   expect_error([&] { broker.add("two\nlines", blob_image(kDefaultFixedBase + (21ull << 32), 4096)); }, EINVAL, {"newline"});
   broker.stop();
   server.join();
@@ -204,12 +205,17 @@ TEST(FixedImageBroker, EightClientsShareOneImagesPages) {
 
 // ---- hostile clients and neighbours --------------------------------------------------------
 
-// A Unix stream socket connected to `path` (-1 if it cannot be).
-int raw_connect(const std::filesystem::path& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+sockaddr_un unix_address(const std::filesystem::path& path) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  return address;
+}
+
+// A Unix stream socket connected to `path` (-1 if it cannot be).
+int raw_connect(const std::filesystem::path& path) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address = unix_address(path);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
     ::close(fd);
     return -1;
@@ -283,9 +289,7 @@ TEST(FixedImageBroker, RequestsTimeOut) {
   TempDir dir;
   const auto path = dir / "silent.sock";
   const int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  sockaddr_un address = unix_address(path);
   ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
   ASSERT_EQ(::listen(listener, 0), 0);
   // Accepted (by the kernel's backlog), never answered.
@@ -478,6 +482,35 @@ TEST(FixedImageBroker, ABrokerOutOfFdsWaitsThenServes) {
   ::waitpid(broker, &status, 0);
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+// What is at a path that is no broker's socket is said, and left alone: a regular file, a FIFO,
+// a device, a symbolic link, a socket nobody serves.
+TEST(FixedImageBroker, WhatIsNotABrokersSocketIsNamedAndLeftAlone) {
+  TempDir dir;
+  const auto file = dir / "file";
+  std::ofstream(file) << "mine";
+  const auto fifo = dir / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const auto link = dir / "link";
+  std::filesystem::create_symlink(file, link);
+  for (const auto& [path, kind] : {std::pair{file, "a regular file"}, std::pair{fifo, "a FIFO"},
+                                   std::pair{link, "a symbolic link"},
+                                   std::pair{std::filesystem::path("/dev/null"), "a character device"}}) {
+    expect_error([&] { FixedImageBroker b(path); }, EADDRINUSE, {kind, "not a socket", "left as it was"});
+    EXPECT_TRUE(std::filesystem::exists(std::filesystem::symlink_status(path))) << path;
+  }
+  expect_error([&] { (void)request_image(file, "blob"); }, ECONNREFUSED, {"it is a regular file, not a broker's socket"});
+  expect_error([&] { (void)request_image(fifo, "blob"); }, ECONNREFUSED, {"it is a FIFO"});
+  EXPECT_EQ(std::ifstream(file).rdbuf()->sgetc(), 'm');
+  // A socket whose broker died (bound, never listened on, closed).
+  const auto stale = dir / "stale.sock";
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address = unix_address(stale);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ::close(fd);
+  expect_error([&] { FixedImageBroker b(stale); }, EADDRINUSE, {"a socket nobody serves", "remove it first"});
+  expect_error([&] { (void)request_image(stale, "blob"); }, ECONNREFUSED, {"no broker serves this socket"});
 }
 
 }  // namespace

@@ -148,8 +148,8 @@ class FixedImageBuilder {
  public:
   // Reserves exactly [base, base + capacity) over a new memfd (no guard zone past it). Throws
   // Error: EEXIST when any page of it is taken, EINVAL for a base or capacity that cannot be
-  // (unaligned, past kFixedImageTop, a type or dependency name that is empty, has spaces, or is declared
-  // twice), ENOMEM (naming RLIMIT_AS) when the address space is not there.
+  // (unaligned, past kFixedImageTop, a type or dependency name that is empty, has spaces, or
+  // is declared twice), ENOMEM (naming RLIMIT_AS) when the address space is not there.
   explicit FixedImageBuilder(FixedImageOptions options);
   FixedImageBuilder(FixedImageBuilder&&) noexcept;
   FixedImageBuilder& operator=(FixedImageBuilder&&) noexcept;
@@ -312,8 +312,9 @@ class FixedImageSet {
 class FixedImageBroker {
  public:
   // Creates and listens on a Unix socket at `socket_path`. Throws Error (EADDRINUSE when
-  // something exists there — a stale socket of a broker that died must be removed first;
-  // ENAMETOOLONG past 107 bytes).
+  // something exists there, saying what: another broker's socket, a stale socket of a broker
+  // that died, which must be removed first, or a file that is not a socket, which is never
+  // touched; ENAMETOOLONG past 107 bytes).
   explicit FixedImageBroker(const std::filesystem::path& socket_path);
   FixedImageBroker(const FixedImageBroker&) = delete;
   FixedImageBroker& operator=(const FixedImageBroker&) = delete;
@@ -345,10 +346,10 @@ inline constexpr std::chrono::milliseconds kBrokerRequestTimeout{10000};
 // Asks the broker at `socket_path` for image `name` and returns it (checked to be sealed, as
 // receive_image() does), waiting at most `timeout` in all (longer than 24 days: 24 days) for
 // room in a full backlog, to send, and for the answer. Throws Error: EINVAL for a name that is
-// empty, longer than 256 bytes or holds a newline or NUL (a broker could not serve it); ENOENT when the broker has none of
-// that name; ETIMEDOUT past the timeout; what connecting (ENOENT, ECONNREFUSED for no broker)
-// or receiving throws (ECONNRESET, EPROTO for a peer that is not a broker). Never raises
-// SIGPIPE.
+// empty, longer than 256 bytes or holds a newline or NUL (a broker could not serve it);
+// ENOENT when the broker has none of that name; ETIMEDOUT past the timeout; what connecting
+// (ENOENT, ECONNREFUSED for no broker) or receiving throws (ECONNRESET, EPROTO for a peer
+// that is not a broker). Never raises SIGPIPE.
 SealedImage request_image(const std::filesystem::path& socket_path, const std::string& name,
                           std::chrono::milliseconds timeout = kBrokerRequestTimeout);
 
